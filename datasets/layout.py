@@ -1,0 +1,102 @@
+"""Where images and masks of VOC 2012 (+SBD) and COCO 2014 live on disk (SPEC §1.1, §1.3).
+
+VOC:  ``<data_folder>/JPEGImages/<id>.jpg``, masks in ``SegmentationClassAug/<id>.png`` (SBD,
+      single channel) or else ``SegmentationClass/<id>.png`` (VOC's own palette PNGs).
+COCO: ``<img_folder>/{train2014,val2014}/<id>.jpg`` and
+      ``<label_folder>/{train2014,val2014}/<id>.png`` (VOC-style index masks).
+"""
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from utils.errors import UserError
+
+from .classes import COCO_CLASSES, VOC_CLASSES
+
+VOC_MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The files of one dataset. ``name`` is ``voc`` or ``coco``."""
+
+    name: str
+    image_root: str
+    mask_root: str
+    default_list_folder: str
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return VOC_CLASSES if self.name == "voc" else COCO_CLASSES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _coco_subfolder(self, split: str, img_id: str) -> str:
+        for sub in ("train2014", "val2014", "test2014"):
+            if img_id.startswith(f"COCO_{sub}_"):
+                return sub
+        return "train2014" if split == "train" else "val2014"
+
+    def image_path(self, split: str, img_id: str) -> str:
+        if self.name == "voc":
+            return os.path.join(self.image_root, "JPEGImages", img_id + ".jpg")
+        return os.path.join(self.image_root, self._coco_subfolder(split, img_id), img_id + ".jpg")
+
+    def mask_path(self, split: str, img_id: str) -> Optional[str]:
+        """Path of the index mask of ``img_id``; None when the dataset has no mask for it."""
+        if self.name == "voc":
+            for sub in VOC_MASK_DIRS:
+                path = os.path.join(self.mask_root, sub, img_id + ".png")
+                if os.path.isfile(path):
+                    return path
+            return None
+        path = os.path.join(self.mask_root, self._coco_subfolder(split, img_id), img_id + ".png")
+        return path if os.path.isfile(path) else None
+
+
+def voc_layout(data_folder: Optional[str]) -> DatasetLayout:
+    """Check that ``data_folder`` looks like ``VOC2012`` and describe it."""
+    if not data_folder:
+        raise UserError("--data_folder is required: the VOC2012 folder holding JPEGImages/ and "
+                        "SegmentationClassAug/")
+    if not os.path.isdir(data_folder):
+        raise UserError(f"--data_folder {data_folder} does not exist")
+    if not os.path.isdir(os.path.join(data_folder, "JPEGImages")):
+        raise UserError(f"--data_folder {data_folder} is not a VOC2012 folder: it has no "
+                        "JPEGImages/ (expected VOC2012/ with JPEGImages/, SegmentationClassAug/, "
+                        "ImageSets/Segmentation/)")
+    folder = os.path.normpath(data_folder)
+    return DatasetLayout("voc", folder, folder, folder + "_lists")
+
+
+def coco_layout(img_folder: Optional[str], label_folder: Optional[str] = None) -> DatasetLayout:
+    """Check the COCO image folder (with train2014/, val2014/) and the mask folder.
+
+    Without ``label_folder`` the masks are looked for in ``<img_folder>/SegmentationClass`` and
+    ``<img_folder>/../SegmentationClass``.
+    """
+    if not img_folder:
+        raise UserError("--img_folder is required: the COCO folder holding train2014/ and val2014/")
+    if not os.path.isdir(img_folder):
+        raise UserError(f"--img_folder {img_folder} does not exist")
+    if not any(os.path.isdir(os.path.join(img_folder, s)) for s in ("train2014", "val2014")):
+        raise UserError(f"--img_folder {img_folder} is not a COCO 2014 image folder: it has neither "
+                        "train2014/ nor val2014/")
+    img_folder = os.path.normpath(img_folder)
+    if label_folder is None:
+        candidates = [os.path.join(img_folder, "SegmentationClass"),
+                      os.path.join(os.path.dirname(img_folder), "SegmentationClass")]
+        label_folder = next((c for c in candidates if os.path.isdir(c)), None)
+        if label_folder is None:
+            raise UserError(f"no COCO masks found next to --img_folder {img_folder}; pass "
+                            "--label_folder (the SegmentationClass folder with train2014/ and "
+                            "val2014/ index PNGs)")
+    elif not os.path.isdir(label_folder):
+        raise UserError(f"--label_folder {label_folder} does not exist")
+    if not any(os.path.isdir(os.path.join(label_folder, s)) for s in ("train2014", "val2014")):
+        raise UserError(f"--label_folder {label_folder} is not a COCO mask folder: it has neither "
+                        "train2014/ nor val2014/")
+    label_folder = os.path.normpath(label_folder)
+    return DatasetLayout("coco", img_folder, label_folder, label_folder + "_lists")

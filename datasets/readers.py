@@ -1,0 +1,65 @@
+"""Reading images and label masks the way every loader of the project does.
+
+Images always come back as RGB uint8 ``(H, W, 3)``: grayscale, RGBA, CMYK and palette images are
+converted. Label masks always come back as class indices ``(H, W)`` uint8: single-channel masks
+(SBD ``SegmentationClassAug``, COCO conversions) are read as they are and palette PNGs (VOC's own
+``SegmentationClass``) as their raw palette indices, never as colours.
+"""
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from utils.errors import UserError
+
+from .classes import IGNORE_INDEX
+
+
+def _open(path: str, what: str) -> Image.Image:
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} does not exist; check the dataset folder and the list file")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read {what} {path} ({exc}); the file is corrupt or truncated: "
+                        "replace it or remove its id from the list") from None
+    return img
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file as RGB uint8 ``(H, W, 3)`` whatever its mode (L, RGBA, CMYK, P, I;16)."""
+    img = _open(path, "image")
+    if img.mode == "I;16" or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(arr[..., None], 3, axis=2))
+    if img.mode != "RGB":
+        img = img.convert("RGB")  # L is replicated, RGBA drops alpha, CMYK and P are converted
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_mask(path: str, num_classes: int) -> np.ndarray:
+    """Read a label PNG as class indices ``(H, W)`` uint8 (0..num_classes-1, 255 = ignore).
+
+    Single-channel and palette PNGs are both read as indices. Any other value is a user error.
+    """
+    img = _open(path, "mask")
+    if img.mode in ("P", "L"):
+        mask = np.asarray(img, dtype=np.uint8)
+    elif img.mode in ("I", "I;16", "I;16B", "I;16L"):
+        mask = np.asarray(img)
+        if mask.min() < 0 or mask.max() > 255:
+            raise UserError(f"mask {path} has values outside 0..255; expected class indices "
+                            f"0..{num_classes - 1} and {IGNORE_INDEX}")
+        mask = mask.astype(np.uint8)
+    else:
+        raise UserError(f"mask {path} is a {img.mode} image; expected a single-channel or palette "
+                        "PNG of class indices (not a colour rendering)")
+    bad = (mask >= num_classes) & (mask != IGNORE_INDEX)
+    if bad.any():
+        values = sorted(set(np.unique(mask[bad]).tolist()))[:5]
+        raise UserError(f"mask {path} holds values {values} outside the class range "
+                        f"0..{num_classes - 1} (and {IGNORE_INDEX} = ignore); wrong dataset or "
+                        "--num_classes?")
+    return np.ascontiguousarray(mask)

@@ -1,0 +1,11 @@
+"""Multi-scale + CRF evaluation of a DuPL checkpoint on PASCAL VOC 2012."""
+import sys
+
+
+def main() -> None:
+    print("error: eval_seg_voc.py is not implemented yet", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

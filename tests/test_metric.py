@@ -1,0 +1,110 @@
+"""The confusion-matrix metric matches the original's scores and reduces across processes."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from datasets.classes import VOC_DISPLAY_NAMES
+from utils.metric import ConfusionMatrix, format_table
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
+
+
+def test_scores_match_the_reference_fixture():
+    data = np.load(os.path.join(FIXTURES, "components.npz"))
+    meta = json.load(open(os.path.join(FIXTURES, "components.json")))
+    cm = ConfusionMatrix(21)
+    for i in range(4):
+        cm.update(data[f"scores.gts.{i}"], data[f"scores.preds.{i}"])
+    s = cm.compute()
+    np.testing.assert_allclose(s["iou"], data["scores.iou"], rtol=1e-12, equal_nan=True)
+    assert s["miou"] == pytest.approx(meta["scores.miou"], rel=1e-12)
+    assert s["pAcc"] == pytest.approx(meta["scores.pAcc"], rel=1e-12)
+    assert s["mAcc"] == pytest.approx(meta["scores.mAcc"], rel=1e-12)
+
+
+def test_hand_computed_case_with_ignore_and_absent_class():
+    gt = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = np.array([[0, 1, 1, 1], [2, 0, 2, 0]])
+    cm = ConfusionMatrix(4)
+    cm.update(torch.tensor(gt), torch.tensor(pred))
+    s = cm.compute()
+    # ignored pixels count for neither; class 0: tp 1, gt 2, pred 2 -> 1/3; class 1: tp 2, gt 2, pred 3 -> 2/3; class 2: 1/(2+1-1)
+    np.testing.assert_allclose(s["iou"][:3], [1 / 3, 2 / 3, 1 / 2])
+    assert np.isnan(s["iou"][3])
+    assert s["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert s["pAcc"] == pytest.approx(4 / 6)
+    assert s["mAcc"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+
+
+def test_prediction_outside_class_range_counts_as_a_miss():
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 1, 2]), np.array([0, 255, 2]))
+    s = cm.compute()
+    np.testing.assert_allclose(s["iou"], [1.0, 0.0, 1.0])
+    assert s["pAcc"] == pytest.approx(2 / 3)
+
+
+def test_accumulating_images_equals_one_big_update():
+    rng = np.random.default_rng(0)
+    gts = [rng.integers(0, 5, (7, 9)) for _ in range(5)]
+    preds = [rng.integers(0, 5, (7, 9)) for _ in range(5)]
+    a, b = ConfusionMatrix(5), ConfusionMatrix(5)
+    for g, p in zip(gts, preds):
+        a.update(g, p)
+    b.update(np.concatenate([g.ravel() for g in gts]), np.concatenate([p.ravel() for p in preds]))
+    assert torch.equal(a.mat, b.mat)
+
+
+def _reduce_worker(rank, world, port, gts, preds, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    cm = ConfusionMatrix(6)
+    for g, p in list(zip(gts, preds))[rank::world]:
+        cm.update(g, p)
+    cm.reduce_from_all_processes()
+    if rank == 0:
+        out.put(cm.mat.numpy())
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_reduce_across_two_processes_equals_one_process():
+    rng = np.random.default_rng(1)
+    gts = [rng.integers(0, 6, (11, 13)) for _ in range(7)]
+    preds = [rng.integers(0, 6, (11, 13)) for _ in range(7)]
+    single = ConfusionMatrix(6)
+    for g, p in zip(gts, preds):
+        single.update(g, p)
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    port = 29500 + os.getpid() % 1000
+    mp.start_processes(_reduce_worker, args=(2, port, gts, preds, out), nprocs=2,
+                       start_method="spawn")
+    np.testing.assert_array_equal(out.get(), single.mat.numpy())
+
+
+def test_reduce_without_process_group_is_a_no_op():
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([0, 1]), np.array([0, 1]))
+    before = cm.mat.clone()
+    cm.reduce_from_all_processes()
+    assert torch.equal(cm.mat, before)
+
+
+def test_table_lists_every_class_and_the_mean_of_present_classes():
+    iou = np.full(21, np.nan)
+    iou[0], iou[15] = 0.9, 0.5
+    present = np.zeros(21, bool)
+    present[[0, 15]] = True
+    table = format_table({"Seg_1": iou, "CAM_1": iou}, VOC_DISPLAY_NAMES, present)
+    lines = table.splitlines()
+    assert len(lines) == 23 and lines[0].split() == ["Class", "Seg_1", "CAM_1"]
+    assert lines[1].split() == ["bg", "90.000", "90.000"]
+    assert lines[16].split() == ["person", "50.000", "50.000"]
+    assert lines[2].split() == ["aeroplane", "-", "-"]
+    assert lines[-1].split() == ["mIoU", "70.000", "70.000"]

@@ -1,0 +1,24 @@
+"""User-facing errors: one line that names the file or flag and the fix, exit code 2, no traceback."""
+import functools
+import sys
+
+
+class UserError(Exception):
+    """A mistake in a path, flag or data file that the user can fix.
+
+    Programming errors raise ordinary exceptions; only this one is turned into a one-line message.
+    """
+
+
+def exit_on_user_error(main):
+    """Decorate a script's ``main`` so a :class:`UserError` prints ``error: <message>`` and exits 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper

@@ -1,0 +1,90 @@
+"""Segmentation metric: a confusion matrix accumulated on the tensors' device (SPEC §5.2).
+
+Rows are ground truth, columns predictions. Pixels whose ground truth is outside ``[0, C)``
+(255 = ignore) are skipped. A prediction outside ``[0, C)`` counts as a miss of its GT class
+(an extra column), so it can never corrupt another class's counts.
+"""
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+class ConfusionMatrix:
+    """Accumulate ``update(gt, pred)`` over many images, ``reduce_from_all_processes()`` across
+    ranks, then ``compute()`` the scores. Memory is ``C x (C+1)`` whatever the number of images."""
+
+    def __init__(self, num_classes: int, device: Optional[torch.device] = None):
+        self.num_classes = num_classes
+        self.mat = torch.zeros((num_classes, num_classes + 1), dtype=torch.int64, device=device)
+
+    def update(self, gt, pred) -> None:
+        """Add one or more images. ``gt`` and ``pred``: integer arrays/tensors of equal shape."""
+        gt = torch.as_tensor(gt, device=self.mat.device).reshape(-1).long()
+        pred = torch.as_tensor(pred, device=self.mat.device).reshape(-1).long()
+        if gt.shape != pred.shape:
+            raise ValueError(f"gt has {gt.numel()} pixels but pred has {pred.numel()}")
+        c = self.num_classes
+        keep = (gt >= 0) & (gt < c)
+        gt, pred = gt[keep], pred[keep]
+        pred = torch.where((pred >= 0) & (pred < c), pred, torch.full_like(pred, c))
+        self.mat += torch.bincount(gt * (c + 1) + pred, minlength=c * (c + 1)).view(c, c + 1)
+
+    def reset(self) -> None:
+        self.mat.zero_()
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the matrices of all ranks in place (a no-op without a process group)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
+
+    def compute(self) -> Dict[str, object]:
+        """Scores as the original defines them.
+
+        ``iou``: per-class IoU (C,), NaN where a class has neither GT nor prediction;
+        ``miou``: nan-mean of IoU over classes present in the ground truth;
+        ``pAcc``: pixel accuracy; ``mAcc``: nan-mean of per-class recall.
+        """
+        m = self.mat.double().cpu().numpy()
+        c = self.num_classes
+        tp = np.diag(m[:, :c])
+        gt_count = m.sum(axis=1)
+        pred_count = m[:, :c].sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = tp / (gt_count + pred_count - tp)
+            recall = tp / gt_count
+            pacc = tp.sum() / m.sum()
+        present = gt_count > 0
+        return {
+            "iou": iou,
+            "miou": float(np.nanmean(iou[present])) if present.any() else float("nan"),
+            "pAcc": float(pacc),
+            "mAcc": float(np.nanmean(recall)) if present.any() else float("nan"),
+            "present": present,
+        }
+
+
+def format_table(columns: Mapping[str, np.ndarray], class_names: Sequence[str],
+                 present: Optional[np.ndarray] = None) -> str:
+    """A per-class IoU table (x100, 3 decimals): one column per name in ``columns``, one row per
+    class, last row the mIoU over classes present in the ground truth (``present``; all classes
+    when None). Classes without ground truth print ``-`` and are left out of the mean."""
+    names = list(columns)
+    width = max(len("Class"), *(len(n) for n in class_names)) + 2
+    colw = max(9, *(len(n) + 2 for n in names))
+    num = len(class_names)
+    present = np.ones(num, dtype=bool) if present is None else np.asarray(present, dtype=bool)
+    lines = ["Class".ljust(width) + "".join(n.rjust(colw) for n in names)]
+    for i, cname in enumerate(class_names):
+        cells = []
+        for n in names:
+            v = columns[n][i]
+            cells.append(("-" if (not present[i] or np.isnan(v)) else f"{100 * v:.3f}").rjust(colw))
+        lines.append(cname.ljust(width) + "".join(cells))
+    means = []
+    for n in names:
+        vals = np.asarray(columns[n], dtype=np.float64)[present]
+        means.append((f"{100 * np.nanmean(vals):.3f}" if vals.size else "-").rjust(colw))
+    lines.append("mIoU".ljust(width) + "".join(means))
+    return "\n".join(lines)
