@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 from utils.errors import UserError
 
-from .classes import COCO_CLASSES, VOC_CLASSES
+from .classes import COCO_CLASSES, VOC_CLASSES, VOC_DISPLAY_NAMES
 
 VOC_MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 
@@ -28,6 +28,11 @@ class DatasetLayout:
     @property
     def class_names(self) -> Tuple[str, ...]:
         return VOC_CLASSES if self.name == "voc" else COCO_CLASSES
+
+    @property
+    def display_names(self) -> Tuple[str, ...]:
+        """Class names as result tables print them (VOC: bg, table, plant)."""
+        return VOC_DISPLAY_NAMES if self.name == "voc" else COCO_CLASSES
 
     @property
     def num_classes(self) -> int:

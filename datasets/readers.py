@@ -46,7 +46,7 @@ def read_mask(path: str, num_classes: int) -> np.ndarray:
     """
     img = _open(path, "mask")
     if img.mode in ("P", "L"):
-        mask = np.asarray(img, dtype=np.uint8)
+        mask = np.array(img, dtype=np.uint8)
     elif img.mode in ("I", "I;16", "I;16B", "I;16L"):
         mask = np.asarray(img)
         if mask.min() < 0 or mask.max() > 255:
@@ -62,4 +62,4 @@ def read_mask(path: str, num_classes: int) -> np.ndarray:
         raise UserError(f"mask {path} holds values {values} outside the class range "
                         f"0..{num_classes - 1} (and {IGNORE_INDEX} = ignore); wrong dataset or "
                         "--num_classes?")
-    return np.ascontiguousarray(mask)
+    return mask

@@ -1,0 +1,66 @@
+"""Training data-loader throughput: augmented samples per second.
+
+    python benchmarks/bench_data.py --data_folder demo_data/VOC2012 --crop_size 448 --workers 0 2
+
+Writes the synthetic dataset to ``demo_data`` first when ``--data_folder`` does not exist and is
+the default. Prints samples/s for each worker count after a warm-up batch.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from datasets import synthetic  # noqa: E402
+from datasets.layout import voc_layout  # noqa: E402
+from datasets.prepare import ensure_lists  # noqa: E402
+from datasets.segmentation import TrainDataset  # noqa: E402
+from datasets.transforms import TrainAugmentation  # noqa: E402
+
+DEFAULT = os.path.join("demo_data", "VOC2012")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="training data-loader throughput")
+    p.add_argument("--data_folder", default=DEFAULT, help="VOC2012-layout folder")
+    p.add_argument("--crop_size", type=int, default=448)
+    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--json", help="write the numbers to this file")
+    args = p.parse_args()
+    if args.data_folder == DEFAULT and not os.path.isdir(DEFAULT):
+        synthetic.write_all(os.path.dirname(DEFAULT), coco=False)
+    layout = voc_layout(args.data_folder)
+    lists = ensure_lists(layout, None, ["train_aug"])
+    dataset = TrainDataset(layout, lists, "train_aug", TrainAugmentation(crop_size=args.crop_size))
+    results = {}
+    for workers in args.workers:
+        loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                            num_workers=workers, persistent_workers=workers > 0)
+        it = iter(loader)
+        next(it)  # warm-up: worker start-up
+        start, n = time.perf_counter(), 0
+        for _ in range(args.batches):
+            try:
+                batch = next(it)
+            except StopIteration:
+                it = iter(loader)
+                batch = next(it)
+            n += batch[1].shape[0]
+        rate = n / (time.perf_counter() - start)
+        results[workers] = rate
+        print(f"crop {args.crop_size}, workers {workers}: {rate:.1f} samples/s "
+              f"({torch.get_num_threads()} torch threads)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"crop_size": args.crop_size, "samples_per_s": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

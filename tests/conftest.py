@@ -1,0 +1,30 @@
+"""Shared fixtures: a small synthetic dataset in the real VOC and COCO layouts."""
+import shutil
+
+import pytest
+
+from datasets import synthetic
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A read-only-by-convention synthetic dataset: VOC2012/ and coco/ (do not modify it)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.write_voc(root, num_train=40, num_val=12, num_test=5, seed=3)
+    synthetic.write_coco(root, num_train=30, num_val=12, seed=3)
+    return root
+
+
+@pytest.fixture
+def voc_copy(synthetic_root, tmp_path):
+    """A private copy of the synthetic VOC2012 folder that a test may damage."""
+    dst = tmp_path / "VOC2012"
+    shutil.copytree(synthetic_root / "VOC2012", dst)
+    return dst
+
+
+@pytest.fixture
+def coco_copy(synthetic_root, tmp_path):
+    dst = tmp_path / "coco"
+    shutil.copytree(synthetic_root / "coco", dst)
+    return dst
