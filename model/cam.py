@@ -1,0 +1,40 @@
+"""Multi-scale class activation maps of a student (SPEC §3.1)."""
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .network import Student
+
+CAM_SCALES = (1.0, 0.5, 1.5)
+
+
+def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Min-max normalise every ``(image, class)`` map of ``(B, K, H, W)`` to [0, 1]:
+    ``M - min(M)``, then ``/ (max + eps)``."""
+    cam = cam - cam.amin(dim=(2, 3), keepdim=True)
+    return cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
+
+
+@torch.no_grad()
+def multiscale_cam(student: Student, x: torch.Tensor,
+                   scales: Sequence[float] = CAM_SCALES) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale + flip CAM and aux CAM of ``x (B, 3, H, W)``, each ``(B, K, H, W)`` in [0, 1].
+
+    For each scale, ``[x_s ; flip(x_s)]`` goes through the student in one pass; both maps are
+    upsampled (bilinear) to ``H x W``, the flipped half is flipped back and merged by max, ReLU'd,
+    summed over scales and min-max normalised per image and class.
+    """
+    b, _, h, w = x.shape
+    total = total_aux = None
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, size=(int(s * h), int(s * w)), mode="bilinear",
+                                              align_corners=False)
+        cams = student.raw_cams(torch.cat([xs, xs.flip(-1)], dim=0))
+        merged = []
+        for cam in cams:
+            cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
+            merged.append(F.relu(torch.maximum(cam[:b], cam[b:].flip(-1))))
+        total = merged[0] if total is None else total + merged[0]
+        total_aux = merged[1] if total_aux is None else total_aux + merged[1]
+    return normalize_cam(total), normalize_cam(total_aux)

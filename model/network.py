@@ -1,0 +1,114 @@
+"""The DuPL network: two independent students (SPEC §2.2–§2.5).
+
+A student is a ViT encoder, a classifier and an auxiliary classifier (1x1 convs without bias on
+globally max-pooled tokens) and a LargeFOV decoder. Module names follow the original
+(``branch1.encoder...``, ``branch1.classifier``, ``branch1.aux_classifier``,
+``branch1.decoder.conv6/7/8``), so its checkpoints load unchanged.
+"""
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import create_vit, vit_token_maps
+
+
+class LargeFOV(nn.Module):
+    """DeepLab-LargeFOV head: 3x3 conv (dilation 5) -> ReLU -> 3x3 conv (dilation 5) -> ReLU ->
+    1x1 conv, no biases. ``(B, D, h, w) -> (B, C, h, w)``."""
+
+    def __init__(self, in_planes: int, num_classes: int, planes: int = 512, dilation: int = 5):
+        super().__init__()
+        self.conv6 = nn.Conv2d(in_planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv7 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv8 = nn.Conv2d(planes, num_classes, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv8(F.relu(self.conv7(F.relu(self.conv6(x)))))
+
+
+class StudentOutput(NamedTuple):
+    """Training/validation outputs of one student for a batch of N images."""
+    cls: torch.Tensor        # (N, K) classifier logits on the max-pooled final tokens
+    seg: torch.Tensor        # (N, C, h, w) decoder logits
+    fmap: torch.Tensor       # (N, D, h, w) final patch-token map
+    cls_aux: torch.Tensor    # (N, K) aux-classifier logits on the max-pooled aux tokens
+
+
+class Student(nn.Module):
+    """One DuPL student (SPEC §2.2, §2.3)."""
+
+    def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
+                 pretrained: bool = False, pretrained_path: Optional[str] = None):
+        super().__init__()
+        self.aux_layer = aux_layer
+        self.encoder = create_vit(backbone, pretrained, pretrained_path)
+        dim = self.encoder.embed_dim
+        self.decoder = LargeFOV(dim, num_classes)
+        self.classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
+        self.aux_classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
+
+    @property
+    def patch_size(self) -> int:
+        return self.encoder.patch_embed.patch_size[0]
+
+    def token_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//16, W//16)``."""
+        return vit_token_maps(self.encoder, x, self.aux_layer)
+
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        fmap, aux = self.token_maps(x)
+        cls = self.classifier(F.adaptive_max_pool2d(fmap, 1)).flatten(1)
+        cls_aux = self.aux_classifier(F.adaptive_max_pool2d(aux, 1)).flatten(1)
+        return StudentOutput(cls, self.decoder(fmap), fmap, cls_aux)
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder logits only, ``(N, C, H//16, W//16)`` (inference, consistency branch)."""
+        return self.decoder(self.token_maps(x)[0])
+
+    def raw_cams(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Un-normalised CAMs ``(cam, cam_aux)``, each ``(N, K, H//16, W//16)``: the classifier
+        weights applied at every token of the final / aux map, no ReLU."""
+        fmap, aux = self.token_maps(x)
+        return F.conv2d(fmap, self.classifier.weight), F.conv2d(aux, self.aux_classifier.weight)
+
+
+class DualStudentNet(nn.Module):
+    """Two complete, independent students; no weight sharing (SPEC §2.4)."""
+
+    def __init__(self, backbone: str = "deit_base_patch16_224", num_classes: int = 21,
+                 aux_layer: int = -3, pretrained: bool = False,
+                 pretrained_path: Optional[str] = None):
+        super().__init__()
+        self.backbone_name, self.num_classes, self.aux_layer = backbone, num_classes, aux_layer
+        self.branch1 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path)
+        self.branch2 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path)
+
+    @property
+    def students(self) -> Tuple[Student, Student]:
+        return self.branch1, self.branch2
+
+    def forward(self, x: torch.Tensor, x_aug: Optional[torch.Tensor] = None):
+        """Both students on ``x``; with ``x_aug`` also their decoder logits on it.
+
+        Returns ``[StudentOutput, StudentOutput]`` and, when ``x_aug`` is given, the list of the
+        two ``(N, C, h', w')`` seg logits of ``x_aug`` as a second element.
+        """
+        outs = [s(x) for s in self.students]
+        if x_aug is None:
+            return outs
+        return outs, [s.segment(x_aug) for s in self.students]
+
+    def param_groups(self, lr: float, weight_decay: float = 0.01) -> List[dict]:
+        """The four optimiser groups of SPEC §2.5, both students pooled: backbone parameters
+        without / with "norm" in their name (base ``lr``), the four classifier weights and both
+        decoders (``10 * lr``). Weight decay on every group, as in the original."""
+        params: List[List[nn.Parameter]] = [[], [], [], []]
+        for s in self.students:
+            for name, p in s.encoder.named_parameters():
+                params[1 if "norm" in name else 0].append(p)
+            params[2] += [s.classifier.weight, s.aux_classifier.weight]
+            params[3] += list(s.decoder.parameters())
+        return [{"params": p, "lr": lr * mult, "weight_decay": weight_decay}
+                for p, mult in zip(params, (1, 1, 10, 10))]
