@@ -16,6 +16,8 @@ from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN_255 = (123.675, 116.28, 103.53)  # the same constants in 0-255 units
+_STD_255 = (58.395, 57.12, 57.375)
 
 
 def random_rescale(img: Image.Image, scale_range=(0.5, 2.0)) -> Image.Image:
@@ -58,6 +60,23 @@ def normalize(img: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """Normalised batch ``(B, 3, H, W)`` back to RGB in [0, 1], quantised like a uint8 image.
+
+    ``x * std + mean`` per channel with the ImageNet constants in 0-255 units, truncated towards
+    zero and wrapped into 0..255 as the original's cast to uint8 does on CPU (values outside
+    0..255 wrap modulo 256), then divided by 255 (SPEC §3.5); bit-exact on CPU and CUDA.
+    Truncation means a normalised uint8 image does not always come back exactly: a value landing
+    a hair below its integer drops one level (about 4% of the 256 levels per channel), as in the
+    original. The constants are Python scalars (no host-to-device copy, no synchronisation).
+    ``x (B, 3, H, W)`` -> ``(B, 3, H, W)`` in ``x``'s dtype.
+    """
+    channels = [x[:, c] * s + m for c, (m, s) in enumerate(zip(_MEAN_255, _STD_255))]
+    pixels = torch.remainder(torch.trunc(torch.stack(channels, dim=1)), 256)
+    # divide by a device tensor: CUDA divides by a Python scalar through its reciprocal (1 ulp off)
+    return pixels / torch.full((1, 1, 1, 1), 255.0, dtype=x.dtype, device=x.device)
 
 
 class TrainAugmentation:
