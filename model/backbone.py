@@ -33,8 +33,7 @@ def _create_empty(name: str) -> VisionTransformer:
     base = name.split(".")[0]
     if base not in timm.list_models():
         raise UserError(f"--backbone {name} is not a timm model; use one of {', '.join(PLAIN_VITS)}")
-    vit = timm.create_model(base, pretrained=False, drop_rate=0.0, drop_path_rate=0.0,
-                            attn_drop_rate=0.0)
+    vit = timm.create_model(base, pretrained=False)  # plain ViTs default to no dropout/drop-path
     if (not isinstance(vit, VisionTransformer) or vit.num_prefix_tokens != 1
             or not vit.has_class_token or vit.pos_embed is None or vit.no_embed_class):
         raise UserError(f"--backbone {name} is not a plain ViT/DeiT with one class token; use one "
@@ -101,6 +100,10 @@ def create_vit(name: str, pretrained: bool = False,
             ) from None
         vit.load_state_dict(loaded.state_dict())
     vit.pos_embed.requires_grad_(False)
+    # the ImageNet head is kept for the checkpoint layout but never used: freezing it changes
+    # nothing (AdamW skips parameters without gradients) and lets DDP run without
+    # find_unused_parameters
+    vit.head.requires_grad_(False)
     return vit
 
 
