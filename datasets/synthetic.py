@@ -15,11 +15,12 @@ steps on a CPU, while not being solvable by a shortcut:
   textured strips).  A distractor never has a class's shape *and* texture together: blobs and
   patches are untextured, and textured strips are thin rectangles that never carry the
   checkerboard of the (rounded-rectangle) car class.
-* One to three objects per image, 15%-60% of the short image side, random position, rotation
+* One to three objects per image, 25%-65% of the short image side, random position, rotation
   and aspect, with mild occlusion (later objects are drawn over earlier ones).
 * Masks hold 0 for background, the class index inside objects and ``IGNORE_INDEX`` (255) in a
   band of about 3 px along every object's visible boundary, like the real VOC annotations.
-* Landscape, portrait and square images between 160 and 360 px a side, about 5% grayscale
+* Landscape, portrait and square images between 96 and 208 px a side (sized for the demo's
+  128-pixel crops as VOC's images are for 448), about 5% grayscale
   images (single-channel JPEGs) and about 2% images without any object.
 
 VOC layout (``OUT/VOC2012``)::
@@ -91,8 +92,8 @@ DEFAULT_COCO_VAL = 40
 GRAY_FRACTION = 0.05
 EMPTY_FRACTION = 0.02
 JPEG_QUALITY = 90
-MIN_SIDE, MAX_SIDE = 160, 360
-OBJECT_SIZE_RANGE = (0.15, 0.6)  # object extent as a fraction of the short image side
+MIN_SIDE, MAX_SIDE = 96, 208
+OBJECT_SIZE_RANGE = (0.25, 0.65)  # object extent as a fraction of the short image side
 MAX_OCCLUSION = 0.3  # at most this fraction of a new object may cover earlier ones (best effort)
 
 _VOC_TAG, _COCO_TAG, _VOC_SPLIT_TAG, _COCO_SPLIT_TAG = 0, 1, 2, 3
@@ -306,12 +307,15 @@ def _boundary_band(region: np.ndarray) -> np.ndarray:
 
 
 def sample_image_size(rng: np.random.Generator) -> Tuple[int, int]:
-    """A random (height, width): ~50% landscape, ~30% portrait, ~20% square, sides in [160, 360]."""
+    """A random (height, width): ~50% landscape, ~30% portrait, ~20% square, sides in [96, 208].
+
+    The demo trains on 128-pixel crops; these sizes relate to that crop as VOC's ~500x375
+    images relate to the paper's 448 crop, so a crop holds most of an image and its labels."""
     kind = rng.choice(3, p=[0.5, 0.3, 0.2])
     if kind == 2:
-        side = int(rng.integers(176, 321))
+        side = int(rng.integers(112, 177))
         return side, side
-    long_side = int(rng.integers(240, MAX_SIDE + 1))
+    long_side = int(rng.integers(144, MAX_SIDE + 1))
     short_side = int(np.clip(round(long_side * rng.uniform(0.5, 0.85)), MIN_SIDE, long_side))
     return (short_side, long_side) if kind == 0 else (long_side, short_side)
 
@@ -361,7 +365,7 @@ def make_sample(rng: np.random.Generator, height: int, width: int,
         shape = CLASS_SHAPES[cid]
         placed = None  # (region, cx, cy, angle) of the latest usable candidate
         for _attempt in range(12):
-            # Skewed towards the larger sizes (mean ~0.41 of the short side).
+            # Skewed towards the larger sizes (mean ~0.48 of the short side).
             lo, hi = OBJECT_SIZE_RANGE
             size = (lo + (hi - lo) * rng.beta(1.6, 1.2)) * short
             cx = rng.uniform(0.1, 0.9) * w

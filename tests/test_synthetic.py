@@ -193,7 +193,7 @@ def test_some_jpegs_are_single_channel_grayscale(voc):
 def test_images_come_in_several_sizes_and_aspect_ratios(voc):
     sizes = [Image.open(p).size for p in (voc / "JPEGImages").glob("*.jpg")]
     assert len(set(sizes)) >= 10
-    assert all(150 <= s <= 370 for wh in sizes for s in wh)
+    assert all(96 <= s <= 208 for wh in sizes for s in wh)
     assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes) and any(w == h for w, h in sizes)
 
 
@@ -206,8 +206,8 @@ def test_objects_span_small_to_large_sizes(voc):
             b = [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
             rel.append(max(b[2] - b[0], b[3] - b[1]) / short)
     rel = np.array(rel)
-    assert rel.max() <= 0.65
-    assert rel.min() < 0.25 and (rel > 0.4).mean() > 0.2
+    assert rel.max() <= 0.7
+    assert rel.min() < 0.3 and (rel > 0.45).mean() > 0.2
 
 
 # ------------------------------------------------------------------------------- content
