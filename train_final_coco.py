@@ -1,11 +1,21 @@
-"""Train DuPL on MS COCO 2014."""
+"""Train DuPL on MS COCO 2014 (SPEC §4.5).
+
+    python -m torch.distributed.run --nproc_per_node=8 train_final_coco.py \
+        --img_folder coco/JPEGImages --label_folder coco/SegmentationClass
+
+All flags and their defaults: `python train_final_coco.py --help`. The training loop itself is
+`utils/train_engine.py`, shared with the other dataset.
+"""
 import sys
 
+from utils.errors import exit_on_user_error
+from utils.train_engine import get_args_parser, main
 
-def main() -> None:
-    print("error: train_final_coco.py is not implemented yet", file=sys.stderr)
-    sys.exit(2)
+
+@exit_on_user_error
+def run(argv=None):
+    return main(get_args_parser("coco").parse_args(argv), "coco")
 
 
 if __name__ == "__main__":
-    main()
+    run(sys.argv[1:])

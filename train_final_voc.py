@@ -1,11 +1,21 @@
-"""Train DuPL on PASCAL VOC 2012."""
+"""Train DuPL on PASCAL VOC 2012 (SPEC §4.4).
+
+    python -m torch.distributed.run --nproc_per_node=2 train_final_voc.py --data_folder VOC2012
+    python train_final_voc.py --data_folder VOC2012            # one GPU, or the CPU
+
+All flags and their defaults: `python train_final_voc.py --help`. The training loop itself is
+`utils/train_engine.py`, shared with the other dataset.
+"""
 import sys
 
+from utils.errors import exit_on_user_error
+from utils.train_engine import get_args_parser, main
 
-def main() -> None:
-    print("error: train_final_voc.py is not implemented yet", file=sys.stderr)
-    sys.exit(2)
+
+@exit_on_user_error
+def run(argv=None):
+    return main(get_args_parser("voc").parse_args(argv), "voc")
 
 
 if __name__ == "__main__":
-    main()
+    run(sys.argv[1:])

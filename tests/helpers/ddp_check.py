@@ -1,0 +1,59 @@
+"""Run under torch.distributed.run by tests/test_train.py: one DDP training step and a sharded
+validation on a tiny model; rank 0 writes what the test compares to a JSON file."""
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from datasets.layout import voc_layout
+from datasets.prepare import ensure_lists
+from datasets.segmentation import EvalDataset, TrainDataset
+from datasets.transforms import TrainAugmentation
+from model.dupl import dupl_step, voc_config
+from model.network import DualStudentNet
+from model.par import PAR
+from utils.distributed import init_distributed
+from utils.schedule import PolyWarmupAdamW
+from utils.validation import validate
+
+
+def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
+    info = init_distributed()
+    layout = voc_layout(data_folder)
+    if info.rank == 0:
+        ensure_lists(layout, list_folder, ["train_aug", "val"])
+    dist.barrier()
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    model = DistributedDataParallel(net)
+    opt = PolyWarmupAdamW(net.param_groups(1e-3), lr=1e-3, max_iters=10, warmup_iters=1)
+    torch.manual_seed(100 + info.rank)          # different data on each rank
+    train = TrainDataset(layout, list_folder, "train_aug", TrainAugmentation(crop_size=48))
+    batch = [train[i] for i in range(info.rank * 2, info.rank * 2 + 2)]
+    images = torch.stack([b[1] for b in batch])
+    labels = torch.stack([b[2] for b in batch])
+    boxes = torch.stack([b[3] for b in batch])
+    cfg = voc_config(cam_iters=1, gmm_iters=2, max_iters=10, descent_start=1, descent_steps=9)
+    out = dupl_step(model, net, images, labels, boxes, step, cfg, PAR(), torch.Generator().manual_seed(info.rank))
+    out.loss.backward()
+    opt.step()
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(info.world_size)]
+    dist.all_gather(gathered, flat)
+    val = EvalDataset(layout, list_folder, "val")
+    result = validate(net, val, info.device, info.rank, info.world_size, crop_size=48, num_workers=0)
+    if info.rank == 0:
+        torch.save(net.state_dict(), out_path + ".pth")
+        with open(out_path, "w") as f:
+            json.dump({"identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
+                       "miou": {k: v["miou"] for k, v in result["scores"].items()},
+                       "iou": {k: [None if x != x else x for x in v["iou"].tolist()]
+                               for k, v in result["scores"].items()},
+                       "f1": result["f1"], "num_images": result["num_images"]}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

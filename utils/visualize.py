@@ -1,0 +1,52 @@
+"""Image grids for TensorBoard and the visualisation tools: CAM heat-maps and label colours."""
+import numpy as np
+import torch
+
+from datasets.classes import voc_colormap
+from datasets.transforms import denormalize
+
+_CMAP = torch.from_numpy(voc_colormap()).float() / 255.0
+
+
+def colorize_label(label: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` class indices -> ``(3, H, W)`` RGB in [0, 1] with the VOC palette."""
+    return _CMAP.to(label.device)[label.long().clamp(0, 255)].permute(2, 0, 1)
+
+
+def heatmap(cam: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` in [0, 1] -> ``(3, H, W)`` jet-like colours."""
+    c = cam.clamp(0, 1)
+    r = (1.5 - (4 * c - 3).abs()).clamp(0, 1)
+    g = (1.5 - (4 * c - 2).abs()).clamp(0, 1)
+    b = (1.5 - (4 * c - 1).abs()).clamp(0, 1)
+    return torch.stack([r, g, b])
+
+
+def cam_overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Blend a ``(H, W)`` CAM heat-map over an RGB ``(3, H, W)`` image in [0, 1]."""
+    return (1 - alpha) * image + alpha * heatmap(cam)
+
+
+@torch.no_grad()
+def training_grid(step_output, images: torch.Tensor, cls_label: torch.Tensor) -> torch.Tensor:
+    """First image of the batch: the image, each student's CAM and aux CAM (max over the present
+    classes), and each student's pseudo label when it exists, side by side: ``(3, H, n*W)``."""
+    rgb = denormalize(images[:1].float())[0].cpu()
+    tiles = [rgb]
+    present = cls_label[0] > 0
+    if step_output.cams is not None:
+        for cam in step_output.cams:
+            m = cam[0][present].amax(0) if present.any() else cam[0].amax(0)
+            tiles.append(cam_overlay(rgb, m.float().cpu()))
+    if step_output.pseudo_labels is not None:
+        tiles += [colorize_label(label[0].cpu()) for label in step_output.pseudo_labels]
+    return torch.cat(tiles, dim=2)
+
+
+def log_training_images(writer, step_output, images, cls_label, step: int) -> None:
+    writer.add_image("train/image_cams_labels", training_grid(step_output, images, cls_label), step)
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8."""
+    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
