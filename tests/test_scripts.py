@@ -15,17 +15,28 @@ def _run(*args, timeout=300):
 
 def test_demo_writes_data_derives_lists_and_prints_the_baseline(tmp_path):
     out = tmp_path / "demo"
-    res = _run("demo.py", "--out", str(out))
+    res = _run("demo.py", "--out", str(out), "--no-train")
     assert res.returncode == 0, res.stderr
     assert (out / "VOC2012" / "JPEGImages").is_dir() and (out / "coco").is_dir()
     assert (tmp_path / "demo" / "VOC2012_lists" / "train_aug.txt").is_file()
     assert "all-background baseline" in res.stdout and "mIoU" in res.stdout
-    again = _run("demo.py", "--out", str(out))
+    again = _run("demo.py", "--out", str(out), "--no-train")
     assert again.returncode == 0 and "kept existing" in again.stdout
 
 
-@pytest.mark.parametrize("script", ["train_final_voc.py", "train_final_coco.py", "eval_seg_voc.py",
-                                    "eval_seg_coco_ddp.py", "convert_voc_rgb.py"])
+@pytest.mark.slow
+def test_demo_trains_through_all_phases_and_learns(tmp_path):
+    res = _run("demo.py", "--out", str(tmp_path / "demo"), "--work_dir", str(tmp_path / "run"),
+               timeout=1800)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Iter: 480;" in log and "Seg_2" in log
+    summary = [l for l in res.stdout.splitlines() if l.startswith("demo finished")][0]
+    seg = [float(v) for v in summary.split("segmentation mIoU ")[1].split(" (")[0].split(" / ")]
+    assert max(seg) >= 45.0, summary
+
+
+@pytest.mark.parametrize("script", ["eval_seg_voc.py", "eval_seg_coco_ddp.py", "convert_voc_rgb.py"])
 def test_scripts_not_yet_implemented_say_so_in_one_line(script):
     res = _run(script)
     assert res.returncode == 2

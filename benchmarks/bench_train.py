@@ -1,0 +1,124 @@
+"""Training-iteration speed and memory of each DuPL phase.
+
+    python benchmarks/bench_train.py --backbone deit_base_patch16_224 --crop_size 448 \
+        --samples_per_gpu 2 --iters 30 [--amp] [--json out.json]
+
+Runs the real training step (``model.dupl.dupl_step`` + backward + AdamW step) on synthetic
+VOC-format data (written to ``demo_data`` when ``--data_folder`` is not given) with random
+weights, for iterations in phase A (before cam_iters), B (before gmm_iters) and C (GMM +
+consistency), after ``--warmup`` untimed iterations per phase. Prints the median s/iter,
+images/s, the data-loader wait and the peak GPU memory of each phase.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from datasets import synthetic  # noqa: E402
+from datasets.layout import voc_layout  # noqa: E402
+from datasets.prepare import ensure_lists  # noqa: E402
+from datasets.segmentation import TrainDataset  # noqa: E402
+from datasets.transforms import TrainAugmentation  # noqa: E402
+from model.dupl import dupl_step, voc_config  # noqa: E402
+from model.network import DualStudentNet  # noqa: E402
+from model.par import PAR  # noqa: E402
+from utils.schedule import PolyWarmupAdamW  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="DuPL training-step benchmark")
+    p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
+    p.add_argument("--backbone", default="deit_base_patch16_224")
+    p.add_argument("--crop_size", type=int, default=448)
+    p.add_argument("--samples_per_gpu", type=int, default=2)
+    p.add_argument("--iters", type=int, default=30, help="timed iterations per phase")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase")
+    p.add_argument("--phases", default="ABC")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    folder = args.data_folder
+    if folder is None:
+        folder = os.path.join("demo_data", "VOC2012")
+        if not os.path.isdir(folder):
+            synthetic.write_all("demo_data", coco=False)
+    layout = voc_layout(folder)
+    lists = ensure_lists(layout, None, ["train_aug"])
+    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size))
+    loader = DataLoader(data, batch_size=args.samples_per_gpu, shuffle=True, drop_last=True,
+                        num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
+                        pin_memory=device.type == "cuda")
+
+    torch.manual_seed(0)
+    net = DualStudentNet(args.backbone, 21).to(device)
+    opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
+    cfg = voc_config()
+    par = PAR().to(device)
+    gen = torch.Generator().manual_seed(0)
+    phase_step = {"A": 100, "B": cfg.cam_iters + 100, "C": cfg.gmm_iters + 100}
+    flops_note = ""
+    results = {}
+
+    def batches():
+        while True:
+            for b in loader:
+                yield b
+
+    it = batches()
+    for phase in args.phases:
+        n = phase_step[phase]
+        times, waits = [], []
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for i in range(args.warmup + args.iters):
+            t0 = time.perf_counter()
+            _, images, labels, boxes = next(it)
+            max_present = int(labels.sum(1).max())
+            images, labels, boxes = (t.to(device, non_blocking=True) for t in (images, labels, boxes))
+            t1 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                out = dupl_step(net, net, images, labels, boxes, n, cfg, par, gen,
+                                max_present=max_present)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+            t2 = time.perf_counter()
+            if i >= args.warmup:
+                times.append(t2 - t0)
+                waits.append(t1 - t0)
+        med = statistics.median(times)
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+        results[phase] = {"s_per_iter": med, "images_per_s": args.samples_per_gpu / med,
+                          "data_wait_s": statistics.median(waits), "peak_mem_gib": peak}
+        print(f"phase {phase}: {med:.3f} s/iter, {args.samples_per_gpu / med:.2f} images/s, "
+              f"data wait {1000 * statistics.median(waits):.1f} ms, peak memory {peak:.2f} GiB"
+              f"{flops_note}", flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {name}, backbone {args.backbone}, crop {args.crop_size}, "
+          f"{args.samples_per_gpu} images per step, amp {args.amp}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "args": vars(args), "phases": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
