@@ -1,0 +1,99 @@
+"""Dense CRF post-processing of segmentation logits (SPEC §6.1).
+
+Probabilities are the softmax of the logits resized to the image size; the unary is
+``-log(max(p, 1e-5))``; a Gaussian pairwise term (sxy 1, compat 1) and a bilateral one (sxy 121,
+srgb 5, compat 4) on the original uint8 RGB image; 10 mean-field iterations; argmax of the marginals.
+``run_crf`` spreads independent per-image jobs over worker processes, one CPU thread each.
+"""
+import multiprocessing as mp
+import os
+from typing import Callable, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+CRF_PARAMS = {
+    "gauss_sxy": 1,
+    "gauss_compat": 1,
+    "bi_sxy": 121,
+    "bi_srgb": 5,
+    "bi_compat": 4,
+    "iters": 10,
+    "clip": 1e-5,
+}
+
+
+def unary_from_probs(probs: np.ndarray, clip: float = CRF_PARAMS["clip"]) -> np.ndarray:
+    """Unary potentials ``-log(max(p, clip))`` of ``probs`` (C, H, W) as C-contiguous float32 (C, H*W)."""
+    probs = np.asarray(probs, dtype=np.float32)
+    flat = probs.reshape(probs.shape[0], -1)
+    return np.ascontiguousarray(-np.log(np.maximum(flat, np.float32(clip))), dtype=np.float32)
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, **params) -> np.ndarray:
+    """Refine class probabilities ``probs`` (C, H, W) on ``image`` uint8 (H, W, 3); labels uint8 (H, W).
+
+    Keyword arguments override entries of :data:`CRF_PARAMS`.
+    """
+    import pydensecrf.densecrf as dcrf  # imported here so the module loads without it
+
+    unknown = set(params) - set(CRF_PARAMS)
+    if unknown:
+        raise TypeError(f"unknown CRF parameters: {sorted(unknown)}")
+    p = {**CRF_PARAMS, **params}
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
+        raise ValueError(f"probs must be (C, H, W) with (H, W) = {image.shape[:2]}, got {probs.shape}")
+    n_classes, h, w = probs.shape
+
+    crf = dcrf.DenseCRF2D(w, h, n_classes)
+    crf.setUnaryEnergy(unary_from_probs(probs, p["clip"]))
+    crf.addPairwiseGaussian(sxy=p["gauss_sxy"], compat=p["gauss_compat"])
+    crf.addPairwiseBilateral(sxy=p["bi_sxy"], srgb=p["bi_srgb"], rgbim=np.ascontiguousarray(image),
+                             compat=p["bi_compat"])
+    q = np.array(crf.inference(int(p["iters"])), dtype=np.float32).reshape(n_classes, h, w)
+    return np.argmax(q, axis=0).astype(np.uint8)
+
+
+def probs_from_logits(logits: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Softmax of ``logits`` (C, h, w) resized bilinearly (align_corners=False) to ``size`` = (H, W).
+
+    Computed in float32 on the CPU; returns float32 (C, H, W).
+    """
+    t = torch.as_tensor(np.asarray(logits)).to(device="cpu", dtype=torch.float32)
+    if t.ndim != 3:
+        raise ValueError(f"logits must be (C, h, w), got shape {tuple(t.shape)}")
+    size = (int(size[0]), int(size[1]))
+    t = t.unsqueeze(0)
+    if tuple(t.shape[-2:]) != size:
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return torch.softmax(t, dim=1)[0].numpy().astype(np.float32, copy=False)
+
+
+def _single_thread_worker() -> None:
+    """Pool initializer: one OpenMP / torch thread per worker so N workers use N cores."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    torch.set_num_threads(1)
+
+
+def run_crf(jobs: Sequence, fn: Callable, workers: int, desc: str = "CRF") -> List:
+    """Apply the picklable top-level ``fn`` to every job, in ``workers`` processes; results in job order.
+
+    ``workers <= 1`` runs in this process. Jobs must be independent and deterministic, so the result
+    does not depend on the worker count.
+    """
+    jobs = list(jobs)
+    workers = min(int(workers), len(jobs))
+    if workers <= 1:
+        return [fn(job) for job in tqdm(jobs, desc=desc, total=len(jobs))]
+    # fork keeps start-up cheap where it is available; spawn elsewhere (fn must be importable)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    with ctx.Pool(processes=workers, initializer=_single_thread_worker) as pool:
+        return list(tqdm(pool.imap(fn, jobs, chunksize=1), desc=desc, total=len(jobs)))
