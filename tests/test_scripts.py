@@ -34,10 +34,3 @@ def test_demo_trains_through_all_phases_and_learns(tmp_path):
     summary = [l for l in res.stdout.splitlines() if l.startswith("demo finished")][0]
     seg = [float(v) for v in summary.split("segmentation mIoU ")[1].split(" (")[0].split(" / ")]
     assert max(seg) >= 45.0, summary
-
-
-@pytest.mark.parametrize("script", ["eval_seg_voc.py", "eval_seg_coco_ddp.py", "convert_voc_rgb.py"])
-def test_scripts_not_yet_implemented_say_so_in_one_line(script):
-    res = _run(script)
-    assert res.returncode == 2
-    assert res.stderr.strip() == f"error: {script} is not implemented yet"

@@ -1,0 +1,131 @@
+"""Multi-scale + CRF evaluation on VOC and COCO layouts, one process and sharded."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval_seg_coco_ddp
+import eval_seg_voc
+from datasets.prepare import read_list
+from model.network import DualStudentNet
+from utils.inference import select_branch, voc_msc_logits
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    voc = DualStudentNet("deit_tiny_patch16_224", 21)
+    torch.save({"model": voc.state_dict(), "step": 1}, root / "voc.pth")
+    # the original saves the DDP state dict: bare, keys prefixed with "module."
+    torch.save({"module." + k: v for k, v in voc.state_dict().items()}, root / "original.pth")
+    coco = DualStudentNet("deit_tiny_patch16_224", 81, aux_layer=9)
+    torch.save({"model": coco.state_dict()}, root / "coco.pth")
+    return root
+
+
+def _pngs(folder):
+    return {f: np.array(Image.open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))}
+
+
+def test_voc_eval_with_crf_scores_saves_logits_and_pngs(voc_copy, checkpoints, tmp_path):
+    wd = tmp_path / "eval"
+    res = eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                            "--work_dir", str(wd), "--crf_workers", "1", "--scales", "1.0 0.5", *TINY])
+    assert {"Seg_1", "Seg_2", "Ensemble", "CRF_ensemble"} <= set(res)
+    val = read_list(str(voc_copy) + "_lists/val.txt")
+    for sub in ("prediction", "prediction_color", "crf", "crf_color"):
+        assert sorted(os.listdir(wd / sub)) == sorted(i + ".png" for i in val)
+    img = Image.open(voc_copy / "JPEGImages" / f"{val[0]}.jpg")
+    pred = Image.open(wd / "crf_color" / f"{val[0]}.png")
+    assert pred.mode == "P" and pred.size == img.size
+    with np.load(wd / "logits" / f"{val[0]}.npz") as f:
+        assert f["logits"].dtype == np.float16 and f["logits"].shape == (21, img.size[1], img.size[0])
+
+
+def test_saved_prediction_is_the_chosen_branch(voc_copy, checkpoints, tmp_path):
+    wd = tmp_path / "b1"
+    eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                      "--work_dir", str(wd), "--no-crf", "--branch", "1", "--scales", "1.0", *TINY])
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    net.load_state_dict(torch.load(checkpoints / "voc.pth")["model"])
+    net.eval()
+    from datasets.layout import voc_layout
+    from datasets.segmentation import EvalDataset
+    ds = EvalDataset(voc_layout(str(voc_copy)), str(voc_copy) + "_lists", "val")
+    img_id, image, _, _ = ds[0]
+    logits = voc_msc_logits(net, image[None], (1.0,))
+    expected = select_branch(logits, "1").argmax(1)[0].numpy()
+    np.testing.assert_array_equal(np.array(Image.open(wd / "prediction" / f"{img_id}.png")), expected)
+    assert not os.listdir(wd / "crf")
+
+
+def test_crf_worker_count_does_not_change_results(voc_copy, checkpoints, tmp_path):
+    outs = []
+    for workers in ("1", "2"):
+        wd = tmp_path / f"w{workers}"
+        res = eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path",
+                                str(checkpoints / "voc.pth"), "--work_dir", str(wd), "--crf_workers",
+                                workers, "--scales", "1.0", *TINY])
+        outs.append((res["CRF_ensemble"]["miou"], _pngs(wd / "crf")))
+    assert outs[0][0] == outs[1][0]
+    assert outs[0][1].keys() == outs[1][1].keys()
+    assert all(np.array_equal(outs[0][1][k], outs[1][1][k]) for k in outs[0][1])
+
+
+def test_test_split_writes_predictions_only(voc_copy, checkpoints, tmp_path):
+    wd = tmp_path / "test"
+    res = eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                            "--infer_set", "test", "--work_dir", str(wd), "--crf_workers", "1",
+                            "--scales", "1.0", *TINY])
+    assert res == {}
+    test_ids = read_list(str(voc_copy / "ImageSets" / "Segmentation" / "test.txt"))
+    assert sorted(os.listdir(wd / "crf")) == sorted(i + ".png" for i in test_ids)
+
+
+def test_original_checkpoint_format_is_accepted(voc_copy, checkpoints, tmp_path):
+    a = eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "original.pth"),
+                          "--work_dir", str(tmp_path / "o"), "--no-crf", "--scales", "1.0", *TINY])
+    b = eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                          "--work_dir", str(tmp_path / "p"), "--no-crf", "--scales", "1.0", *TINY])
+    assert a["Ensemble"]["miou"] == b["Ensemble"]["miou"]
+
+
+@pytest.mark.parametrize("ckpt,extra,message", [
+    ("missing.pth", [], "--model_path .*missing.pth does not exist"),
+    ("coco.pth", [], "trained with 81 classes but this network has 21"),
+    ("voc.pth", ["--backbone", "deit_small_patch16_224"], "holds a ViT-tiny/16"),
+])
+def test_bad_checkpoints_give_one_line_errors(voc_copy, checkpoints, tmp_path, capsys, ckpt, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / ckpt),
+                          "--work_dir", str(tmp_path / "x"), "--no-crf", *TINY, *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    import re
+    assert re.search(message, err), err
+
+
+def test_coco_eval_two_processes_equal_one_process(coco_copy, checkpoints, tmp_path):
+    args = ["--img_folder", str(coco_copy / "JPEGImages"), "--model_path", str(checkpoints / "coco.pth"),
+            "--infer_set", "val", "--crf_workers", "1", "--scales", "1.0 1.25",
+            "--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu"]
+    single = eval_seg_coco_ddp.run(args + ["--work_dir", str(tmp_path / "one")])
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port", str(29900 + os.getpid() % 90), "eval_seg_coco_ddp.py",
+                          *args, "--work_dir", str(tmp_path / "two")],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for k, v in single.items():
+        line = f"{k} {100 * v['miou']:.2f}"
+        assert line in res.stdout, (line, res.stdout[-1500:])
+    assert _pngs(tmp_path / "one" / "crf").keys() == _pngs(tmp_path / "two" / "crf").keys()

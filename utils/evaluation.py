@@ -1,0 +1,209 @@
+"""Multi-scale + CRF evaluation shared by ``eval_seg_voc.py`` and ``eval_seg_coco_ddp.py``.
+
+1. Every rank infers its shard of the split (every ``world_size``-th image): both students'
+   multi-scale logits (VOC or COCO rule, :mod:`utils.inference`), scored for student 1,
+   student 2 and their ensemble without CRF.
+2. The logits of the chosen ``--branch`` are saved as float16 (``logits/<id>.npz``), with the
+   index and colour PNGs of its prediction (``prediction/``, ``prediction_color/``).
+3. Dense CRF (``--crf``) runs in ``--crf_workers`` processes on the rank's shard and writes
+   ``crf/`` and ``crf_color/`` PNGs.
+4. Confusion matrices are summed over ranks (never lists of predictions), so the printed scores
+   equal a one-process run's. On a split without masks (VOC test) only predictions are written.
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from datasets.classes import voc_colormap
+from datasets.layout import coco_layout, voc_layout
+from datasets.prepare import ensure_lists
+from datasets.readers import read_image, read_mask
+from datasets.segmentation import EvalDataset
+
+from .crf import dense_crf, probs_from_logits, run_crf
+from .distributed import barrier, cleanup, init_distributed
+from .errors import UserError
+from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
+                        select_branch, voc_msc_logits)
+from .metric import ConfusionMatrix, format_table
+from .validation import shard
+
+COLUMNS = ("Seg_1", "Seg_2", "Ensemble")
+_PALETTE = voc_colormap().reshape(-1).tolist()
+
+
+def _floats(text: str):
+    return tuple(float(v) for v in text.replace(",", " ").split())
+
+
+def get_args_parser(dataset: str) -> argparse.ArgumentParser:
+    voc = dataset == "voc"
+    p = argparse.ArgumentParser(
+        description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    B = argparse.BooleanOptionalAction
+    if voc:
+        p.add_argument("--data_folder", help="the VOC2012 folder")
+        p.add_argument("--infer_set", default="val", help="split to evaluate: val, or test (no masks)")
+    else:
+        p.add_argument("--img_folder", "--data_folder", dest="img_folder",
+                       help="COCO image folder with train2014/ and val2014/")
+        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
+        p.add_argument("--infer_set", default="val_part", help="val_part (5,000 images) or val")
+    p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
+    p.add_argument("--model_path", required=False, help="checkpoint (this project's or the original's)")
+    p.add_argument("--backbone", default="deit_base_patch16_224" if voc else "vit_base_patch16_224",
+                   help="backbone the checkpoint was trained with (DeiT-B and ViT-B share a layout)")
+    p.add_argument("--num_classes", type=int, default=21 if voc else 81)
+    p.add_argument("--aux_layer", type=int, default=-3 if voc else 9)
+    p.add_argument("--scales", type=_floats, default=VOC_EVAL_SCALES if voc else COCO_EVAL_SCALES,
+                   help="inference scales (with flips)")
+    p.add_argument("--branch", default="ensemble", choices=BRANCHES,
+                   help="prediction saved and refined by CRF: student 1, student 2, or the mean of "
+                   "both students' softmax (a fixed rule, never chosen by ground truth)")
+    p.add_argument("--crf", action=B, default=True, help="dense CRF post-processing")
+    p.add_argument("--no_crf", dest="crf", action="store_false", help="alias of --no-crf")
+    p.add_argument("--crf_workers", type=int, default=os.cpu_count() or 1,
+                   help="CRF worker processes (per rank)")
+    p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/eval_<infer_set>)")
+    p.add_argument("--amp", action=B, default=False, help="bf16 autocast for inference on GPU")
+    p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    return p
+
+
+def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
+    img = Image.fromarray(label.astype(np.uint8), mode="P" if palette else "L")
+    if palette:
+        img.putpalette(_PALETTE)
+    img.save(path)
+
+
+def crf_job(job: Tuple[str, str, str, Optional[str], int, str, str]) -> Optional[np.ndarray]:
+    """CRF of one image (runs in a worker): reads the image and the saved logits, writes the
+    index and colour PNGs, returns the flattened confusion counts (``C*C``) when a mask exists."""
+    img_id, image_path, logits_path, mask_path, num_classes, out_dir, color_dir = job
+    image = read_image(image_path)
+    with np.load(logits_path) as f:
+        logits = f["logits"]
+    probs = probs_from_logits(logits, image.shape[:2])
+    label = dense_crf(image, probs)
+    save_png(os.path.join(out_dir, img_id + ".png"), label)
+    save_png(os.path.join(color_dir, img_id + ".png"), label, palette=True)
+    if mask_path is None:
+        return None
+    gt = read_mask(mask_path, num_classes).astype(np.int64).ravel()
+    keep = gt < num_classes
+    return np.bincount(gt[keep] * num_classes + label.ravel()[keep].astype(np.int64),
+                       minlength=num_classes * num_classes)
+
+
+def evaluate(args, dataset: str) -> Dict[str, dict]:
+    """Run the evaluation; returns ``{column: scores}`` (empty without masks)."""
+    if not args.model_path:
+        raise UserError("--model_path is required: the checkpoint to evaluate")
+    if not os.path.isfile(args.model_path):
+        raise UserError(f"--model_path {args.model_path} does not exist")
+    if args.crf_workers < 1:
+        raise UserError("--crf_workers must be >= 1")
+    info = init_distributed(cpu=args.cpu)
+    log = logging.getLogger("dupl.eval")
+    log.handlers.clear()
+    log.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
+    log.addHandler(handler)
+    try:
+        layout = voc_layout(args.data_folder) if dataset == "voc" else \
+            coco_layout(args.img_folder, args.label_folder)
+        if info.is_main:
+            ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+        barrier()
+        lists = ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+        with_masks = not (dataset == "voc" and args.infer_set == "test")
+        data = EvalDataset(layout, lists, args.infer_set, with_masks=with_masks, with_labels=False)
+        work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
+                                             f"eval_{args.infer_set}")
+        dirs = {k: os.path.join(work, k) for k in ("logits", "prediction", "prediction_color",
+                                                    "crf", "crf_color")}
+        if info.is_main:
+            for d in dirs.values():
+                try:
+                    os.makedirs(d, exist_ok=True)
+                except OSError:
+                    raise UserError(f"cannot create {d}; pass a writable --work_dir") from None
+        barrier()
+        net = load_model(args.model_path, args.backbone, args.num_classes, args.aux_layer, info.device)
+        c = args.num_classes
+        mats = {k: ConfusionMatrix(c, info.device) for k in COLUMNS}
+        part = shard(data, info.rank, info.world_size)
+        loader = DataLoader(part, batch_size=None, num_workers=args.num_workers)
+        jobs = []
+        iterator = loader
+        if info.is_main:
+            from tqdm import tqdm
+            iterator = tqdm(loader, total=len(part), desc="inference", mininterval=5, file=sys.stderr)
+        for idx, (img_id, image, mask, _) in zip(part.indices, iterator):
+            x = image[None].to(info.device)
+            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=args.amp):
+                if dataset == "voc":
+                    logits = voc_msc_logits(net, x, args.scales)
+                else:
+                    logits = coco_msc_logits(net, x, scales=args.scales)
+            logits = [l.float() for l in logits]
+            chosen = select_branch(logits, args.branch)
+            size = tuple(image.shape[-2:])
+            full = [F.interpolate(l, size=size, mode="bilinear", align_corners=False)
+                    if l.shape[-2:] != size else l for l in logits]
+            preds = [full[0].argmax(1)[0], full[1].argmax(1)[0],
+                     ((full[0].softmax(1) + full[1].softmax(1)) / 2).argmax(1)[0]]
+            if with_masks:
+                gt = mask.to(info.device)
+                for k, pred in zip(COLUMNS, preds):
+                    mats[k].update(gt, pred)
+            chosen_pred = {"1": preds[0], "2": preds[1], "ensemble": preds[2]}[args.branch]
+            chosen_pred = chosen_pred.byte().cpu().numpy()
+            save_png(os.path.join(dirs["prediction"], img_id + ".png"), chosen_pred)
+            save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), chosen_pred, palette=True)
+            logits_path = os.path.join(dirs["logits"], img_id + ".npz")
+            np.savez_compressed(logits_path, logits=chosen[0].cpu().numpy().astype(np.float16))
+            mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
+            jobs.append((img_id, layout.image_path(args.infer_set, img_id), logits_path, mask_path,
+                         c, dirs["crf"], dirs["crf_color"]))
+        for m in mats.values():
+            m.reduce_from_all_processes()
+        results: Dict[str, dict] = {}
+        if with_masks:
+            results = {k: m.compute() for k, m in mats.items()}
+            log.info(f"{args.infer_set}: multi-scale {list(args.scales)} + flip, no CRF\n"
+                     + format_table({k: v["iou"] for k, v in results.items()}, layout.display_names,
+                                    results["Seg_1"]["present"]))
+        if args.crf:
+            counts = run_crf(jobs, crf_job, args.crf_workers, desc=f"CRF rank {info.rank}")
+            if with_masks:
+                crf_mat = ConfusionMatrix(c, info.device)
+                total = np.zeros(c * c, dtype=np.int64)
+                for cnt in counts:
+                    total += cnt
+                total = total.reshape(c, c)
+                crf_mat.mat[:, :c] += torch.from_numpy(total).to(info.device)
+                crf_mat.reduce_from_all_processes()
+                results[f"CRF_{args.branch}"] = crf_mat.compute()
+                log.info(f"{args.infer_set}: branch {args.branch} + dense CRF\n"
+                         + format_table({f"CRF_{args.branch}": results[f"CRF_{args.branch}"]["iou"]},
+                                        layout.display_names, results[f"CRF_{args.branch}"]["present"]))
+        barrier()
+        if info.is_main:
+            summary = ", ".join(f"{k} {100 * v['miou']:.2f}" for k, v in results.items())
+            log.info(f"{len(data)} images; predictions in {work}" + (f"; mIoU: {summary}" if summary else ""))
+        return results
+    finally:
+        cleanup()
