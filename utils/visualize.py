@@ -50,3 +50,34 @@ def log_training_images(writer, step_output, images, cls_label, step: int) -> No
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """``(3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8."""
     return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """A copy of the ``(H, W, 3)`` uint8 ``tile`` with ``text`` written in its top-left corner
+    (PIL's default font, white on a black box)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(tile))
+    draw = ImageDraw.Draw(img)
+    left, top, right, bottom = draw.textbbox((2, 1), text)
+    draw.rectangle((0, 0, right + 2, bottom + 2), fill=(0, 0, 0))
+    draw.text((2, 1), text, fill=(255, 255, 255))
+    return np.asarray(img).copy()
+
+
+def tile_grid(rows, fill: int = 255) -> np.ndarray:
+    """Rows of equally sized ``(H, W, 3)`` uint8 tiles -> one ``(len(rows) H, n W, 3)`` image,
+    ``n`` the longest row; shorter rows are padded with ``fill``."""
+    h, w = rows[0][0].shape[:2]
+    cols = max(len(r) for r in rows)
+    grid = np.full((len(rows) * h, cols * w, 3), fill, dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            grid[i * h:(i + 1) * h, j * w:(j + 1) * w] = tile
+    return grid
+
+
+def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``(1 - alpha) image + alpha overlay`` of two ``(H, W, 3)`` uint8 images, rounded."""
+    mixed = (1 - alpha) * image.astype(np.float32) + alpha * overlay.astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)

@@ -1,0 +1,188 @@
+"""Segment arbitrary images with a trained DuPL checkpoint.
+
+    python infer.py --model_path dupl_voc.pth --input photos/ --out predictions/
+    python infer.py --model_path dupl_voc.pth --input a.jpg b.png --out predictions/ --branch 2
+
+Any JPEG/PNG (grayscale, RGBA, palette, any size) is read as RGB, normalised with the ImageNet
+constants and segmented at its own size with the VOC multi-scale + flip rule (SPEC §6.1: scales
+merged by max). For each image ``<name>`` three files are written to ``--out``:
+
+* ``<name>.png``          single-channel class indices 0..C-1
+* ``<name>_color.png``    the same indices as a palette (mode "P") PNG with the VOC colours
+* ``<name>_overlay.png``  the image blended 50 % with the colour prediction
+
+Files without an image extension are skipped with a note.
+"""
+import argparse
+import os
+import sys
+import time
+from contextlib import nullcontext
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES, voc_colormap
+from datasets.readers import read_image
+from datasets.transforms import normalize
+from utils.errors import UserError, exit_on_user_error
+from utils.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, voc_msc_logits
+from utils.visualize import blend
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Images whose shorter side is below this are enlarged for the network (a ViT needs at least one
+# 16-pixel patch per side at every scale); the prediction is resized back to the image size.
+MIN_SIDE = 32
+
+
+def class_names(num_classes: int) -> Tuple[str, ...]:
+    """Printable class names: VOC's for 21 classes, COCO's for 81, else ``class <i>``."""
+    if num_classes == len(VOC_DISPLAY_NAMES):
+        return VOC_DISPLAY_NAMES
+    if num_classes == len(COCO_CLASSES):
+        return COCO_CLASSES
+    return tuple(["background"] + [f"class {i}" for i in range(1, num_classes)])
+
+
+def pick_device(cpu: bool) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision for ``--amp``: float16 on CUDA, bfloat16 on the CPU."""
+    if not enabled:
+        return nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def segment_logits(net, rgb: np.ndarray, device: torch.device, branch: str = "ensemble",
+                   scales: Sequence[float] = VOC_EVAL_SCALES, amp: bool = False) -> torch.Tensor:
+    """Logits ``(1, C, H, W)`` (float32) of the chosen branch for a uint8 RGB image ``(H, W, 3)``,
+    VOC multi-scale + flip rule at the image's own size."""
+    h, w = rgb.shape[:2]
+    x = normalize(rgb)[None].to(device)
+    if min(h, w) < MIN_SIDE:
+        f = MIN_SIDE / min(h, w)
+        x = F.interpolate(x, size=(max(MIN_SIDE, round(h * f)), max(MIN_SIDE, round(w * f))),
+                          mode="bilinear", align_corners=False)
+    with autocast(device, amp):
+        logits = voc_msc_logits(net, x, scales)
+    logits = select_branch([l.float() for l in logits], branch)
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+    return logits
+
+
+def palette_png(index: np.ndarray) -> Image.Image:
+    """``(H, W)`` uint8 class indices -> mode "P" image with the VOC palette."""
+    img = Image.fromarray(np.ascontiguousarray(index, dtype=np.uint8))  # mode "L"
+    img.putpalette(voc_colormap(256).reshape(-1).tolist())
+    return img
+
+
+def collect_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Image files named by ``inputs`` (files, or folders whose files are taken in name order,
+    not recursively) and the skipped non-image files."""
+    images, skipped = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            files = [os.path.join(item, n) for n in sorted(os.listdir(item))]
+            files = [f for f in files if os.path.isfile(f)]
+        elif os.path.isfile(item):
+            files = [item]
+        else:
+            raise UserError(f"--input {item} does not exist")
+        for f in files:
+            (images if f.lower().endswith(IMAGE_EXTENSIONS) else skipped).append(f)
+    return images, skipped
+
+
+def output_names(paths: Sequence[str]) -> List[str]:
+    """Output stem of each image: its file name without extension, with the extension appended
+    (``a_png``) when two inputs share a stem, and a counter when that still collides."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    names, used = [], set()
+    for p, stem in zip(paths, stems):
+        name = stem
+        if stems.count(stem) > 1:
+            name = f"{stem}_{os.path.splitext(p)[1].lstrip('.').lower()}"
+        base, n = name, 2
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def read_input_image(path: str) -> np.ndarray:
+    try:
+        return read_image(path)
+    except UserError:
+        raise UserError(f"cannot read image {path}: the file is corrupt or not an image; remove "
+                        "it from --input") from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Segment JPEG/PNG images with a DuPL checkpoint.")
+    p.add_argument("--model_path", required=True, help="checkpoint (this project's or the original's)")
+    p.add_argument("--input", nargs="+", required=True,
+                   help="image files and/or folders of images (not searched recursively)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--branch", default="ensemble", choices=BRANCHES,
+                   help="student 1, student 2 or the mean of both students' softmax")
+    p.add_argument("--scales", type=float, nargs="+", default=list(VOC_EVAL_SCALES),
+                   help="inference scales, merged by max (each with its flip)")
+    p.add_argument("--backbone", default="deit_base_patch16_224")
+    p.add_argument("--num_classes", type=int, default=21, help="21 for VOC, 81 for COCO")
+    p.add_argument("--aux_layer", type=int, default=-3)
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU exists")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
+    return p
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    if any(s <= 0 for s in args.scales):
+        raise UserError(f"--scales {args.scales}: every scale must be positive")
+    images, skipped = collect_inputs(args.input)
+    for f in skipped:
+        print(f"note: skipping {f} (not a .jpg/.jpeg/.png image)")
+    if not images:
+        raise UserError(f"--input {' '.join(args.input)} holds no .jpg/.jpeg/.png image")
+    device = pick_device(args.cpu)
+    net = load_model(args.model_path, args.backbone, args.num_classes, args.aux_layer, device)
+    names = class_names(args.num_classes)
+    os.makedirs(args.out, exist_ok=True)
+
+    start = time.time()
+    found = np.zeros(args.num_classes, dtype=np.int64)
+    for path, name in zip(images, output_names(images)):
+        rgb = read_input_image(path)
+        logits = segment_logits(net, rgb, device, args.branch, args.scales, args.amp)
+        pred = logits[0].argmax(0).byte().cpu().numpy()
+        color = palette_png(pred)
+        Image.fromarray(pred).save(os.path.join(args.out, name + ".png"))
+        color.save(os.path.join(args.out, name + "_color.png"))
+        overlay = blend(rgb, np.asarray(color.convert("RGB")))
+        Image.fromarray(overlay).save(os.path.join(args.out, name + "_overlay.png"))
+        present = [int(c) for c in np.unique(pred) if c != 0]
+        found[present] += 1
+        shown = ", ".join(names[c] for c in present) or "background only"
+        print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}) -> {name}.png: {shown}", flush=True)
+    elapsed = time.time() - start
+    common = ", ".join(f"{names[c]} {found[c]}" for c in np.argsort(-found, kind="stable")
+                       if found[c] > 0) or "none"
+    print(f"segmented {len(images)} image(s) in {elapsed:.1f} s on {device.type} "
+          f"(branch {args.branch}, scales {' '.join(str(s) for s in args.scales)}) into "
+          f"{args.out}; skipped {len(skipped)} non-image file(s); images per class: {common}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

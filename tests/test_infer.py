@@ -1,0 +1,114 @@
+"""infer.py segments a folder of arbitrary images with a checkpoint."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import infer
+from model.network import DualStudentNet
+
+BACKBONE = ["--backbone", "deit_tiny_patch16_224", "--cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"model": net.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(folder / "gray.jpg")
+    Image.fromarray(rng.integers(0, 256, (36, 52, 4), dtype=np.uint8)).save(folder / "rgba.png")
+    Image.fromarray(rng.integers(0, 256, (37, 61, 3), dtype=np.uint8)).save(folder / "odd.JPG")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+SIZES = {"gray": (40, 48), "rgba": (52, 36), "odd": (61, 37)}
+
+
+def test_writes_index_colour_and_overlay_pngs_at_the_image_size(tiny_ckpt, image_folder, tmp_path,
+                                                                  capsys):
+    out = tmp_path / "out"
+    infer.main(["--model_path", tiny_ckpt, "--input", str(image_folder), "--out", str(out),
+                "--scales", "1.0", "1.5", *BACKBONE])
+    printed = capsys.readouterr().out
+    assert "skipping" in printed and "notes.txt" in printed
+    assert "segmented 3 image(s)" in printed and "skipped 1 non-image file(s)" in printed
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{n}{suffix}.png" for n in SIZES for suffix in ("", "_color", "_overlay"))
+    for name, size in SIZES.items():
+        index = Image.open(out / f"{name}.png")
+        color = Image.open(out / f"{name}_color.png")
+        overlay = Image.open(out / f"{name}_overlay.png")
+        assert index.mode == "L" and color.mode == "P" and overlay.mode == "RGB"
+        assert index.size == color.size == overlay.size == size
+        values = np.asarray(index)
+        assert values.min() >= 0 and values.max() <= 20
+        assert np.array_equal(np.asarray(color), values)  # same indices, VOC palette
+        assert color.getpalette()[3:6] == [128, 0, 0]
+
+
+def test_single_branch_amp_explicit_files_sharing_a_stem_and_tiny_images(tiny_ckpt, tmp_path):
+    Image.fromarray(np.full((9, 13, 3), 90, dtype=np.uint8)).save(tmp_path / "tiny.png")
+    Image.fromarray(np.full((20, 24, 3), 30, dtype=np.uint8)).save(tmp_path / "tiny.jpg")
+    out = tmp_path / "out"
+    infer.main(["--model_path", tiny_ckpt, "--input", str(tmp_path / "tiny.png"),
+                str(tmp_path / "tiny.jpg"), "--out", str(out), "--branch", "2", "--scales", "1.0",
+                "--amp", *BACKBONE])
+    assert Image.open(out / "tiny_png.png").size == (13, 9)
+    assert Image.open(out / "tiny_jpg_overlay.png").size == (24, 20)
+
+
+def test_segment_logits_matches_the_chosen_student(tiny_ckpt):
+    net = infer.load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
+    rgb = np.random.default_rng(1).integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    one = infer.segment_logits(net, rgb, torch.device("cpu"), "1", (1.0,))
+    both = infer.voc_msc_logits(net, infer.normalize(rgb)[None], (1.0,))
+    assert one.shape == (1, 21, 33, 47)
+    torch.testing.assert_close(one, both[0])
+
+
+def _one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        infer.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_missing_checkpoint_is_one_line(image_folder, tmp_path, capsys):
+    err = _one_line_error(capsys, ["--model_path", str(tmp_path / "nope.pth"), "--input",
+                                   str(image_folder), "--out", str(tmp_path / "o"), *BACKBONE])
+    assert "nope.pth" in err
+
+
+def test_empty_folder_is_one_line(tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.md").write_text("x")
+    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "empty"),
+                                   "--out", str(tmp_path / "o"), *BACKBONE])
+    assert "no .jpg/.jpeg/.png image" in err
+
+
+def test_unreadable_image_is_one_line_naming_it(tiny_ckpt, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "in"),
+                                   "--out", str(tmp_path / "o"), *BACKBONE])
+    assert "broken.jpg" in err
+
+
+def test_wrong_backbone_is_one_line(tiny_ckpt, image_folder, tmp_path, capsys):
+    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--input", str(image_folder),
+                                   "--out", str(tmp_path / "o"), "--backbone",
+                                   "deit_small_patch16_224", "--cpu"])
+    assert "backbone" in err
