@@ -71,8 +71,8 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
                    "both students' softmax (a fixed rule, never chosen by ground truth)")
     p.add_argument("--crf", action=B, default=True, help="dense CRF post-processing")
     p.add_argument("--no_crf", dest="crf", action="store_false", help="alias of --no-crf")
-    p.add_argument("--crf_workers", type=int, default=os.cpu_count() or 1,
-                   help="CRF worker processes (per rank)")
+    p.add_argument("--crf_workers", type=int, default=None,
+                   help="CRF worker processes per rank (default: all cores, shared by the ranks of a machine)")
     p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/eval_<infer_set>)")
     p.add_argument("--amp", action=B, default=False, help="bf16 autocast for inference on GPU")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
@@ -112,6 +112,9 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         raise UserError("--model_path is required: the checkpoint to evaluate")
     if not os.path.isfile(args.model_path):
         raise UserError(f"--model_path {args.model_path} does not exist")
+    if args.crf_workers is None:
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        args.crf_workers = max(1, (os.cpu_count() or 1) // local_ranks)
     if args.crf_workers < 1:
         raise UserError("--crf_workers must be >= 1")
     info = init_distributed(cpu=args.cpu)
