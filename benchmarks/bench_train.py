@@ -7,14 +7,19 @@ Runs the real training step (``model.dupl.dupl_step`` + backward + AdamW step) o
 VOC-format data (written to ``demo_data`` when ``--data_folder`` is not given) with random
 weights, for iterations in phase A (before cam_iters), B (before gmm_iters) and C (GMM +
 consistency), after ``--warmup`` untimed iterations per phase. Prints the median s/iter,
-images/s, the data-loader wait and the peak GPU memory of each phase.
+images/s, the peak GPU memory, the estimated FLOP of one iteration and the achieved fraction of
+the GPU's dense peak, and a breakdown of the median iteration: multi-scale CAMs, strong view,
+forward, PTC, PAR refinement, GMM filter, consistency branch, backward, optimiser step and data
+wait (each stage synchronised for timing, so the total runs slightly above the plain s/iter).
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
+from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,10 +36,47 @@ from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from utils.schedule import PolyWarmupAdamW  # noqa: E402
 
+# dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of known GPUs
+PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0),
+               "RTX 3090": (35.6, 71.0), "L40S": (91.6, 362.0)}
+
 
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StageTimer:
+    """``section(name)`` context managers that synchronise the device and add up wall time."""
+
+    def __init__(self, device):
+        self.device, self.times = device, defaultdict(float)
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        _sync(self.device)
+        t = time.perf_counter()
+        yield
+        _sync(self.device)
+        self.times[name] += time.perf_counter() - t
+
+
+def count_flops(net, images, labels, boxes, n, cfg, par, gen, max_present) -> float:
+    """FLOP of one training iteration (forward + backward), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = dupl_step(net, net, images, labels, boxes, n, cfg, par, gen, max_present=max_present)
+        out.loss.backward()
+    net.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(name: str, amp: bool) -> float:
+    for key, (fp32, bf16) in PEAK_TFLOPS.items():
+        if key in name:
+            return bf16 if amp else fp32
+    return float("nan")
 
 
 def main() -> None:
@@ -74,7 +116,6 @@ def main() -> None:
     par = PAR().to(device)
     gen = torch.Generator().manual_seed(0)
     phase_step = {"A": 100, "B": cfg.cam_iters + 100, "C": cfg.gmm_iters + 100}
-    flops_note = ""
     results = {}
 
     def batches():
@@ -83,36 +124,48 @@ def main() -> None:
                 yield b
 
     it = batches()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     for phase in args.phases:
         n = phase_step[phase]
-        times, waits = [], []
+        times, breakdowns = [], []
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for i in range(args.warmup + args.iters):
+        for i in range(args.warmup + args.iters + 1):
+            timed = args.warmup <= i < args.warmup + args.iters
+            staged = i == args.warmup + args.iters     # one extra, stage-synchronised iteration
+            timer = StageTimer(device)
             t0 = time.perf_counter()
             _, images, labels, boxes = next(it)
             max_present = int(labels.sum(1).max())
             images, labels, boxes = (t.to(device, non_blocking=True) for t in (images, labels, boxes))
-            t1 = time.perf_counter()
+            timer.times["data_wait"] = time.perf_counter() - t0
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 out = dupl_step(net, net, images, labels, boxes, n, cfg, par, gen,
-                                max_present=max_present)
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+                                max_present=max_present, section=timer if staged else None)
+            with (timer("backward") if staged else contextlib.nullcontext()):
+                out.loss.backward()
+            with (timer("optimizer") if staged else contextlib.nullcontext()):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             _sync(device)
-            t2 = time.perf_counter()
-            if i >= args.warmup:
-                times.append(t2 - t0)
-                waits.append(t1 - t0)
+            if timed:
+                times.append(time.perf_counter() - t0)
+            if staged:
+                breakdowns.append(dict(timer.times))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            flops = count_flops(net, images, labels, boxes, n, cfg, par, gen, max_present)
         med = statistics.median(times)
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+        achieved = flops / med / 1e12
+        fraction = achieved / peak_tflops(name, args.amp)
         results[phase] = {"s_per_iter": med, "images_per_s": args.samples_per_gpu / med,
-                          "data_wait_s": statistics.median(waits), "peak_mem_gib": peak}
+                          "peak_mem_gib": peak, "tflop_per_iter": flops / 1e12,
+                          "achieved_tflops": achieved, "fraction_of_peak": fraction,
+                          "breakdown_s": breakdowns[0]}
+        stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in breakdowns[0].items())
         print(f"phase {phase}: {med:.3f} s/iter, {args.samples_per_gpu / med:.2f} images/s, "
-              f"data wait {1000 * statistics.median(waits):.1f} ms, peak memory {peak:.2f} GiB"
-              f"{flops_note}", flush=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+              f"peak memory {peak:.2f} GiB, {flops / 1e12:.2f} TFLOP/iter = {achieved:.1f} TFLOP/s "
+              f"({100 * fraction:.0f}% of peak)\n  breakdown: {stages}", flush=True)
     print(f"device {name}, backbone {args.backbone}, crop {args.crop_size}, "
           f"{args.samples_per_gpu} images per step, amp {args.amp}")
     if args.json:

@@ -12,8 +12,9 @@
 :func:`coco_config` give the paper's (SPEC §4.4, §4.5, §4.11). :func:`dupl_step` returns the
 total loss and the detached terms for logging, without any host synchronisation.
 """
+import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -120,9 +121,25 @@ def per_pixel_ce(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 
     return F.cross_entropy(logits, label.long(), ignore_index=ignore_index, reduction="none")
 
 
+def filter_noisy_labels(logits, labels, cfg: DuPLConfig, stats: Dict[str, torch.Tensor]):
+    """GMM filtering of each student's pseudo labels on the per-pixel losses of its **own**
+    logits (SPEC §4.7). ``logits``: two ``(B, C, H, W)``; ``labels``: two ``(B, H, W)``.
+    Records the fraction of valid fits and of dropped pixels in ``stats``."""
+    filtered = []
+    for k in range(2):
+        loss_map = per_pixel_ce(logits[k].detach(), labels[k], cfg.ignore_index)
+        lab, valid = gmm_filter(loss_map, labels[k], gamma=cfg.gamma,
+                                valid_thre=cfg.gmm_valid_thre, ignore_index=cfg.ignore_index)
+        stats[f"gmm_valid_{k + 1}"] = valid.float().mean()
+        stats[f"gmm_dropped_{k + 1}"] = (lab != labels[k]).float().mean()
+        filtered.append(lab)
+    return filtered
+
+
 def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box: torch.Tensor,
               n: int, cfg: DuPLConfig, par: PAR, aug_generator: Optional[torch.Generator] = None,
-              keep_visuals: bool = False, max_present: Optional[int] = None) -> StepOutput:
+              keep_visuals: bool = False, max_present: Optional[int] = None,
+              section: Optional[Callable[[str], ContextManager]] = None) -> StepOutput:
     """Losses of iteration ``n`` for a batch ``images (B, 3, H, W)`` (normalised),
     ``cls_label (B, K)``, ``img_box (B, 4)``.
 
@@ -130,7 +147,10 @@ def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box
     ``net`` is the bare :class:`DualStudentNet` (for the no-grad CAMs). ``max_present``, the
     largest number of classes in one image of the batch (read from the loader's CPU labels, so
     no device sync), lets PAR refinement run on that many channels instead of all classes.
+    ``section(name)``, when given, wraps each stage (``cams``, ``strong_view``, ``forward``,
+    ``ptc``, ``par_refine``, ``gmm``, ``consistency``) so a benchmark can time it.
     """
+    section = section or (lambda name: contextlib.nullcontext())
     w = cfg.weights(n)
     phase = cfg.phase(n)
     b, _, h, wd = images.shape
@@ -141,65 +161,61 @@ def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box
     use_gmm = phase == "C" and w["seg"] > 0
     use_reg = w["reg"] > 0
 
-    cams = [multiscale_cam(s, images, cfg.cam_scales) for s in net.students] if need_cams else None
+    with section("cams"):
+        cams = [multiscale_cam(s, images, cfg.cam_scales) for s in net.students] if need_cams else None
 
     x_aug = None
     if use_reg:
-        image_dn = denormalize(images)
-        strong = strong_augment(image_dn, generator=aug_generator)
-        aug_size = (int(h * cfg.aug_scale), int(wd * cfg.aug_scale))
-        x_aug = _upsample(strong, aug_size)
-        outs, aug_segs = model(images, x_aug)
+        with section("strong_view"):
+            strong = strong_augment(denormalize(images), generator=aug_generator)
+            x_aug = _upsample(strong, (int(h * cfg.aug_scale), int(wd * cfg.aug_scale)))
+        with section("forward"):
+            outs, aug_segs = model(images, x_aug)
     else:
-        outs = model(images)
+        with section("forward"):
+            outs = model(images)
 
     terms = {"cls": sum(cls_loss(o.cls, cls_label) + cls_loss(o.cls_aux, cls_label) for o in outs)}
     zero = terms["cls"].new_zeros(())
     high = image_thresholds(cfg.class_thresholds(n, images.device), cls_label)      # (B,)
     stats: Dict[str, torch.Tensor] = {"high_thre": high.mean()}
 
+    terms["ptc"] = zero
     if need_ptc:
-        token_hw = outs[0].fmap.shape[-2:]
-        box_scale = 1.0 if cfg.ptc_box_in_pixels else token_hw[0] / h
-        terms["ptc"] = sum(
-            ptc_loss(o.fmap, label_to_aff_mask(ptc_labels(cam_aux, cls_label, img_box, high,
-                                                          cfg.low_thre, token_hw, box_scale)))
-            for o, (_, cam_aux) in zip(outs, cams))
-    else:
-        terms["ptc"] = zero
+        with section("ptc"):
+            token_hw = outs[0].fmap.shape[-2:]
+            box_scale = 1.0 if cfg.ptc_box_in_pixels else token_hw[0] / h
+            terms["ptc"] = sum(
+                ptc_loss(o.fmap, label_to_aff_mask(ptc_labels(cam_aux, cls_label, img_box, high,
+                                                              cfg.low_thre, token_hw, box_scale)))
+                for o, (_, cam_aux) in zip(outs, cams))
 
     labels = None
     if need_labels:
-        image_dn = denormalize(images)
-        use_aux = n <= cfg.aux_seg_until
-        labels = [refine_cams_with_par(image_dn, (cam_aux if use_aux else cam) * cls_label[..., None, None],
-                                       cls_label, high, cfg.low_thre, img_box, par,
-                                       max_channels=None if max_present is None else 1 + max_present)
-                  for cam, cam_aux in cams]
+        with section("par_refine"):
+            image_dn = denormalize(images)
+            use_aux = n <= cfg.aux_seg_until
+            channels = None if max_present is None else 1 + max_present
+            labels = [refine_cams_with_par(image_dn, (cam_aux if use_aux else cam) * cls_label[..., None, None],
+                                           cls_label, high, cfg.low_thre, img_box, par,
+                                           max_channels=channels)
+                      for cam, cam_aux in cams]
 
+    terms["seg"] = zero
     if w["seg"] > 0:
         logits = [_upsample(o.seg, size) for o in outs]
         if use_gmm:
-            filtered = []
-            for k in range(2):
-                loss_map = per_pixel_ce(logits[k].detach(), labels[k], cfg.ignore_index)
-                lab, valid = gmm_filter(loss_map, labels[k], gamma=cfg.gamma,
-                                        valid_thre=cfg.gmm_valid_thre, ignore_index=cfg.ignore_index)
-                dropped = (lab != labels[k]).float().mean()
-                stats[f"gmm_valid_{k + 1}"] = valid.float().mean()
-                stats[f"gmm_dropped_{k + 1}"] = dropped
-                filtered.append(lab)
-            labels = filtered
+            with section("gmm"):
+                labels = filter_noisy_labels(logits, labels, cfg, stats)
         # cross supervision: student 1 learns from student 2's labels and vice versa
         terms["seg"] = (balanced_seg_loss(logits[0], labels[1], cfg.ignore_index)
                         + balanced_seg_loss(logits[1], labels[0], cfg.ignore_index))
         if use_reg:
-            terms["reg"] = sum(
-                consistency_loss(logits[k], _upsample(aug_segs[k], size).flip(-1), labels[1 - k],
-                                 cfg.conf_thre, cfg.ignore_index)
-                for k in range(2))
-    else:
-        terms["seg"] = zero
+            with section("consistency"):
+                terms["reg"] = sum(
+                    consistency_loss(logits[k], _upsample(aug_segs[k], size).flip(-1), labels[1 - k],
+                                     cfg.conf_thre, cfg.ignore_index)
+                    for k in range(2))
     terms.setdefault("reg", zero)
 
     terms["dis"] = discrepancy_loss(outs[0].fmap, outs[1].fmap) if w["dis"] > 0 else zero

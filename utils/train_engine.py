@@ -131,6 +131,9 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--resume", help="checkpoint to continue from")
     g.add_argument("--tensorboard", action=B, default=True, help="write tensorboard scalars and images")
     g.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    g.add_argument("--deterministic", action="store_true",
+                   help="cuDNN deterministic kernels (the original's setting; slower). Default: "
+                   "cuDNN benchmark mode")
     return p
 
 
@@ -280,6 +283,8 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
     """Run DuPL training; returns the last validation result."""
     cfg = config_from_args(args, dataset)
     device = info.device
+    torch.backends.cudnn.benchmark = not args.deterministic
+    torch.backends.cudnn.deterministic = args.deterministic
     seed_everything(args.seed + info.rank)
     layout, train_set, val_set = build_data(args, dataset, info, logger)
 

@@ -1,0 +1,40 @@
+"""The benchmark scripts run end to end on a tiny CPU configuration and write their numbers."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_bench_train_reports_every_phase_with_a_breakdown(voc_copy, tmp_path):
+    out = tmp_path / "train.json"
+    res = _run(["benchmarks/bench_train.py", "--data_folder", str(voc_copy), "--backbone",
+                "deit_tiny_patch16_224", "--crop_size", "48", "--iters", "1", "--warmup", "0",
+                "--num_workers", "0", "--cpu", "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert set(data["phases"]) == {"A", "B", "C"}
+    c = data["phases"]["C"]
+    assert c["s_per_iter"] > 0 and c["tflop_per_iter"] > 0
+    for stage in ("cams", "forward", "par_refine", "gmm", "consistency", "strong_view", "backward",
+                  "optimizer", "data_wait"):
+        assert stage in c["breakdown_s"], stage
+    assert "gmm" not in data["phases"]["B"]["breakdown_s"]
+    assert "par_refine" not in data["phases"]["A"]["breakdown_s"]
+
+
+def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path):
+    out = tmp_path / "eval.json"
+    res = _run(["benchmarks/bench_eval.py", "--data_folder", str(voc_copy), "--backbone",
+                "deit_tiny_patch16_224", "--num_images", "3", "--crf_workers", "1", "2", "--cpu",
+                "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("identical to the loop: True") == 2
+    data = json.loads(out.read_text())
+    assert data["saved_mib_per_image"] * 8 <= data["original_mib_per_image"]
