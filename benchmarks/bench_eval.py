@@ -62,7 +62,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench_eval_")
     for d in ("logits", "crf", "crf_color"):
         os.makedirs(os.path.join(work, d))
-    jobs, pixels, saved_bytes, original_bytes = [], 0, 0, 0
+    jobs, full_logits, pixels, saved_bytes, original_bytes = [], [], 0, 0, 0
     elapsed = 0.0
     for i in range(count + 1):
         img_id, image, _, _ = data[i % len(data)]
@@ -79,6 +79,7 @@ def main() -> None:
         path = os.path.join(work, "logits", img_id + ".npz")
         np.savez_compressed(path, logits=chosen.astype(np.float16))
         saved_bytes += os.path.getsize(path)
+        full_logits.append(chosen)
         original_bytes += 2 * chosen.size * 4
         pixels += chosen.shape[1] * chosen.shape[2]
         jobs.append((img_id, layout.image_path("val", img_id), path, None, 21,
@@ -98,6 +99,15 @@ def main() -> None:
             reference.append(dense_crf(image, probs_from_logits(f["logits"], image.shape[:2])))
     loop_rate = len(jobs) / (time.perf_counter() - t)
     print(f"CRF per-image loop: {loop_rate:.2f} images/s", flush=True)
+    same_px = total_px = 0
+    for job, ref, full in zip(jobs, reference, full_logits):   # float16 storage vs float32
+        image = read_image(job[1])
+        crf32 = dense_crf(image, probs_from_logits(full, image.shape[:2]))
+        same_px += int((crf32 == ref).sum())
+        total_px += ref.size
+    fp16_agreement = same_px / max(total_px, 1)
+    print(f"CRF on float16-saved logits vs float32 logits: {100 * fp16_agreement:.4f}% of pixels "
+          "identical", flush=True)
     crf_rates = {}
     for workers in args.crf_workers:
         t = time.perf_counter()
@@ -114,7 +124,8 @@ def main() -> None:
             json.dump({"device": str(device), "inference_images_per_s": infer_rate,
                        "saved_mib_per_image": saved_bytes / count / 2 ** 20,
                        "original_mib_per_image": original_bytes / count / 2 ** 20,
-                       "crf_loop_images_per_s": loop_rate, "crf_images_per_s": crf_rates}, f, indent=1)
+                       "crf_loop_images_per_s": loop_rate, "crf_images_per_s": crf_rates,
+                       "crf_fp16_pixel_agreement": fp16_agreement}, f, indent=1)
 
 
 if __name__ == "__main__":
