@@ -129,3 +129,21 @@ def test_coco_eval_two_processes_equal_one_process(coco_copy, checkpoints, tmp_p
         line = f"{k} {100 * v['miou']:.2f}"
         assert line in res.stdout, (line, res.stdout[-1500:])
     assert _pngs(tmp_path / "one" / "crf").keys() == _pngs(tmp_path / "two" / "crf").keys()
+
+
+def test_crf_refines_the_float32_probabilities_not_the_saved_float16(voc_copy, checkpoints, tmp_path):
+    wd = tmp_path / "crf32"
+    eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                      "--work_dir", str(wd), "--crf_workers", "2", "--scales", "1.0", *TINY])
+    from datasets.layout import voc_layout
+    from datasets.segmentation import EvalDataset
+    from utils.crf import dense_crf
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    net.load_state_dict(torch.load(checkpoints / "voc.pth")["model"])
+    net.eval()
+    ds = EvalDataset(voc_layout(str(voc_copy)), str(voc_copy) + "_lists", "val")
+    for i in range(2):
+        img_id, image, _, _ = ds[i]
+        probs = select_branch(voc_msc_logits(net, image[None], (1.0,)), "ensemble").softmax(1)[0]
+        expected = dense_crf(ds.raw_image(i), probs.numpy().astype(np.float32))
+        np.testing.assert_array_equal(np.array(Image.open(wd / "crf" / f"{img_id}.png")), expected)

@@ -7,6 +7,7 @@ srgb 5, compat 4) on the original uint8 RGB image; 10 mean-field iterations; arg
 """
 import multiprocessing as mp
 import os
+from collections import deque
 from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
@@ -97,3 +98,38 @@ def run_crf(jobs: Sequence, fn: Callable, workers: int, desc: str = "CRF") -> Li
     ctx = mp.get_context(method)
     with ctx.Pool(processes=workers, initializer=_single_thread_worker) as pool:
         return list(tqdm(pool.imap(fn, jobs, chunksize=1), desc=desc, total=len(jobs)))
+
+
+class CRFStream:
+    """Dense CRF of images as inference produces them: ``submit(job)`` hands a job to one of
+    ``workers`` processes (at most ``2 * workers`` in flight, so memory stays bounded) while the
+    caller goes on with the next image; ``close()`` waits and returns the results in job order.
+    ``workers <= 1`` runs each job at once in this process. Same results whatever the count."""
+
+    def __init__(self, fn: Callable, workers: int):
+        self.fn, self.workers = fn, int(workers)
+        self.results: List = []
+        self.pending = deque()
+        self.pool = None
+        if self.workers > 1:
+            # a process that has initialised CUDA must not fork
+            fork_ok = "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized()
+            ctx = mp.get_context("fork" if fork_ok else "spawn")
+            self.pool = ctx.Pool(processes=self.workers, initializer=_single_thread_worker)
+
+    def submit(self, job) -> None:
+        if self.pool is None:
+            self.results.append(self.fn(job))
+            return
+        self.pending.append(self.pool.apply_async(self.fn, (job,)))
+        while len(self.pending) > 2 * self.workers:
+            self.results.append(self.pending.popleft().get())
+
+    def close(self) -> List:
+        while self.pending:
+            self.results.append(self.pending.popleft().get())
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+            self.pool = None
+        return self.results

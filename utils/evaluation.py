@@ -5,8 +5,8 @@
    student 2 and their ensemble without CRF.
 2. The logits of the chosen ``--branch`` are saved as float16 (``logits/<id>.npz``), with the
    index and colour PNGs of its prediction (``prediction/``, ``prediction_color/``).
-3. Dense CRF (``--crf``) runs in ``--crf_workers`` processes on the rank's shard and writes
-   ``crf/`` and ``crf_color/`` PNGs.
+3. Dense CRF (``--crf``) refines the float32 probabilities of each image in ``--crf_workers``
+   processes while the next images are inferred, and writes ``crf/`` and ``crf_color/`` PNGs.
 4. Confusion matrices are summed over ranks (never lists of predictions), so the printed scores
    equal a one-process run's. On a split without masks (VOC test) only predictions are written.
 """
@@ -28,7 +28,7 @@ from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
 
-from .crf import dense_crf, probs_from_logits, run_crf
+from .crf import CRFStream, dense_crf, probs_from_logits
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
@@ -87,14 +87,16 @@ def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
     img.save(path)
 
 
-def crf_job(job: Tuple[str, str, str, Optional[str], int, str, str]) -> Optional[np.ndarray]:
-    """CRF of one image (runs in a worker): reads the image and the saved logits, writes the
-    index and colour PNGs, returns the flattened confusion counts (``C*C``) when a mask exists."""
-    img_id, image_path, logits_path, mask_path, num_classes, out_dir, color_dir = job
+def crf_job(job) -> Optional[np.ndarray]:
+    """CRF of one image (runs in a worker). ``job = (id, image path, probs, mask path or None,
+    num_classes, out dir, colour dir)`` where ``probs`` is the float32 ``(C, H, W)`` softmax or
+    the path of saved logits. Writes the index and colour PNGs and returns the flattened
+    confusion counts (``C*C``) when a mask exists."""
+    img_id, image_path, probs, mask_path, num_classes, out_dir, color_dir = job
     image = read_image(image_path)
-    with np.load(logits_path) as f:
-        logits = f["logits"]
-    probs = probs_from_logits(logits, image.shape[:2])
+    if isinstance(probs, str):
+        with np.load(probs) as f:
+            probs = probs_from_logits(f["logits"], image.shape[:2])
     label = dense_crf(image, probs)
     save_png(os.path.join(out_dir, img_id + ".png"), label)
     save_png(os.path.join(color_dir, img_id + ".png"), label, palette=True)
@@ -144,12 +146,14 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                 except OSError:
                     raise UserError(f"cannot create {d}; pass a writable --work_dir") from None
         barrier()
+        # CRF workers start before the model takes the GPU; they refine each image's float32
+        # probabilities while the next images are inferred
+        stream = CRFStream(crf_job, args.crf_workers) if args.crf else None
         net = load_model(args.model_path, args.backbone, args.num_classes, args.aux_layer, info.device)
         c = args.num_classes
         mats = {k: ConfusionMatrix(c, info.device) for k in COLUMNS}
         part = shard(data, info.rank, info.world_size)
         loader = DataLoader(part, batch_size=None, num_workers=args.num_workers)
-        jobs = []
         iterator = loader
         if info.is_main:
             from tqdm import tqdm
@@ -178,9 +182,13 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
             save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), chosen_pred, palette=True)
             logits_path = os.path.join(dirs["logits"], img_id + ".npz")
             np.savez_compressed(logits_path, logits=chosen[0].cpu().numpy().astype(np.float16))
-            mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
-            jobs.append((img_id, layout.image_path(args.infer_set, img_id), logits_path, mask_path,
-                         c, dirs["crf"], dirs["crf_color"]))
+            if stream is not None:
+                full_chosen = chosen if chosen.shape[-2:] == size else F.interpolate(
+                    chosen, size=size, mode="bilinear", align_corners=False)
+                probs = full_chosen.softmax(1)[0].cpu().numpy().astype(np.float32)
+                mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
+                stream.submit((img_id, layout.image_path(args.infer_set, img_id), probs, mask_path,
+                               c, dirs["crf"], dirs["crf_color"]))
         for m in mats.values():
             m.reduce_from_all_processes()
         results: Dict[str, dict] = {}
@@ -189,8 +197,8 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
             log.info(f"{args.infer_set}: multi-scale {list(args.scales)} + flip, no CRF\n"
                      + format_table({k: v["iou"] for k, v in results.items()}, layout.display_names,
                                     results["Seg_1"]["present"]))
-        if args.crf:
-            counts = run_crf(jobs, crf_job, args.crf_workers, desc=f"CRF rank {info.rank}")
+        if stream is not None:
+            counts = stream.close()
             if with_masks:
                 crf_mat = ConfusionMatrix(c, info.device)
                 total = np.zeros(c * c, dtype=np.int64)
