@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.classes import COCO_CLASSES, VOC_CLASSES, VOC_DISPLAY_NAMES
-from datasets.layout import coco_layout, voc_layout
+from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
@@ -74,13 +74,8 @@ def parse_labels(text: str, num_classes: int) -> torch.Tensor:
 
 def split_items(args) -> Tuple[str, Iterator[Item], int]:
     """The dataset name, the first ``--num_images`` items of the split and their count."""
-    if args.dataset == "voc":
-        layout = voc_layout(args.data_folder)
-    else:
-        layout = coco_layout(args.img_folder, args.label_folder)
-    if layout.num_classes != args.num_classes:
-        raise UserError(f"--num_classes {args.num_classes} does not match {layout.name} "
-                        f"({layout.num_classes} classes)")
+    layout = dataset_layout(args.dataset, args.data_folder, args.img_folder, args.label_folder,
+                            args.num_classes)
     list_folder = ensure_lists(layout, args.list_folder, [args.split])
     ids = read_list(os.path.join(list_folder, args.split + ".txt"))
     with_masks = all(layout.mask_path(args.split, i) is not None for i in ids)

@@ -16,13 +16,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from datasets import synthetic  # noqa: E402
+from benchmarks.common import voc_folder  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
 
-DEFAULT = os.path.join("demo_data", "VOC2012")
+DEFAULT = os.path.join("demo_data", "VOC2012")  # written when missing
 
 
 def main() -> None:
@@ -34,9 +34,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--json", help="write the numbers to this file")
     args = p.parse_args()
-    if args.data_folder == DEFAULT and not os.path.isdir(DEFAULT):
-        synthetic.write_all(os.path.dirname(DEFAULT), coco=False)
-    layout = voc_layout(args.data_folder)
+    layout = voc_layout(voc_folder(None if args.data_folder == DEFAULT else args.data_folder))
     lists = ensure_lists(layout, None, ["train_aug"])
     dataset = TrainDataset(layout, lists, "train_aug", TrainAugmentation(crop_size=args.crop_size))
     results = {}

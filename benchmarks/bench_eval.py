@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datasets import synthetic  # noqa: E402
+from benchmarks.common import voc_folder  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
@@ -44,12 +44,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    folder = args.data_folder
-    if folder is None:
-        folder = os.path.join("demo_data", "VOC2012")
-        if not os.path.isdir(folder):
-            synthetic.write_all("demo_data", coco=False)
-    layout = voc_layout(folder)
+    layout = voc_layout(voc_folder(args.data_folder))
     lists = ensure_lists(layout, None, ["val"])
     data = EvalDataset(layout, lists, "val")
     count = min(args.num_images, len(data))

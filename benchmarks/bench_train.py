@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from datasets import synthetic  # noqa: E402
+from benchmarks.common import voc_folder  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
@@ -97,12 +97,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    folder = args.data_folder
-    if folder is None:
-        folder = os.path.join("demo_data", "VOC2012")
-        if not os.path.isdir(folder):
-            synthetic.write_all("demo_data", coco=False)
-    layout = voc_layout(folder)
+    layout = voc_layout(voc_folder(args.data_folder))
     lists = ensure_lists(layout, None, ["train_aug"])
     data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size))
     loader = DataLoader(data, batch_size=args.samples_per_gpu, shuffle=True, drop_last=True,

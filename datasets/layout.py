@@ -105,3 +105,15 @@ def coco_layout(img_folder: Optional[str], label_folder: Optional[str] = None) -
                         "train2014/ nor val2014/")
     label_folder = os.path.normpath(label_folder)
     return DatasetLayout("coco", img_folder, label_folder, label_folder + "_lists")
+
+
+def dataset_layout(name: str, data_folder: Optional[str] = None, img_folder: Optional[str] = None,
+                   label_folder: Optional[str] = None,
+                   num_classes: Optional[int] = None) -> DatasetLayout:
+    """The layout of ``name`` (voc: ``data_folder``; coco: ``img_folder``/``label_folder``),
+    checking ``--num_classes`` against it when given."""
+    layout = voc_layout(data_folder) if name == "voc" else coco_layout(img_folder, label_folder)
+    if num_classes is not None and num_classes != layout.num_classes:
+        raise UserError(f"--num_classes {num_classes} does not match {layout.name} "
+                        f"({layout.num_classes} classes)")
+    return layout

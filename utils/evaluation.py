@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datasets.classes import voc_colormap
-from datasets.layout import coco_layout, voc_layout
+from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
@@ -127,8 +127,9 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
     handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
     log.addHandler(handler)
     try:
-        layout = voc_layout(args.data_folder) if dataset == "voc" else \
-            coco_layout(args.img_folder, args.label_folder)
+        layout = dataset_layout(dataset, getattr(args, "data_folder", None),
+                                getattr(args, "img_folder", None), getattr(args, "label_folder", None),
+                                args.num_classes)
         if info.is_main:
             ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
         barrier()

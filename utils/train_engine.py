@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from datasets.layout import coco_layout, voc_layout
+from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
@@ -230,13 +230,8 @@ def _fmt_time(seconds: float) -> str:
 
 
 def build_data(args, dataset: str, info: DistInfo, logger):
-    if dataset == "voc":
-        layout = voc_layout(args.data_folder)
-    else:
-        layout = coco_layout(args.img_folder, args.label_folder)
-    if layout.num_classes != args.num_classes:
-        raise UserError(f"--num_classes {args.num_classes} does not match {dataset} "
-                        f"({layout.num_classes} classes)")
+    layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
+                            getattr(args, "label_folder", None), args.num_classes)
     if info.is_main:
         ensure_lists(layout, args.list_folder, [args.train_set, args.val_set], log=logger.info)
     barrier()
