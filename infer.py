@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES, voc_colormap
+from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import read_image
 from datasets.transforms import normalize
 from utils.errors import UserError, exit_on_user_error
 from utils.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, voc_msc_logits
-from utils.visualize import blend
+from utils.visualize import blend, label_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Images whose shorter side is below this are enlarged for the network (a ViT needs at least one
@@ -76,13 +76,6 @@ def segment_logits(net, rgb: np.ndarray, device: torch.device, branch: str = "en
     if logits.shape[-2:] != (h, w):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     return logits
-
-
-def palette_png(index: np.ndarray) -> Image.Image:
-    """``(H, W)`` uint8 class indices -> mode "P" image with the VOC palette."""
-    img = Image.fromarray(np.ascontiguousarray(index, dtype=np.uint8))  # mode "L"
-    img.putpalette(voc_colormap(256).reshape(-1).tolist())
-    return img
 
 
 def collect_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
@@ -167,8 +160,8 @@ def main(argv=None) -> None:
         rgb = read_input_image(path)
         logits = segment_logits(net, rgb, device, args.branch, args.scales, args.amp)
         pred = logits[0].argmax(0).byte().cpu().numpy()
-        color = palette_png(pred)
-        Image.fromarray(pred).save(os.path.join(args.out, name + ".png"))
+        color = label_image(pred, palette=True)
+        label_image(pred).save(os.path.join(args.out, name + ".png"))
         color.save(os.path.join(args.out, name + "_color.png"))
         overlay = blend(rgb, np.asarray(color.convert("RGB")))
         Image.fromarray(overlay).save(os.path.join(args.out, name + "_overlay.png"))

@@ -4,7 +4,7 @@ Both read through :mod:`datasets.readers`, so real and synthetic data, single-ch
 masks, grayscale and RGB images take the same path.
 """
 import os
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch

@@ -11,7 +11,6 @@ from typing import Optional, Tuple
 
 import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 

@@ -14,15 +14,13 @@ import argparse
 import logging
 import os
 import sys
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader
 
-from datasets.classes import voc_colormap
 from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
@@ -35,9 +33,9 @@ from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_lo
                         select_branch, voc_msc_logits)
 from .metric import ConfusionMatrix, format_table
 from .validation import shard
+from .visualize import label_image
 
 COLUMNS = ("Seg_1", "Seg_2", "Ensemble")
-_PALETTE = voc_colormap().reshape(-1).tolist()
 
 
 def _floats(text: str):
@@ -81,10 +79,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
 
 
 def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
-    img = Image.fromarray(label.astype(np.uint8), mode="P" if palette else "L")
-    if palette:
-        img.putpalette(_PALETTE)
-    img.save(path)
+    label_image(label, palette).save(path)
 
 
 def crf_job(job) -> Optional[np.ndarray]:

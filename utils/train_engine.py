@@ -6,6 +6,7 @@
 validation, checkpoints and resume.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -347,7 +348,7 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
                 cls_label = cls_label.to(device, non_blocking=True)
                 img_box = img_box.to(device, non_blocking=True)
                 last_micro = micro == args.grad_accum - 1
-                sync_ctx = model.no_sync() if (info.distributed and not last_micro) else _null()
+                sync_ctx = model.no_sync() if (info.distributed and not last_micro) else contextlib.nullcontext()
                 with sync_ctx:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                         out = dupl_step(model, net, images, cls_label, img_box, n, cfg, par, aug_gen,
@@ -415,14 +416,6 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
             writer.close()
     logger.info(f"Training finished in {_fmt_time(time.time() - t0)}")
     return last_result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def main(args, dataset: str) -> Dict[str, object]:

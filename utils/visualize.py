@@ -1,11 +1,22 @@
 """Image grids for TensorBoard and the visualisation tools: CAM heat-maps and label colours."""
 import numpy as np
 import torch
+from PIL import Image
 
 from datasets.classes import voc_colormap
 from datasets.transforms import denormalize
 
 _CMAP = torch.from_numpy(voc_colormap()).float() / 255.0
+_PALETTE = voc_colormap().reshape(-1).tolist()
+
+
+def label_image(label: np.ndarray, palette: bool = False) -> Image.Image:
+    """``(H, W)`` class indices -> a single-channel PNG image, or with ``palette`` a mode "P" image
+    carrying the VOC colormap (same indices, shown in colour)."""
+    img = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), mode="P" if palette else "L")
+    if palette:
+        img.putpalette(_PALETTE)
+    return img
 
 
 def colorize_label(label: torch.Tensor) -> torch.Tensor:
