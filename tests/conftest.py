@@ -1,9 +1,30 @@
 """Shared fixtures: a small synthetic dataset in the real VOC and COCO layouts."""
+import os
 import shutil
 
+import numpy as np
 import pytest
+import torch
 
 from datasets import synthetic
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """Inputs and outputs of the original implementation's components (components.npz), as tensors."""
+    data = np.load(os.path.join(FIXTURES, "components.npz"))
+    return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules of many small element-wise ops (faster on a shared CPU)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,7 @@ import torch
 from model.gmm import fit_gmm_1d, gmm_filter, gmm_noisy_mask, gmm_noisy_mask_sklearn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # many small element-wise ops: one intra-op thread is faster on a shared CPU
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_case(seed, h, w, clean_mu=0.4, noisy_mu=3.0, noisy_frac=0.2, clean="exp",

@@ -1,21 +1,10 @@
 """The losses of SPEC §3.3, §3.6, §3.7, §4.3 and §4.8 match the original and their definitions."""
-import os
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model.losses import (balanced_seg_loss, cls_loss, consistency_loss, discrepancy_loss,
                           ptc_loss)
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
-
-
-@pytest.fixture(scope="module")
-def ref():
-    data = np.load(os.path.join(FIXTURES, "components.npz"))
-    return {k: torch.from_numpy(data[k]) for k in data.files}
 
 
 def test_ptc_loss_matches_the_reference(ref):

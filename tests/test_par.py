@@ -1,20 +1,10 @@
 """PAR (SPEC §3.4) reproduces the original's refinement and its weights behave as specified."""
-import os
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from model.par import PAR, dilated_neighbours
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
-
-
-@pytest.fixture(scope="module")
-def ref():
-    data = np.load(os.path.join(FIXTURES, "components.npz"))
-    return {k: torch.from_numpy(data[k]) for k in data.files if k.startswith("par.")}
 
 
 def test_par_matches_the_reference_output(ref):

@@ -1,8 +1,6 @@
 """CAM -> label (SPEC §3.2), PTC labels and affinity targets (§3.3), PAR-refined pseudo labels
 (§3.5) and the de-normalised image they use match the original implementation."""
-import os
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,14 +9,6 @@ from datasets.transforms import denormalize
 from model.par import PAR
 from model.pseudo_labels import (box_mask, cam_to_label, label_to_aff_mask, ptc_labels,
                                  refine_cams_with_par, refine_cams_with_par_reference)
-
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
-
-
-@pytest.fixture(scope="module")
-def ref():
-    data = np.load(os.path.join(FIXTURES, "components.npz"))
-    return {k: torch.from_numpy(data[k]) for k in data.files}
 
 
 def test_three_way_labels_match_the_reference(ref):

@@ -6,12 +6,7 @@ from model.strong_aug import (IMAGENET_MEAN, IMAGENET_STD, OP_NAMES, draw_ops, o
                               strong_augment, strong_augment_pil)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_images(b, h, w, seed=0):
