@@ -52,11 +52,10 @@ def pick_device(cpu: bool) -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool):
-    """Mixed precision for ``--amp``: float16 on CUDA, bfloat16 on the CPU."""
+    """bfloat16 autocast for ``--amp``, as in training and evaluation."""
     if not enabled:
         return nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -135,7 +134,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux_layer", type=int, default=-3)
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU exists")
     p.add_argument("--amp", action="store_true",
-                   help="mixed precision (float16 on CUDA, bfloat16 on the CPU)")
+                   help="bfloat16 autocast, as in training and evaluation")
     return p
 
 

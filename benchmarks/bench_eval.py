@@ -4,10 +4,13 @@
         [--crf_workers 1 2 4] [--model_path CKPT] [--data_folder VOC2012] [--json out.json]
 
 Inference: both students' multi-scale + flip logits (VOC rule, scales 1.0/1.5/1.25) of the val
-images at their own size, after one warm-up image. Logits: bytes of the float16 ``.npz`` this
-project saves per image against the float32 logits of both students the original saves. CRF: the
-straightforward per-image loop in one process against :func:`utils.crf.run_crf` with each worker
-count, on the same saved logits; the predictions must be identical.
+images at their own size and the ensemble's probabilities on the host, after one warm-up image.
+Logits: the time to save them and the bytes of the file this project writes per image
+(:func:`utils.inference.save_logits`) against both students' full-resolution float32 logits. CRF:
+the straightforward per-image loop in one process (load the logits, CRF, write the index and colour
+PNGs) against :func:`utils.crf.run_crf` with each worker count doing the same jobs; the predictions
+must be identical. It also checks that CRF from the saved file equals CRF from the in-memory
+probabilities the evaluation refines.
 """
 import argparse
 import json
@@ -20,15 +23,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from benchmarks.common import voc_folder  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
+from datasets.readers import read_image  # noqa: E402
 from utils.crf import dense_crf, probs_from_logits, run_crf  # noqa: E402
-from utils.evaluation import crf_job  # noqa: E402
-from utils.inference import load_model, select_branch, voc_msc_logits  # noqa: E402
+from utils.evaluation import crf_job, save_png  # noqa: E402
+from utils.inference import (VOC_EVAL_SCALES, load_logits, load_model, merge_voc,  # noqa: E402
+                             save_logits, select_branch, voc_raw_logits)
 
 
 def main() -> None:
@@ -55,72 +61,85 @@ def main() -> None:
         net = DualStudentNet(args.backbone, 21).to(device).eval()
 
     work = tempfile.mkdtemp(prefix="bench_eval_")
-    for d in ("logits", "crf", "crf_color"):
+    for d in ("logits", "crf", "crf_color", "loop", "loop_color"):
         os.makedirs(os.path.join(work, d))
-    jobs, full_logits, pixels, saved_bytes, original_bytes = [], [], 0, 0, 0
-    elapsed = 0.0
+    jobs, in_memory, pixels, saved_bytes, original_bytes = [], [], 0, 0, 0
+    infer_s = save_s = 0.0
     for i in range(count + 1):
         img_id, image, _, _ = data[i % len(data)]
         x = image[None].to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        size = tuple(image.shape[-2:])
+        sync(device)
         t = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            logits = [l.float() for l in voc_msc_logits(net, x)]
-        chosen = select_branch(logits, "ensemble")[0].cpu().numpy()
+            raw = voc_raw_logits(net, x)
+        chosen = select_branch(merge_voc(raw, size), "ensemble")
+        probs = chosen.softmax(1)[0].cpu().numpy()
+        t_saved = time.perf_counter()
+        path = os.path.join(work, "logits", img_id + ".npz")
+        save_logits(path, "voc", raw, size, VOC_EVAL_SCALES)
         if i == 0:
             continue   # warm-up
-        elapsed += time.perf_counter() - t
-        path = os.path.join(work, "logits", img_id + ".npz")
-        np.savez_compressed(path, logits=chosen.astype(np.float16))
+        infer_s += t_saved - t
+        save_s += time.perf_counter() - t_saved
         saved_bytes += os.path.getsize(path)
-        full_logits.append(chosen)
-        original_bytes += 2 * chosen.size * 4
-        pixels += chosen.shape[1] * chosen.shape[2]
-        jobs.append((img_id, layout.image_path("val", img_id), path, None, 21,
+        original_bytes += 2 * chosen.numel() * 4   # both students' full-resolution float32 logits
+        pixels += size[0] * size[1]
+        in_memory.append(probs)
+        jobs.append((img_id, layout.image_path("val", img_id), (path, "ensemble"), None, 21,
                      os.path.join(work, "crf"), os.path.join(work, "crf_color")))
-    infer_rate = count / elapsed
+    infer_rate = count / infer_s
     print(f"inference: {infer_rate:.2f} images/s ({args.backbone}, amp {args.amp}, {device}), "
-          f"mean image {pixels / count:.0f} px; saved logits {saved_bytes / count / 2 ** 20:.2f} MiB "
-          f"per image vs {original_bytes / count / 2 ** 20:.2f} MiB for two float32 students "
-          f"({original_bytes / max(saved_bytes, 1):.1f}x smaller)", flush=True)
+          f"mean image {pixels / count:.0f} px; saving the logits {1000 * save_s / count:.1f} ms per "
+          f"image, {saved_bytes / count / 2 ** 20:.3f} MiB vs {original_bytes / count / 2 ** 20:.2f} MiB "
+          f"for two float32 students at full resolution ({original_bytes / max(saved_bytes, 1):.1f}x "
+          "smaller)", flush=True)
 
-    from datasets.readers import read_image
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the loop on one core, like each worker
     t = time.perf_counter()
     reference = []
-    for job in jobs:   # the straightforward loop: one image after the other in this process
+    for job in jobs:   # the straightforward loop: one image after the other, same inputs and outputs
         image = read_image(job[1])
-        with np.load(job[2]) as f:
-            reference.append(dense_crf(image, probs_from_logits(f["logits"], image.shape[:2])))
+        label = dense_crf(image, probs_from_logits(load_logits(*job[2]), image.shape[:2]))
+        save_png(os.path.join(work, "loop", job[0] + ".png"), label)
+        save_png(os.path.join(work, "loop_color", job[0] + ".png"), label, palette=True)
+        reference.append(label)
     loop_rate = len(jobs) / (time.perf_counter() - t)
+    torch.set_num_threads(threads)
     print(f"CRF per-image loop: {loop_rate:.2f} images/s", flush=True)
     same_px = total_px = 0
-    for job, ref, full in zip(jobs, reference, full_logits):   # float16 storage vs float32
-        image = read_image(job[1])
-        crf32 = dense_crf(image, probs_from_logits(full, image.shape[:2]))
-        same_px += int((crf32 == ref).sum())
+    for job, ref, probs in zip(jobs, reference, in_memory):   # what evaluation refines vs the file
+        crf = dense_crf(read_image(job[1]), probs)
+        same_px += int((crf == ref).sum())
         total_px += ref.size
-    fp16_agreement = same_px / max(total_px, 1)
-    print(f"CRF on float16-saved logits vs float32 logits: {100 * fp16_agreement:.4f}% of pixels "
-          "identical", flush=True)
+    file_agreement = same_px / max(total_px, 1)
+    print(f"CRF from the saved file vs from the in-memory probabilities: {100 * file_agreement:.4f}% "
+          "of pixels identical", flush=True)
     crf_rates = {}
     for workers in args.crf_workers:
         t = time.perf_counter()
         run_crf(jobs, crf_job, workers)
         rate = len(jobs) / (time.perf_counter() - t)
-        from PIL import Image
         same = all(np.array_equal(np.array(Image.open(os.path.join(work, "crf", j[0] + ".png"))), r)
                    for j, r in zip(jobs, reference))
         crf_rates[workers] = rate
-        print(f"CRF {workers} worker(s): {rate:.2f} images/s ({rate / workers:.2f} per worker), "
-              f"identical to the loop: {same}", flush=True)
+        print(f"CRF {workers} worker(s): {rate:.2f} images/s ({rate / workers:.2f} per worker, "
+              f"{rate / workers / loop_rate:.2f}x the loop per core), identical to the loop: {same}",
+              flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "inference_images_per_s": infer_rate,
+            json.dump({"device": str(device), "backbone": args.backbone, "amp": args.amp,
+                       "inference_images_per_s": infer_rate, "save_ms_per_image": 1000 * save_s / count,
                        "saved_mib_per_image": saved_bytes / count / 2 ** 20,
                        "original_mib_per_image": original_bytes / count / 2 ** 20,
                        "crf_loop_images_per_s": loop_rate, "crf_images_per_s": crf_rates,
-                       "crf_fp16_pixel_agreement": fp16_agreement}, f, indent=1)
+                       "crf_file_vs_memory_pixel_agreement": file_agreement}, f, indent=1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

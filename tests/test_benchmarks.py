@@ -38,3 +38,4 @@ def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path
     assert res.stdout.count("identical to the loop: True") == 2
     data = json.loads(out.read_text())
     assert data["saved_mib_per_image"] * 8 <= data["original_mib_per_image"]
+    assert data["crf_file_vs_memory_pixel_agreement"] == 1.0   # same device: the same bits

@@ -12,7 +12,9 @@ import eval_seg_coco_ddp
 import eval_seg_voc
 from datasets.prepare import read_list
 from model.network import DualStudentNet
-from utils.inference import select_branch, voc_msc_logits
+from utils.evaluation import crf_job
+from utils.inference import (coco_msc_logits, load_logits, save_logits, select_branch, voc_msc_logits,
+                             voc_raw_logits)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu"]
@@ -46,8 +48,8 @@ def test_voc_eval_with_crf_scores_saves_logits_and_pngs(voc_copy, checkpoints, t
     img = Image.open(voc_copy / "JPEGImages" / f"{val[0]}.jpg")
     pred = Image.open(wd / "crf_color" / f"{val[0]}.png")
     assert pred.mode == "P" and pred.size == img.size
-    with np.load(wd / "logits" / f"{val[0]}.npz") as f:
-        assert f["logits"].dtype == np.float16 and f["logits"].shape == (21, img.size[1], img.size[0])
+    assert sorted(os.listdir(wd / "logits")) == sorted(i + ".npz" for i in val)
+    assert load_logits(str(wd / "logits" / f"{val[0]}.npz")).shape == (21, img.size[1], img.size[0])
 
 
 def test_saved_prediction_is_the_chosen_branch(voc_copy, checkpoints, tmp_path):
@@ -131,7 +133,7 @@ def test_coco_eval_two_processes_equal_one_process(coco_copy, checkpoints, tmp_p
     assert _pngs(tmp_path / "one" / "crf").keys() == _pngs(tmp_path / "two" / "crf").keys()
 
 
-def test_crf_refines_the_float32_probabilities_not_the_saved_float16(voc_copy, checkpoints, tmp_path):
+def test_crf_refines_the_float32_probabilities(voc_copy, checkpoints, tmp_path):
     wd = tmp_path / "crf32"
     eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
                       "--work_dir", str(wd), "--crf_workers", "2", "--scales", "1.0", *TINY])
@@ -147,3 +149,56 @@ def test_crf_refines_the_float32_probabilities_not_the_saved_float16(voc_copy, c
         probs = select_branch(voc_msc_logits(net, image[None], (1.0,)), "ensemble").softmax(1)[0]
         expected = dense_crf(ds.raw_image(i), probs.numpy().astype(np.float32))
         np.testing.assert_array_equal(np.array(Image.open(wd / "crf" / f"{img_id}.png")), expected)
+
+
+def _tiny_net(path):
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    net.load_state_dict(torch.load(path)["model"])
+    return net.eval()
+
+
+@pytest.mark.parametrize("branch", ["1", "2", "ensemble"])
+def test_saved_voc_logits_rebuild_every_branch_exactly(checkpoints, tmp_path, branch):
+    net = _tiny_net(checkpoints / "voc.pth")
+    torch.manual_seed(1)
+    image = torch.randn(1, 3, 61, 83)
+    scales = (1.0, 1.5, 1.25)
+    save_logits(str(tmp_path / "a.npz"), "voc", voc_raw_logits(net, image, scales), (61, 83), scales)
+    expected = select_branch(voc_msc_logits(net, image, scales), branch)[0].numpy()
+    np.testing.assert_array_equal(load_logits(str(tmp_path / "a.npz"), branch), expected)
+
+
+def test_saved_coco_logits_rebuild_the_upsampled_branch(checkpoints, tmp_path):
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 81, aux_layer=9).eval()
+    image = torch.randn(1, 3, 50, 70)
+    logits = coco_msc_logits(net, image, scales=(1.0, 1.25))
+    save_logits(str(tmp_path / "c.npz"), "coco", logits, (50, 70), (1.0, 1.25))
+    expected = torch.nn.functional.interpolate(select_branch(logits, "2"), size=(50, 70),
+                                               mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_array_equal(load_logits(str(tmp_path / "c.npz"), "2"), expected)
+
+
+def test_saved_logits_are_an_eighth_of_full_resolution_float32_at_voc_size(checkpoints, tmp_path):
+    """The original saves both students' float32 logits at full resolution (33 MiB for a
+    470 x 444 VOC image); the saved network outputs must take at most 1/8 of that."""
+    net = _tiny_net(checkpoints / "voc.pth")
+    h, w = 470, 444
+    raw = voc_raw_logits(net, torch.randn(1, 3, h, w))
+    save_logits(str(tmp_path / "v.npz"), "voc", raw, (h, w), (1.0, 1.5, 1.25))
+    assert os.path.getsize(tmp_path / "v.npz") <= 2 * 21 * h * w * 4 / 8
+
+
+def test_crf_rerun_from_the_saved_file_equals_the_evaluation(voc_copy, checkpoints, tmp_path):
+    wd = tmp_path / "rerun"
+    eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                      "--work_dir", str(wd), "--crf_workers", "1", "--scales", "1.0 1.5", *TINY])
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again_color").mkdir()
+    val = read_list(str(voc_copy) + "_lists/val.txt")
+    for img_id in val[:3]:
+        crf_job((img_id, str(voc_copy / "JPEGImages" / f"{img_id}.jpg"),
+                 (str(wd / "logits" / f"{img_id}.npz"), "ensemble"), None, 21,
+                 str(tmp_path / "again"), str(tmp_path / "again_color")))
+        np.testing.assert_array_equal(np.array(Image.open(tmp_path / "again" / f"{img_id}.png")),
+                                      np.array(Image.open(wd / "crf" / f"{img_id}.png")))

@@ -112,3 +112,12 @@ def test_wrong_backbone_is_one_line(tiny_ckpt, image_folder, tmp_path, capsys):
                                    "--out", str(tmp_path / "o"), "--backbone",
                                    "deit_small_patch16_224", "--cpu"])
     assert "backbone" in err
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_amp_is_bfloat16_on_every_device_like_training_and_evaluation(device):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # no CUDA here: the context is built, not entered
+        ctx = infer.autocast(torch.device(device), True)
+    assert ctx.fast_dtype == torch.bfloat16

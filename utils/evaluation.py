@@ -3,8 +3,10 @@
 1. Every rank infers its shard of the split (every ``world_size``-th image): both students'
    multi-scale logits (VOC or COCO rule, :mod:`utils.inference`), scored for student 1,
    student 2 and their ensemble without CRF.
-2. The logits of the chosen ``--branch`` are saved as float16 (``logits/<id>.npz``), with the
-   index and colour PNGs of its prediction (``prediction/``, ``prediction_color/``).
+2. The network outputs behind both students' logits are saved before any resizing
+   (``logits/<id>.npz``, float32; :func:`utils.inference.load_logits` rebuilds any branch at full
+   resolution), with the index and colour PNGs of the ``--branch`` prediction (``prediction/``,
+   ``prediction_color/``).
 3. Dense CRF (``--crf``) refines the float32 probabilities of each image in ``--crf_workers``
    processes while the next images are inferred, and writes ``crf/`` and ``crf_color/`` PNGs.
 4. Confusion matrices are summed over ranks (never lists of predictions), so the printed scores
@@ -29,8 +31,8 @@ from datasets.segmentation import EvalDataset
 from .crf import CRFStream, dense_crf, probs_from_logits
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
-from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
-                        select_branch, voc_msc_logits)
+from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
+                        load_model, merge_voc, save_logits, select_branch, voc_raw_logits)
 from .metric import ConfusionMatrix, format_table
 from .validation import shard
 from .visualize import label_image
@@ -85,13 +87,12 @@ def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
 def crf_job(job) -> Optional[np.ndarray]:
     """CRF of one image (runs in a worker). ``job = (id, image path, probs, mask path or None,
     num_classes, out dir, colour dir)`` where ``probs`` is the float32 ``(C, H, W)`` softmax or
-    the path of saved logits. Writes the index and colour PNGs and returns the flattened
+    ``(path, branch)`` of a file written by :func:`utils.inference.save_logits`. Writes the index and colour PNGs and returns the flattened
     confusion counts (``C*C``) when a mask exists."""
     img_id, image_path, probs, mask_path, num_classes, out_dir, color_dir = job
     image = read_image(image_path)
-    if isinstance(probs, str):
-        with np.load(probs) as f:
-            probs = probs_from_logits(f["logits"], image.shape[:2])
+    if isinstance(probs, tuple):
+        probs = probs_from_logits(load_logits(*probs), image.shape[:2])
     label = dense_crf(image, probs)
     save_png(os.path.join(out_dir, img_id + ".png"), label)
     save_png(os.path.join(color_dir, img_id + ".png"), label, palette=True)
@@ -156,14 +157,14 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
             iterator = tqdm(loader, total=len(part), desc="inference", mininterval=5, file=sys.stderr)
         for idx, (img_id, image, mask, _) in zip(part.indices, iterator):
             x = image[None].to(info.device)
+            size = tuple(image.shape[-2:])
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=args.amp):
                 if dataset == "voc":
-                    logits = voc_msc_logits(net, x, args.scales)
+                    raw = voc_raw_logits(net, x, args.scales)
                 else:
-                    logits = coco_msc_logits(net, x, scales=args.scales)
-            logits = [l.float() for l in logits]
+                    raw = coco_msc_logits(net, x, scales=args.scales)
+            logits = merge_voc(raw, size) if dataset == "voc" else [l.float() for l in raw]
             chosen = select_branch(logits, args.branch)
-            size = tuple(image.shape[-2:])
             full = [F.interpolate(l, size=size, mode="bilinear", align_corners=False)
                     if l.shape[-2:] != size else l for l in logits]
             preds = [full[0].argmax(1)[0], full[1].argmax(1)[0],
@@ -176,8 +177,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
             chosen_pred = chosen_pred.byte().cpu().numpy()
             save_png(os.path.join(dirs["prediction"], img_id + ".png"), chosen_pred)
             save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), chosen_pred, palette=True)
-            logits_path = os.path.join(dirs["logits"], img_id + ".npz")
-            np.savez_compressed(logits_path, logits=chosen[0].cpu().numpy().astype(np.float16))
+            save_logits(os.path.join(dirs["logits"], img_id + ".npz"), dataset, raw, size, args.scales)
             if stream is not None:
                 full_chosen = chosen if chosen.shape[-2:] == size else F.interpolate(
                     chosen, size=size, mode="bilinear", align_corners=False)

@@ -11,6 +11,7 @@ both students' softmax), never one made by looking at ground truth.
 """
 from typing import List, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,11 +32,45 @@ def load_model(model_path: str, backbone: str, num_classes: int, aux_layer: int,
     return net.to(device).eval()
 
 
-def _flip_pass(student, x: torch.Tensor, size) -> torch.Tensor:
-    """Seg logits of ``x (1, 3, h, w)`` and its mirror, resized to ``size`` and summed."""
-    seg = student.segment(torch.cat([x, x.flip(-1)], dim=0)).float()
-    seg = F.interpolate(seg, size=size, mode="bilinear", align_corners=False)
+def _flip_pair(student, x: torch.Tensor) -> torch.Tensor:
+    """Decoder logits of ``x (1, 3, h, w)`` and of its mirror in one pass: ``(2, C, h', w')`` float32,
+    contiguous (the layout of a saved and reloaded copy, so resizing either gives the same bits)."""
+    return student.segment(torch.cat([x, x.flip(-1)], dim=0)).float().contiguous()
+
+
+def _flip_sum(pair: torch.Tensor, size) -> torch.Tensor:
+    """A flip pair ``(2, C, h', w')`` resized to ``size`` and summed, the mirror flipped back."""
+    seg = F.interpolate(pair.float(), size=size, mode="bilinear", align_corners=False)
     return seg[:1] + seg[1:].flip(-1)
+
+
+def _resized(image: torch.Tensor, s: float, h: int, w: int) -> torch.Tensor:
+    if s == 1.0:
+        return image
+    return F.interpolate(image, size=(int(s * h), int(s * w)), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def voc_raw_logits(net: DualStudentNet, image: torch.Tensor,
+                   scales: Sequence[float] = VOC_EVAL_SCALES) -> List[List[torch.Tensor]]:
+    """The network outputs behind the VOC rule, before any resizing: for each student, for each
+    scale, the decoder logits of the scaled image and its mirror ``(2, C, h_s, w_s)`` float32.
+    :func:`merge_voc` turns them into the full-resolution logits; they are what evaluation saves."""
+    h, w = image.shape[-2:]
+    return [[_flip_pair(student, _resized(image, s, h, w)) for s in scales] for student in net.students]
+
+
+def merge_voc(raw: Sequence[Sequence[torch.Tensor]], size) -> List[torch.Tensor]:
+    """Full-resolution ``(1, C, H, W)`` logits per student from :func:`voc_raw_logits`' output:
+    each flip pair resized to ``size`` = (H, W) and summed, the scales merged by element-wise max."""
+    outs = []
+    for pairs in raw:
+        merged = None
+        for pair in pairs:
+            seg = _flip_sum(pair, size)
+            merged = seg if merged is None else torch.maximum(merged, seg)
+        outs.append(merged)
+    return outs
 
 
 @torch.no_grad()
@@ -43,17 +78,7 @@ def voc_msc_logits(net: DualStudentNet, image: torch.Tensor,
                    scales: Sequence[float] = VOC_EVAL_SCALES) -> List[torch.Tensor]:
     """Both students' multi-scale + flip logits of ``image (1, 3, H, W)`` at full resolution,
     each ``(1, C, H, W)`` (VOC rule: max over scales)."""
-    h, w = image.shape[-2:]
-    outs = []
-    for student in net.students:
-        merged = None
-        for s in scales:
-            x = image if s == 1.0 else F.interpolate(image, size=(int(s * h), int(s * w)),
-                                                     mode="bilinear", align_corners=False)
-            seg = _flip_pass(student, x, (h, w))
-            merged = seg if merged is None else torch.maximum(merged, seg)
-        outs.append(merged)
-    return outs
+    return merge_voc(voc_raw_logits(net, image, scales), tuple(image.shape[-2:]))
 
 
 @torch.no_grad()
@@ -68,9 +93,7 @@ def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = 448,
     for student in net.students:
         total = None
         for s in scales:
-            x = x0 if s == 1.0 else F.interpolate(x0, size=(int(s * base), int(s * base)),
-                                                  mode="bilinear", align_corners=False)
-            seg = _flip_pass(student, x, grid)
+            seg = _flip_sum(_flip_pair(student, _resized(x0, s, base, base)), grid)
             total = seg if total is None else total + seg
         outs.append(total)
     return outs
@@ -87,3 +110,42 @@ def select_branch(logits: Sequence[torch.Tensor], branch: str) -> torch.Tensor:
         probs = (logits[0].softmax(1) + logits[1].softmax(1)) / 2
         return probs.clamp_min(1e-12).log()
     raise ValueError(f"branch must be one of {BRANCHES}")
+
+
+def save_logits(path: str, rule: str, raw, size, scales: Sequence[float]) -> None:
+    """Write the logits behind an image's prediction to ``path`` (``.npz``, uncompressed float32).
+
+    ``rule`` ``voc``: ``raw`` is :func:`voc_raw_logits`' output (both students' flip pairs per
+    scale, before resizing); ``coco``: both students' token-grid logits from
+    :func:`coco_msc_logits`. ``size`` = (H, W) of the image. :func:`load_logits` rebuilds any
+    branch's full-resolution logits from the file with the same operations as the evaluation, so a
+    CRF re-run from the file gives the evaluation's predictions, at a fraction of the bytes of
+    full-resolution maps.
+    """
+    arrays = {"rule": np.array(rule), "size": np.asarray(size, dtype=np.int64),
+              "scales": np.asarray(scales, dtype=np.float64)}
+    for k, student in enumerate(raw, start=1):
+        if rule == "voc":
+            for i, pair in enumerate(student):
+                arrays[f"student{k}_scale{i}"] = pair.float().cpu().numpy()
+        elif rule == "coco":
+            arrays[f"student{k}"] = student.float().cpu().numpy()
+        else:
+            raise ValueError("rule must be 'voc' or 'coco'")
+    np.savez(path, **arrays)
+
+
+def load_logits(path: str, branch: str = "ensemble") -> np.ndarray:
+    """Full-resolution logits ``(C, H, W)`` float32 of ``branch`` (``1``, ``2``, ``ensemble``) from a
+    file of :func:`save_logits`; their softmax is the probability map the evaluation refined with CRF."""
+    with np.load(path) as f:
+        rule, size = str(f["rule"]), tuple(int(v) for v in f["size"])
+        if rule == "voc":
+            n = len(f["scales"])
+            raw = [[torch.from_numpy(f[f"student{k}_scale{i}"]) for i in range(n)] for k in (1, 2)]
+            chosen = select_branch(merge_voc(raw, size), branch)
+        else:
+            chosen = select_branch([torch.from_numpy(f[f"student{k}"]) for k in (1, 2)], branch)
+            chosen = F.interpolate(chosen, size=size, mode="bilinear", align_corners=False)
+    return chosen[0].numpy()
+
