@@ -150,17 +150,20 @@ def main() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             flops = count_flops(net, images, labels, boxes, n, cfg, par, gen, max_present)
         med = statistics.median(times)
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
         achieved = flops / med / 1e12
-        fraction = achieved / peak_tflops(name, args.amp)
+        top = peak_tflops(name, args.amp)
+        fraction = achieved / top if top == top else None    # unknown device: no fraction
         results[phase] = {"s_per_iter": med, "images_per_s": args.samples_per_gpu / med,
                           "peak_mem_gib": peak, "tflop_per_iter": flops / 1e12,
                           "achieved_tflops": achieved, "fraction_of_peak": fraction,
                           "breakdown_s": breakdowns[0]}
         stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in breakdowns[0].items())
-        print(f"phase {phase}: {med:.3f} s/iter, {args.samples_per_gpu / med:.2f} images/s, "
-              f"peak memory {peak:.2f} GiB, {flops / 1e12:.2f} TFLOP/iter = {achieved:.1f} TFLOP/s "
-              f"({100 * fraction:.0f}% of peak)\n  breakdown: {stages}", flush=True)
+        mem = f"peak memory {peak:.2f} GiB" if peak is not None else "peak memory n/a (CPU)"
+        share = f"{100 * fraction:.0f}% of peak" if fraction is not None else "peak unknown"
+        print(f"phase {phase}: {med:.3f} s/iter, {args.samples_per_gpu / med:.2f} images/s, {mem}, "
+              f"{flops / 1e9:.1f} GFLOP/iter = {achieved:.2f} TFLOP/s ({share})\n"
+              f"  breakdown: {stages}", flush=True)
     print(f"device {name}, backbone {args.backbone}, crop {args.crop_size}, "
           f"{args.samples_per_gpu} images per step, amp {args.amp}")
     if args.json:

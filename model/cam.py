@@ -1,5 +1,5 @@
 """Multi-scale class activation maps of a student (SPEC §3.1)."""
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,20 +17,30 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 @torch.no_grad()
-def multiscale_cam(student: Student, x: torch.Tensor,
-                   scales: Sequence[float] = CAM_SCALES) -> Tuple[torch.Tensor, torch.Tensor]:
+def multiscale_cam(student: Student, x: torch.Tensor, scales: Sequence[float] = CAM_SCALES,
+                   maps: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale + flip CAM and aux CAM of ``x (B, 3, H, W)``, each ``(B, K, H, W)`` in [0, 1].
 
     For each scale, ``[x_s ; flip(x_s)]`` goes through the student in one pass; both maps are
     upsampled (bilinear) to ``H x W``, the flipped half is flipped back and merged by max, ReLU'd,
     summed over scales and min-max normalised per image and class.
+
+    ``maps``: the final and aux token maps of ``x`` itself, when the caller already has them (the
+    training forward computes the same maps: the network has no dropout), so only the mirror goes
+    through the student at scale 1.0. Without them every scale runs in full.
     """
     b, _, h, w = x.shape
     total = total_aux = None
     for s in scales:
-        xs = x if s == 1.0 else F.interpolate(x, size=(int(s * h), int(s * w)), mode="bilinear",
-                                              align_corners=False)
-        cams = student.raw_cams(torch.cat([xs, xs.flip(-1)], dim=0))
+        if s == 1.0 and maps is not None:
+            own = student.cams_of_maps(*(m.detach() for m in maps))
+            mirror = student.raw_cams(x.flip(-1))
+            cams = [torch.cat([o.to(m.dtype), m]) for o, m in zip(own, mirror)]
+        else:
+            xs = x if s == 1.0 else F.interpolate(x, size=(int(s * h), int(s * w)), mode="bilinear",
+                                                  align_corners=False)
+            cams = student.raw_cams(torch.cat([xs, xs.flip(-1)], dim=0))
         merged = []
         for cam in cams:
             cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)

@@ -1,6 +1,7 @@
 """One DuPL training iteration, as the paper's algorithm box (SPEC §4).
 
-    CAMs of both students (no grad) -> training forward of both students
+    training forward of both students -> CAMs of both students (no grad; at scale 1.0 the
+    forward's own token maps serve, only the mirror image goes through again)
     -> PTC labels from each student's own aux CAM          (patch-token contrast)
     -> pseudo labels from each student's CAM, refined by PAR, with the progressive threshold
     -> GMM filtering of each student's labels on its own per-pixel losses        (phase C)
@@ -161,9 +162,6 @@ def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box
     use_gmm = phase == "C" and w["seg"] > 0
     use_reg = w["reg"] > 0
 
-    with section("cams"):
-        cams = [multiscale_cam(s, images, cfg.cam_scales) for s in net.students] if need_cams else None
-
     x_aug = None
     if use_reg:
         with section("strong_view"):
@@ -174,6 +172,13 @@ def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box
     else:
         with section("forward"):
             outs = model(images)
+
+    cams = None
+    if need_cams:
+        with section("cams"):
+            # the forward already holds the scale-1.0 token maps of the images: reuse them
+            cams = [multiscale_cam(s, images, cfg.cam_scales, maps=(o.fmap, o.fmap_aux))
+                    for s, o in zip(net.students, outs)]
 
     terms = {"cls": sum(cls_loss(o.cls, cls_label) + cls_loss(o.cls_aux, cls_label) for o in outs)}
     zero = terms["cls"].new_zeros(())

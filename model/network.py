@@ -34,6 +34,7 @@ class StudentOutput(NamedTuple):
     seg: torch.Tensor        # (N, C, h, w) decoder logits
     fmap: torch.Tensor       # (N, D, h, w) final patch-token map
     cls_aux: torch.Tensor    # (N, K) aux-classifier logits on the max-pooled aux tokens
+    fmap_aux: torch.Tensor   # (N, D, h, w) aux-block patch-token map (no LayerNorm)
 
 
 class Student(nn.Module):
@@ -61,7 +62,7 @@ class Student(nn.Module):
         fmap, aux = self.token_maps(x)
         cls = self.classifier(F.adaptive_max_pool2d(fmap, 1)).flatten(1)
         cls_aux = self.aux_classifier(F.adaptive_max_pool2d(aux, 1)).flatten(1)
-        return StudentOutput(cls, self.decoder(fmap), fmap, cls_aux)
+        return StudentOutput(cls, self.decoder(fmap), fmap, cls_aux, aux)
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder logits only, ``(N, C, H//16, W//16)`` (inference, consistency branch)."""
@@ -70,7 +71,10 @@ class Student(nn.Module):
     def raw_cams(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Un-normalised CAMs ``(cam, cam_aux)``, each ``(N, K, H//16, W//16)``: the classifier
         weights applied at every token of the final / aux map, no ReLU."""
-        fmap, aux = self.token_maps(x)
+        return self.cams_of_maps(*self.token_maps(x))
+
+    def cams_of_maps(self, fmap: torch.Tensor, aux: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Un-normalised ``(cam, cam_aux)`` of given final and aux token maps."""
         return F.conv2d(fmap, self.classifier.weight), F.conv2d(aux, self.aux_classifier.weight)
 
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,8 +20,9 @@ def test_bench_train_reports_every_phase_with_a_breakdown(voc_copy, tmp_path):
                 "deit_tiny_patch16_224", "--crop_size", "48", "--iters", "1", "--warmup", "0",
                 "--num_workers", "0", "--cpu", "--json", str(out)])
     assert res.returncode == 0, res.stderr[-2000:]
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     assert set(data["phases"]) == {"A", "B", "C"}
+    assert data["phases"]["A"]["peak_mem_gib"] is None and "peak memory n/a (CPU)" in res.stdout
     c = data["phases"]["C"]
     assert c["s_per_iter"] > 0 and c["tflop_per_iter"] > 0
     for stage in ("cams", "forward", "par_refine", "gmm", "consistency", "strong_view", "backward",

@@ -67,6 +67,29 @@ def test_raw_and_multiscale_cams_match_the_reference(reference, branch):
     np.testing.assert_allclose(cam_aux.numpy(), data[f"msc_branch{branch}.cam_aux"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("branch", [1, 2])
+def test_cams_reusing_the_forward_maps_match_the_reference_and_the_full_path(reference, branch):
+    net, data = reference
+    x = torch.from_numpy(data["input"])
+    student = net.students[branch - 1]
+    seen = []
+    hook = student.encoder.patch_embed.proj.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    out = student(x)
+    seen.clear()
+    cam, cam_aux = multiscale_cam(student, x, (1.0, 0.5, 1.5), maps=(out.fmap, out.fmap_aux))
+    hook.remove()
+    b, _, h, w = x.shape
+    # scale 1.0 passes only the mirror images; 0.5 and 1.5 pass images and mirrors
+    assert [tuple(s) for s in seen] == [(b, 3, h, w), (2 * b, 3, h // 2, w // 2),
+                                        (2 * b, 3, int(1.5 * h), int(1.5 * w))]
+    np.testing.assert_allclose(cam.numpy(), data[f"msc_branch{branch}.cam"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cam_aux.numpy(), data[f"msc_branch{branch}.cam_aux"], rtol=1e-4, atol=1e-4)
+    full, full_aux = multiscale_cam(student, x, (1.0, 0.5, 1.5))
+    torch.testing.assert_close(cam, full, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cam_aux, full_aux, rtol=0, atol=1e-5)
+    assert out.fmap_aux.shape == out.fmap.shape
+
+
 def test_position_embedding_resize_is_bicubic_without_antialias():
     torch.manual_seed(0)
     pos = torch.randn(1, 1 + 14 * 14, 8)

@@ -57,7 +57,7 @@ def validate(net, dataset, device: torch.device, rank: int = 0, world_size: int 
             for k, student in enumerate(net.students):
                 out = student(x)
                 f1_sum[k] += f1_score(out.cls.float(), label).sum().double()
-                cam, cam_aux = multiscale_cam(student, x, cam_scales)
+                cam, cam_aux = multiscale_cam(student, x, cam_scales, maps=(out.fmap, out.fmap_aux))
                 for name, c in ((f"CAM_{k + 1}", cam), (f"aux_CAM_{k + 1}", cam_aux)):
                     c = F.interpolate(c.float(), size=size, mode="bilinear", align_corners=False)
                     _, pred = cam_to_label(c, label, bkg_thre=bkg_thre)
