@@ -120,12 +120,13 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int],
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
-def vit_token_maps(vit: VisionTransformer, x: torch.Tensor,
-                   aux_layer: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def vit_token_maps(vit: VisionTransformer, x: torch.Tensor, aux_layer: int,
+                   final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """Final and auxiliary patch-token maps of ``x (B, 3, H, W)``, each ``(B, D, H//p, W//p)``.
 
     Final = last block after the final LayerNorm; auxiliary = output of block ``aux_layer``
     (negative counts from the end: -3 is block 9 of 12), without LayerNorm. Class token dropped.
+    ``final=False`` stops after the aux block and returns ``(None, aux)``.
     """
     b = x.shape[0]
     tokens = vit.patch_embed.proj(x)                       # stride-p conv drops remainders
@@ -140,9 +141,12 @@ def vit_token_maps(vit: VisionTransformer, x: torch.Tensor,
         tokens = block(tokens)
         if i == aux_index:
             aux = tokens
-    tokens = vit.norm(tokens)
+            if not final:
+                break
 
     def to_map(t: torch.Tensor) -> torch.Tensor:
         return t[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
 
-    return to_map(tokens), to_map(aux)
+    if not final:
+        return None, to_map(aux)
+    return to_map(vit.norm(tokens)), to_map(aux)

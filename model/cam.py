@@ -18,8 +18,8 @@ def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 @torch.no_grad()
 def multiscale_cam(student: Student, x: torch.Tensor, scales: Sequence[float] = CAM_SCALES,
-                   maps: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+                   maps: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, final: bool = True
+                   ) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """Multi-scale + flip CAM and aux CAM of ``x (B, 3, H, W)``, each ``(B, K, H, W)`` in [0, 1].
 
     For each scale, ``[x_s ; flip(x_s)]`` goes through the student in one pass; both maps are
@@ -29,22 +29,24 @@ def multiscale_cam(student: Student, x: torch.Tensor, scales: Sequence[float] = 
     ``maps``: the final and aux token maps of ``x`` itself, when the caller already has them (the
     training forward computes the same maps: the network has no dropout), so only the mirror goes
     through the student at scale 1.0. Without them every scale runs in full.
+    ``final=False``: the aux CAM only (the CAM is returned as None); the encoder stops at the aux
+    block, which is all the patch-token contrast needs before the segmentation labels start.
     """
     b, _, h, w = x.shape
-    total = total_aux = None
+    totals = [None, None]
     for s in scales:
         if s == 1.0 and maps is not None:
-            own = student.cams_of_maps(*(m.detach() for m in maps))
-            mirror = student.raw_cams(x.flip(-1))
-            cams = [torch.cat([o.to(m.dtype), m]) for o, m in zip(own, mirror)]
+            own = student.cams_of_maps(maps[0].detach() if final else None, maps[1].detach())
+            mirror = student.raw_cams(x.flip(-1), final)
+            cams = [None if o is None else torch.cat([o.to(m.dtype), m]) for o, m in zip(own, mirror)]
         else:
             xs = x if s == 1.0 else F.interpolate(x, size=(int(s * h), int(s * w)), mode="bilinear",
                                                   align_corners=False)
-            cams = student.raw_cams(torch.cat([xs, xs.flip(-1)], dim=0))
-        merged = []
-        for cam in cams:
+            cams = student.raw_cams(torch.cat([xs, xs.flip(-1)], dim=0), final)
+        for k, cam in enumerate(cams):
+            if cam is None:
+                continue
             cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
-            merged.append(F.relu(torch.maximum(cam[:b], cam[b:].flip(-1))))
-        total = merged[0] if total is None else total + merged[0]
-        total_aux = merged[1] if total_aux is None else total_aux + merged[1]
-    return normalize_cam(total), normalize_cam(total_aux)
+            cam = F.relu(torch.maximum(cam[:b], cam[b:].flip(-1)))
+            totals[k] = cam if totals[k] is None else totals[k] + cam
+    return tuple(None if t is None else normalize_cam(t) for t in totals)

@@ -174,10 +174,14 @@ def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box
             outs = model(images)
 
     cams = None
+    use_aux = n <= cfg.aux_seg_until
     if need_cams:
+        # the final-layer CAM serves the segmentation labels (and the visuals) only; the patch-token
+        # contrast and aux-CAM labels stop the CAM passes at the aux block
+        final = keep_visuals or (need_labels and not use_aux)
         with section("cams"):
             # the forward already holds the scale-1.0 token maps of the images: reuse them
-            cams = [multiscale_cam(s, images, cfg.cam_scales, maps=(o.fmap, o.fmap_aux))
+            cams = [multiscale_cam(s, images, cfg.cam_scales, maps=(o.fmap, o.fmap_aux), final=final)
                     for s, o in zip(net.students, outs)]
 
     terms = {"cls": sum(cls_loss(o.cls, cls_label) + cls_loss(o.cls_aux, cls_label) for o in outs)}
@@ -199,7 +203,6 @@ def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box
     if need_labels:
         with section("par_refine"):
             image_dn = denormalize(images)
-            use_aux = n <= cfg.aux_seg_until
             channels = None if max_present is None else 1 + max_present
             labels = [refine_cams_with_par(image_dn, (cam_aux if use_aux else cam) * cls_label[..., None, None],
                                            cls_label, high, cfg.low_thre, img_box, par,

@@ -54,9 +54,10 @@ class Student(nn.Module):
     def patch_size(self) -> int:
         return self.encoder.patch_embed.patch_size[0]
 
-    def token_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//16, W//16)``."""
-        return vit_token_maps(self.encoder, x, self.aux_layer)
+    def token_maps(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//16, W//16)``
+        (``final=False``: ``(None, aux)``, the blocks after the aux block are not run)."""
+        return vit_token_maps(self.encoder, x, self.aux_layer, final)
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
         fmap, aux = self.token_maps(x)
@@ -68,14 +69,18 @@ class Student(nn.Module):
         """Decoder logits only, ``(N, C, H//16, W//16)`` (inference, consistency branch)."""
         return self.decoder(self.token_maps(x)[0])
 
-    def raw_cams(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def raw_cams(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """Un-normalised CAMs ``(cam, cam_aux)``, each ``(N, K, H//16, W//16)``: the classifier
-        weights applied at every token of the final / aux map, no ReLU."""
-        return self.cams_of_maps(*self.token_maps(x))
+        weights applied at every token of the final / aux map, no ReLU. ``final=False`` computes
+        the aux CAM only (``cam`` is None) and stops the encoder at the aux block."""
+        return self.cams_of_maps(*self.token_maps(x, final))
 
-    def cams_of_maps(self, fmap: torch.Tensor, aux: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Un-normalised ``(cam, cam_aux)`` of given final and aux token maps."""
-        return F.conv2d(fmap, self.classifier.weight), F.conv2d(aux, self.aux_classifier.weight)
+    def cams_of_maps(self, fmap: Optional[torch.Tensor],
+                     aux: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """Un-normalised ``(cam, cam_aux)`` of given final and aux token maps (``cam`` None
+        without a final map)."""
+        cam = None if fmap is None else F.conv2d(fmap, self.classifier.weight)
+        return cam, F.conv2d(aux, self.aux_classifier.weight)
 
 
 class DualStudentNet(nn.Module):
