@@ -320,6 +320,16 @@ def sample_image_size(rng: np.random.Generator) -> Tuple[int, int]:
     return (short_side, long_side) if kind == 0 else (long_side, short_side)
 
 
+def _image_size(rng: np.random.Generator, fixed: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    size = sample_image_size(rng)      # drawn either way, so the other draws do not shift
+    if fixed is None:
+        return size
+    h, w = int(fixed[0]), int(fixed[1])
+    if min(h, w) < 32:
+        raise ValueError(f"image_size must be at least 32 x 32, got {h} x {w}")
+    return h, w
+
+
 # --------------------------------------------------------------------------------------------
 # One sample
 # --------------------------------------------------------------------------------------------
@@ -494,13 +504,15 @@ def coco_exists(out_dir: os.PathLike) -> bool:
 
 
 def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
-              num_test: int = DEFAULT_NUM_TEST, seed: int = 0) -> Path:
+              num_test: int = DEFAULT_NUM_TEST, seed: int = 0,
+              image_size: Optional[Tuple[int, int]] = None) -> Path:
     """Write a fresh VOC-layout dataset to ``out_dir/VOC2012`` (replacing any there); returns it.
 
     ``num_train`` images form train_aug (masks in SegmentationClassAug, XML), of which about a
     quarter also form ``train`` (palette masks in SegmentationClass); ``num_val`` images have
     both kinds of mask and XML; ``num_test`` images have a JPEG only.  Ids are
-    ``2012_%06d`` from 1, the three splits interleaved.
+    ``2012_%06d`` from 1, the three splits interleaved. ``image_size`` = (height, width) gives
+    every image that size instead of the demo's random 96-208 px sides (benchmarks at real sizes).
     """
     num_train, num_val, num_test = int(num_train), int(num_val), int(num_test)
     if min(num_train, num_val, num_test) < 0:
@@ -530,7 +542,7 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
     palette = voc_colormap().reshape(-1).tobytes()
     for i in range(total):
         rng = _image_rng(seed, _VOC_TAG, i)
-        h, w = sample_image_size(rng)
+        h, w = _image_size(rng, image_size)
         image, mask, objects = make_sample(rng, h, w, VOC_INDEX, num_objects=0 if i in empty else None,
                                            grayscale=i in gray)
         _save_jpeg(dirs["JPEGImages"] / f"{ids[i]}.jpg", image)
@@ -547,7 +559,7 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
 
 
 def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_val: int = DEFAULT_COCO_VAL,
-               seed: int = 0) -> Path:
+               seed: int = 0, image_size: Optional[Tuple[int, int]] = None) -> Path:
     """Write a fresh COCO-2014-layout dataset to ``out_dir/coco`` (replacing any there); returns it.
 
     Image numbers are sparse and distinct like real COCO ids; masks are (H, W) 'L' PNGs with
@@ -574,7 +586,7 @@ def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_va
         split = "train2014" if is_train[i] else "val2014"
         name = f"COCO_{split}_{int(numbers[i]):012d}"
         rng = _image_rng(seed, _COCO_TAG, i)
-        h, w = sample_image_size(rng)
+        h, w = _image_size(rng, image_size)
         image, mask, _ = make_sample(rng, h, w, COCO_INDEX, num_objects=0 if i in empty else None,
                                      grayscale=i in gray)
         _save_jpeg(coco / "JPEGImages" / split / f"{name}.jpg", image)
@@ -585,7 +597,8 @@ def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_va
 def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
               num_test: int = DEFAULT_NUM_TEST, num_coco_train: int = DEFAULT_COCO_TRAIN,
               num_coco_val: int = DEFAULT_COCO_VAL, seed: int = 0, coco: bool = True,
-              overwrite: bool = False) -> Dict[str, Dict[str, object]]:
+              overwrite: bool = False,
+              image_size: Optional[Tuple[int, int]] = None) -> Dict[str, Dict[str, object]]:
     """Write the VOC (and unless ``coco=False`` the COCO) dataset under ``out_dir``.
 
     A layout already present is kept unless ``overwrite``.  Returns
@@ -596,12 +609,14 @@ def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
     out.mkdir(parents=True, exist_ok=True)
     result: Dict[str, Dict[str, object]] = {}
     if overwrite or not voc_exists(out):
-        result["voc"] = {"path": write_voc(out, num_train, num_val, num_test, seed), "written": True}
+        result["voc"] = {"path": write_voc(out, num_train, num_val, num_test, seed, image_size),
+                         "written": True}
     else:
         result["voc"] = {"path": out / "VOC2012", "written": False}
     if coco:
         if overwrite or not coco_exists(out):
-            result["coco"] = {"path": write_coco(out, num_coco_train, num_coco_val, seed), "written": True}
+            result["coco"] = {"path": write_coco(out, num_coco_train, num_coco_val, seed, image_size),
+                              "written": True}
         else:
             result["coco"] = {"path": out / "coco", "written": False}
     return result
@@ -628,6 +643,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same bytes (default: %(default)s)")
     p.add_argument("--coco", action=argparse.BooleanOptionalAction, default=True,
                    help="also write the COCO layout (default: %(default)s)")
+    p.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"),
+                   help="give every image this size (for example 375 500 for VOC-sized benchmarks) "
+                   "instead of the demo's 96-208 px sides")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="rewrite a layout that already exists in --out instead of keeping it (default: %(default)s)")
     return p
@@ -647,6 +665,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if min(counts) < 0:
         print("error: image counts must be >= 0", file=sys.stderr)
         return 2
+    if args.image_size is not None and min(args.image_size) < 32:
+        print("error: --image_size needs both sides >= 32", file=sys.stderr)
+        return 2
     out = Path(args.out)
     try:
         _check_writable(out)
@@ -656,7 +677,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         result = write_all(out, args.num_train, args.num_val, args.num_test, args.num_coco_train,
-                           args.num_coco_val, seed=args.seed, coco=args.coco, overwrite=args.overwrite)
+                           args.num_coco_val, seed=args.seed, coco=args.coco, overwrite=args.overwrite,
+                           image_size=args.image_size)
     except OSError as exc:
         print(f"error: writing the dataset under {args.out} failed: {exc.strerror or exc}", file=sys.stderr)
         return 2

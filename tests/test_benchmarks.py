@@ -42,3 +42,20 @@ def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path
     data = json.loads(out.read_text())
     assert data["saved_mib_per_image"] * 8 <= data["original_mib_per_image"]
     assert data["crf_file_vs_memory_pixel_agreement"] == 1.0   # same device: the same bits
+
+
+def test_device_check_script_runs_every_step_and_writes_the_numbers(tmp_path):
+    """The one-call GPU measurement script, rehearsed on the CPU with a tiny configuration."""
+    env = dict(os.environ, PYTHON=sys.executable, BACKBONE="deit_tiny_patch16_224", CROP="64",
+               ITERS="1", WARMUP="0", N_EVAL="2", N_VAL="4", H="64", W="80", NPROC="1")
+    res = subprocess.run(["bash", "benchmarks/device_check.sh", str(tmp_path / "out")], cwd=REPO,
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    out = tmp_path / "out"
+    steps = [line.split()[0] for line in (out / "wall.txt").read_text().splitlines()]
+    assert steps == ["train_no-amp", "train_amp", "data", "eval_no-amp", "eval_amp", "e2e", "ddp"]
+    for name in ("train_no-amp", "train_amp"):
+        assert set(json.loads((out / f"{name}.json").read_text())["phases"]) == {"A", "B", "C"}
+    assert json.loads((out / "eval_no-amp.json").read_text())["crf_file_vs_memory_pixel_agreement"] == 1.0
+    assert "CRF_ensemble" in (out / "e2e.txt").read_text()
+    assert "Training finished" in (out / "ddp.txt").read_text()

@@ -377,3 +377,16 @@ def test_cli_with_an_unwritable_out_exits_2_with_a_one_line_error(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert proc.stdout == ""
+
+
+def test_fixed_image_size_gives_every_image_and_mask_that_size(tmp_path):
+    voc = write_voc(tmp_path / "v", num_train=3, num_val=3, num_test=2, image_size=(75, 100))
+    for path in (voc / "JPEGImages").iterdir():
+        assert Image.open(path).size == (100, 75)
+    for path in (voc / "SegmentationClassAug").iterdir():
+        assert Image.open(path).size == (100, 75)
+    coco = write_coco(tmp_path / "c", num_train=2, num_val=2, image_size=(64, 48))
+    assert {Image.open(p).size for p in (coco / "JPEGImages").rglob("*.jpg")} == {(48, 64)}
+    res = subprocess.run([sys.executable, "-m", "datasets.synthetic", "--out", str(tmp_path / "x"),
+                          "--image_size", "8", "100", "--no-coco"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.strip() == "error: --image_size needs both sides >= 32"

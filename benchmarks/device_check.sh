@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the performance section in one run, numbers written under OUT_DIR.
+#
+#     bash benchmarks/device_check.sh OUT_DIR
+#
+# 1. bench_train.py at the VOC configuration, fp32 and --amp, all three phases;
+# 2. a VOC-sized synthetic val set (N_VAL images of H x W, written to a temporary folder);
+# 3. bench_eval.py on it: multi-scale inference fp32 and --amp, saved logits, CRF loop vs workers;
+# 4. eval_seg_voc.py end to end (multi-scale + CRF on all cores) on the N_VAL images, fp32;
+# 5. a short train_final_voc.py run under torch.distributed.run (NCCL on a GPU, gloo on the CPU).
+#
+# Environment overrides (defaults in brackets) keep a CPU rehearsal short: PYTHON [python],
+# BACKBONE [deit_base_patch16_224], CROP [448], ITERS [20], WARMUP [5], N_EVAL [20], N_VAL [1449],
+# H [375], W [500], NPROC [GPUs, at least 1], DDP_BACKBONE [deit_tiny_patch16_224].
+set -euo pipefail
+OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+BACKBONE=${BACKBONE:-deit_base_patch16_224}
+CROP=${CROP:-448}
+ITERS=${ITERS:-20}
+WARMUP=${WARMUP:-5}
+N_EVAL=${N_EVAL:-20}
+N_VAL=${N_VAL:-1449}
+H=${H:-375}
+W=${W:-500}
+CORES=$(nproc)
+GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
+NPROC=${NPROC:-$(( GPUS > 0 ? GPUS : 1 ))}
+DDP_BACKBONE=${DDP_BACKBONE:-deit_tiny_patch16_224}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+stamp() { echo "== $(date +%H:%M:%S) $*" | tee -a "$OUT/log.txt"; }
+timed() {  # timed NAME cmd...: run, keep its output (without progress bars), record its wall time
+    local name=$1; shift
+    local t0=$SECONDS
+    "$@" 2>&1 | { grep -v "it/s]" || true; } | tee "$OUT/$name.txt"
+    echo "$name $(( SECONDS - t0 )) s" | tee -a "$OUT/wall.txt"
+}
+
+stamp "machine: $CORES cores, $GPUS GPU(s)"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true; } > "$OUT/gpu.txt"
+$PY -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" \
+    | tee -a "$OUT/log.txt"
+
+stamp "1. training step, $BACKBONE, crop $CROP, 2 images"
+for amp in no-amp amp; do
+    timed "train_$amp" $PY benchmarks/bench_train.py --backbone "$BACKBONE" --crop_size "$CROP" \
+        --samples_per_gpu 2 --iters "$ITERS" --warmup "$WARMUP" --"$amp" --json "$OUT/train_$amp.json"
+done
+
+stamp "2. synthetic val set: $N_VAL images of ${H}x$W"
+timed data $PY -m datasets.synthetic --out "$TMP/data" --num_train 8 --num_val "$N_VAL" --num_test 0 \
+    --no-coco --image_size "$H" "$W"
+VOC="$TMP/data/VOC2012"
+
+stamp "3. bench_eval, $N_EVAL images"
+timed eval_no-amp $PY benchmarks/bench_eval.py --data_folder "$VOC" --backbone "$BACKBONE" \
+    --num_images "$N_EVAL" --crf_workers 1 "$CORES" --json "$OUT/eval_no-amp.json"
+timed eval_amp $PY benchmarks/bench_eval.py --data_folder "$VOC" --backbone "$BACKBONE" \
+    --num_images "$N_EVAL" --crf_workers 0 --amp --json "$OUT/eval_amp.json"
+
+stamp "4. eval_seg_voc.py end to end on $N_VAL images, CRF on $CORES cores"
+$PY - "$BACKBONE" "$TMP/random.pth" <<'EOF'
+import sys, torch
+from model.network import DualStudentNet
+torch.manual_seed(0)
+torch.save({"model": DualStudentNet(sys.argv[1], 21).state_dict()}, sys.argv[2])
+EOF
+timed e2e $PY eval_seg_voc.py --data_folder "$VOC" --model_path "$TMP/random.pth" \
+    --backbone "$BACKBONE" --work_dir "$TMP/e2e"
+
+stamp "5. train_final_voc.py under torch.distributed.run, $NPROC process(es)"
+timed ddp $PY -m torch.distributed.run --nproc_per_node="$NPROC" train_final_voc.py \
+    --data_folder "$VOC" --work_dir "$TMP/ddp" --backbone "$DDP_BACKBONE" --no-pretrained \
+    --crop_size 128 --samples_per_gpu 2 --max_iters 30 --cam_iters 10 --gmm_iters 20 \
+    --warmup_iters 5 --log_iters 10 --eval_iters 30 --num_workers 2
+stamp "done"
