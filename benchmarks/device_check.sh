@@ -72,7 +72,7 @@ timed e2e $PY eval_seg_voc.py --data_folder "$VOC" --model_path "$TMP/random.pth
     --backbone "$BACKBONE" --work_dir "$TMP/e2e"
 
 stamp "5. train_final_voc.py under torch.distributed.run, $NPROC process(es)"
-timed ddp $PY -m torch.distributed.run --nproc_per_node="$NPROC" train_final_voc.py \
+timed ddp $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" train_final_voc.py \
     --data_folder "$VOC" --work_dir "$TMP/ddp" --backbone "$DDP_BACKBONE" --no-pretrained \
     --crop_size 128 --samples_per_gpu 2 --max_iters 30 --cam_iters 10 --gmm_iters 20 \
     --warmup_iters 5 --log_iters 10 --eval_iters 30 --num_workers 2
