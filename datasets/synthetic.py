@@ -2,9 +2,10 @@
 
 This is the project's demo data and its test data.  Real VOC / COCO cannot be shipped or
 downloaded in every environment, so this module draws a small dataset that has the same
-folders, file names, file formats and label conventions as the real ones, and that a weakly
-supervised segmentation model (image-level labels only) can actually learn in a few hundred
-steps on a CPU, while not being solvable by a shortcut:
+folders, file names, file formats and label conventions as the real ones, with classes that
+image-level labels can separate but no shortcut (such as colour) gives away. It is hard for a
+randomly initialised model: the demo's 480 CPU steps do not learn it (see the README's Demo
+section). Its design:
 
 * Five foreground classes (``SYNTHETIC_CLASSES``), each with its own **shape** and its own
   **texture pattern** (see ``CLASS_SHAPES`` / ``CLASS_TEXTURES``).  An object is painted with
