@@ -5,9 +5,10 @@
     python -m torch.distributed.run --nproc_per_node=N eval_seg_voc.py ...            # sharded
 
 Scales 1.0/1.5/1.25 with flips, merged by max at full resolution; scores of both students and
-their ensemble without CRF; the ``--branch`` prediction (default: ensemble) is saved as float16
-logits and PNGs and refined by dense CRF in ``--crf_workers`` processes. ``--help`` lists all
-flags. The evaluation itself is ``utils/evaluation.py``.
+their ensemble without CRF; both students' network outputs are saved before resizing
+(``logits/<id>.npz``, rebuilt by ``utils.inference.load_logits``), the ``--branch`` prediction
+(default: ensemble) as PNGs, refined by dense CRF in ``--crf_workers`` processes. ``--help`` lists
+all flags. The evaluation itself is ``utils/evaluation.py``.
 """
 import sys
 
