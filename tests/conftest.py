@@ -18,6 +18,20 @@ def ref():
     return {k: torch.from_numpy(data[k]) for k in data.files}
 
 
+@pytest.fixture
+def one_line_error(capsys):
+    """``one_line_error(entry, argv)``: run a script's entry point, expect exit code 2 and a single
+    ``error: ...`` line on stderr, and return that line."""
+    def run(entry, argv):
+        with pytest.raises(SystemExit) as exc:
+            entry(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        return err
+    return run
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for modules of many small element-wise ops (faster on a shared CPU)."""

@@ -76,41 +76,32 @@ def test_segment_logits_matches_the_chosen_student(tiny_ckpt):
     torch.testing.assert_close(one, both[0])
 
 
-def _one_line_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        infer.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
-
-
-def test_missing_checkpoint_is_one_line(image_folder, tmp_path, capsys):
-    err = _one_line_error(capsys, ["--model_path", str(tmp_path / "nope.pth"), "--input",
-                                   str(image_folder), "--out", str(tmp_path / "o"), *BACKBONE])
+def test_missing_checkpoint_is_one_line(image_folder, tmp_path, one_line_error):
+    err = one_line_error(infer.main, ["--model_path", str(tmp_path / "nope.pth"), "--input",
+                                      str(image_folder), "--out", str(tmp_path / "o"), *BACKBONE])
     assert "nope.pth" in err
 
 
-def test_empty_folder_is_one_line(tiny_ckpt, tmp_path, capsys):
+def test_empty_folder_is_one_line(tiny_ckpt, tmp_path, one_line_error):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.md").write_text("x")
-    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "empty"),
-                                   "--out", str(tmp_path / "o"), *BACKBONE])
+    err = one_line_error(infer.main, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "empty"),
+                                      "--out", str(tmp_path / "o"), *BACKBONE])
     assert "no .jpg/.jpeg/.png image" in err
 
 
-def test_unreadable_image_is_one_line_naming_it(tiny_ckpt, tmp_path, capsys):
+def test_unreadable_image_is_one_line_naming_it(tiny_ckpt, tmp_path, one_line_error):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "in"),
-                                   "--out", str(tmp_path / "o"), *BACKBONE])
+    err = one_line_error(infer.main, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "in"),
+                                      "--out", str(tmp_path / "o"), *BACKBONE])
     assert "broken.jpg" in err
 
 
-def test_wrong_backbone_is_one_line(tiny_ckpt, image_folder, tmp_path, capsys):
-    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--input", str(image_folder),
-                                   "--out", str(tmp_path / "o"), "--backbone",
-                                   "deit_small_patch16_224", "--cpu"])
+def test_wrong_backbone_is_one_line(tiny_ckpt, image_folder, tmp_path, one_line_error):
+    err = one_line_error(infer.main, ["--model_path", tiny_ckpt, "--input", str(image_folder),
+                                      "--out", str(tmp_path / "o"), "--backbone",
+                                      "deit_small_patch16_224", "--cpu"])
     assert "backbone" in err
 
 

@@ -68,27 +68,18 @@ def test_images_mode_with_labels_and_with_predicted_classes(tiny_ckpt, tmp_path,
     assert h == 80 and w % 56 == 0 and w // 56 >= 3  # at least one predicted class
 
 
-def _one_line_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        visualize_cams.main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
-    return err
-
-
-def test_missing_checkpoint_image_or_unknown_label_is_one_line(tiny_ckpt, tmp_path, capsys):
+def test_missing_checkpoint_image_or_unknown_label_is_one_line(tiny_ckpt, tmp_path, one_line_error):
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(img)
-    err = _one_line_error(capsys, ["--model_path", str(tmp_path / "nope.pth"), "--images", str(img),
-                                   "--out", str(tmp_path / "o"), *TINY])
+    out = ["--out", str(tmp_path / "o"), *TINY]
+    vis = visualize_cams.main
+    err = one_line_error(vis, ["--model_path", str(tmp_path / "nope.pth"), "--images", str(img), *out])
     assert "nope.pth" in err
-    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--images", str(tmp_path / "b.jpg"),
-                                   "--out", str(tmp_path / "o"), *TINY])
+    err = one_line_error(vis, ["--model_path", tiny_ckpt, "--images", str(tmp_path / "b.jpg"), *out])
     assert "b.jpg" in err
-    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--images", str(img), "--labels",
-                                   "unicorn", "--out", str(tmp_path / "o"), *TINY])
+    err = one_line_error(vis, ["--model_path", tiny_ckpt, "--images", str(img), "--labels", "unicorn",
+                               *out])
     assert "unicorn" in err
-    err = _one_line_error(capsys, ["--model_path", tiny_ckpt, "--images", str(img), "--out",
-                                   str(tmp_path / "o"), "--num_classes", "81", *TINY])
+    err = one_line_error(vis, ["--model_path", tiny_ckpt, "--images", str(img), "--num_classes", "81",
+                               *out])
     assert "classes" in err
