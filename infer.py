@@ -29,7 +29,8 @@ from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import read_image
 from datasets.transforms import normalize
 from utils.errors import UserError, exit_on_user_error
-from utils.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, voc_msc_logits
+from utils.inference import (BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size,
+                             voc_msc_logits)
 from utils.visualize import blend, label_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -71,10 +72,7 @@ def segment_logits(net, rgb: np.ndarray, device: torch.device, branch: str = "en
                           mode="bilinear", align_corners=False)
     with autocast(device, amp):
         logits = voc_msc_logits(net, x, scales)
-    logits = select_branch([l.float() for l in logits], branch)
-    if logits.shape[-2:] != (h, w):
-        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return logits
+    return to_size(select_branch([l.float() for l in logits], branch), (h, w))
 
 
 def collect_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import voc_folder  # noqa: E402
+from benchmarks.common import sync, voc_folder  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
@@ -145,11 +145,6 @@ def write_json(path, result) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(result, f, indent=1)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import voc_folder  # noqa: E402
+from benchmarks.common import sync, voc_folder  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
@@ -41,11 +41,6 @@ PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.
                "RTX 3090": (35.6, 71.0), "L40S": (91.6, 362.0)}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class StageTimer:
     """``section(name)`` context managers that synchronise the device and add up wall time."""
 
@@ -54,10 +49,10 @@ class StageTimer:
 
     @contextlib.contextmanager
     def __call__(self, name):
-        _sync(self.device)
+        sync(self.device)
         t = time.perf_counter()
         yield
-        _sync(self.device)
+        sync(self.device)
         self.times[name] += time.perf_counter() - t
 
 
@@ -142,7 +137,7 @@ def main() -> None:
             with (timer("optimizer") if staged else contextlib.nullcontext()):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            _sync(device)
+            sync(device)
             if timed:
                 times.append(time.perf_counter() - t0)
             if staged:

@@ -20,7 +20,6 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from datasets.layout import dataset_layout
@@ -32,7 +31,8 @@ from .crf import CRFStream, dense_crf, probs_from_logits
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
-                        load_model, merge_voc, save_logits, select_branch, voc_raw_logits)
+                        load_model, merge_voc, save_logits, select_branch, to_size,
+                        voc_raw_logits)
 from .metric import ConfusionMatrix, format_table
 from .validation import shard
 from .visualize import label_image
@@ -165,8 +165,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                     raw = coco_msc_logits(net, x, scales=args.scales)
             logits = merge_voc(raw, size) if dataset == "voc" else [l.float() for l in raw]
             chosen = select_branch(logits, args.branch)
-            full = [F.interpolate(l, size=size, mode="bilinear", align_corners=False)
-                    if l.shape[-2:] != size else l for l in logits]
+            full = [to_size(l, size) for l in logits]
             preds = [full[0].argmax(1)[0], full[1].argmax(1)[0],
                      ((full[0].softmax(1) + full[1].softmax(1)) / 2).argmax(1)[0]]
             if with_masks:
@@ -179,9 +178,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
             save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), chosen_pred, palette=True)
             save_logits(os.path.join(dirs["logits"], img_id + ".npz"), dataset, raw, size, args.scales)
             if stream is not None:
-                full_chosen = chosen if chosen.shape[-2:] == size else F.interpolate(
-                    chosen, size=size, mode="bilinear", align_corners=False)
-                probs = full_chosen.softmax(1)[0].cpu().numpy().astype(np.float32)
+                probs = to_size(chosen, size).softmax(1)[0].cpu().numpy().astype(np.float32)
                 mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
                 stream.submit((img_id, layout.image_path(args.infer_set, img_id), probs, mask_path,
                                c, dirs["crf"], dirs["crf_color"]))

@@ -44,6 +44,15 @@ def _flip_sum(pair: torch.Tensor, size) -> torch.Tensor:
     return seg[:1] + seg[1:].flip(-1)
 
 
+def to_size(t: torch.Tensor, size) -> torch.Tensor:
+    """``t (N, C, h, w)`` resized bilinearly (align_corners=False) to ``size`` = (H, W), or ``t``
+    itself when it already has that size."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(t.shape[-2:]) == size:
+        return t
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
 def _resized(image: torch.Tensor, s: float, h: int, w: int) -> torch.Tensor:
     if s == 1.0:
         return image
@@ -146,6 +155,6 @@ def load_logits(path: str, branch: str = "ensemble") -> np.ndarray:
             chosen = select_branch(merge_voc(raw, size), branch)
         else:
             chosen = select_branch([torch.from_numpy(f[f"student{k}"]) for k in (1, 2)], branch)
-            chosen = F.interpolate(chosen, size=size, mode="bilinear", align_corners=False)
+            chosen = to_size(chosen, size)
     return chosen[0].numpy()
 
