@@ -332,12 +332,273 @@ def _image_size(rng: np.random.Generator, fixed: Optional[Tuple[int, int]]) -> T
 
 
 # --------------------------------------------------------------------------------------------
+# The default ("learnable") style: classes with a characteristic look on neutral clutter
+# --------------------------------------------------------------------------------------------
+# Each class has a colour family (hue range in degrees, saturation and value ranges), a
+# surface texture and a shape family, like a real category (aeroplanes pale and smooth, cars
+# red, shiny and with wheels, cats orange and furry...).  Every object draws its own hue,
+# saturation, value, size, aspect, rotation, mirror and part proportions inside those ranges.
+CLASS_LOOKS: Tuple[Dict[str, object], ...] = (
+    dict(hue=(198, 225), sat=(0.35, 0.6), val=(0.75, 0.95), texture="smooth", shape="plane"),
+    dict(hue=(-14, 10), sat=(0.65, 0.95), val=(0.55, 0.90), texture="shiny", shape="car"),
+    dict(hue=(18, 34), sat=(0.55, 0.85), val=(0.50, 0.85), texture="fur", shape="cat"),
+    dict(hue=(44, 60), sat=(0.45, 0.75), val=(0.55, 0.90), texture="spots", shape="dog"),
+    dict(hue=(265, 300), sat=(0.40, 0.75), val=(0.40, 0.80), texture="bands", shape="person"),
+)
+STYLES = ("learnable", "hard")
+LEARNABLE_SIZE_RANGE = (0.45, 0.8)   # object extent as a fraction of the short image side
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    """(3,) float32 RGB in [0, 255] of a hue in degrees and saturation / value in [0, 1]."""
+    hsv = np.array([[[(h % 360.0) / 2.0, s * 255.0, v * 255.0]]], np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).reshape(3).astype(np.float32)
+
+
+def _ellipse_poly(cx: float, cy: float, rx: float, ry: float, n: int = 24) -> np.ndarray:
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+
+
+def _rect_poly(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+
+
+def _shape_parts(rng: np.random.Generator, shape: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """Polygons of one object in a unit frame (x right, y down, extent about [-1, 1]).
+
+    Returns (body, dark): ``dark`` parts (a car's wheels) belong to the object but are painted
+    dark instead of in the class colour."""
+    j = lambda lo, hi: float(rng.uniform(lo, hi))
+    if shape == "plane":   # fuselage, swept wings, tail fin
+        length, width = 1.0, j(0.12, 0.18)
+        span, sweep, chord = j(0.75, 1.0), j(0.15, 0.4), j(0.22, 0.32)
+        wx = j(-0.15, 0.1)
+        body = [_ellipse_poly(0, 0, length, width),
+                np.array([[wx, 0], [wx - sweep, -span], [wx - sweep - chord, -span], [wx - chord, 0],
+                          [wx - sweep - chord, span], [wx - sweep, span]]),
+                np.array([[-0.7, 0], [-0.95, -0.35], [-1.0, -0.3], [-0.9, 0], [-1.0, 0.3], [-0.95, 0.35]])]
+        return body, []
+    if shape == "car":     # body, cabin, two wheels
+        h, cab = j(0.32, 0.42), j(0.45, 0.65)
+        body = [_rect_poly(-1.0, -h / 2, 1.0, h / 2),
+                np.array([[-cab * 0.8, -h / 2], [-cab * 0.55, -h / 2 - j(0.28, 0.38)],
+                          [cab * 0.55, -h / 2 - j(0.28, 0.38)], [cab, -h / 2]])]
+        r = j(0.2, 0.26)
+        dark = [_ellipse_poly(-0.6, h / 2, r, r), _ellipse_poly(0.6, h / 2, r, r)]
+        return body, dark
+    if shape == "cat":     # round body, head with two pointed ears
+        hr = j(0.3, 0.38)
+        hx, hy = j(0.45, 0.6), -j(0.35, 0.5)
+        ear = j(0.25, 0.35)
+        body = [_ellipse_poly(-0.15, 0.2, j(0.65, 0.8), j(0.45, 0.6)), _ellipse_poly(hx, hy, hr, hr),
+                np.array([[hx - hr * 0.9, hy - hr * 0.2], [hx - hr * 0.6, hy - hr - ear], [hx - hr * 0.05, hy - hr * 0.8]]),
+                np.array([[hx + hr * 0.05, hy - hr * 0.8], [hx + hr * 0.6, hy - hr - ear], [hx + hr * 0.9, hy - hr * 0.2]]),
+                np.array([[-0.75, 0.25], [-1.0, -0.5], [-0.9, -0.55], [-0.6, 0.15]])]   # tail
+        return body, []
+    if shape == "dog":     # long body, four legs, head with a snout
+        bh = j(0.28, 0.36)
+        body = [_ellipse_poly(0, 0, 0.75, bh)]
+        leg = j(0.4, 0.55)
+        for x in (-0.55, -0.35, 0.35, 0.55):
+            body.append(_rect_poly(x - 0.07, 0, x + 0.07, bh + leg))
+        hx, hy = j(0.75, 0.85), -j(0.25, 0.4)
+        body += [_ellipse_poly(hx, hy, 0.22, 0.2), _ellipse_poly(hx + 0.2, hy + 0.06, 0.16, 0.1)]
+        return body, []
+    if shape == "person":  # head, torso, two legs
+        tw, th = j(0.3, 0.42), j(0.7, 0.9)
+        body = [_ellipse_poly(0, -th / 2 - 0.22, 0.2, 0.22), _rect_poly(-tw, -th / 2, tw, th / 2),
+                _rect_poly(-tw, th / 2, -0.04, th / 2 + j(0.5, 0.65)),
+                _rect_poly(0.04, th / 2, tw, th / 2 + j(0.5, 0.65))]
+        return body, []
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _place(polys: Sequence[np.ndarray], cx: float, cy: float, scale: float, aspect: float,
+           angle: float, mirror: bool) -> List[np.ndarray]:
+    out = []
+    for p in polys:
+        q = p * np.array([(-1.0 if mirror else 1.0) * scale * aspect, scale / aspect])
+        out.append(_rotate(q, angle) + np.array([cx, cy]))
+    return out
+
+
+def _polys_mask(h: int, w: int, polys: Sequence[np.ndarray]) -> np.ndarray:
+    canvas = np.zeros((h, w), np.uint8)
+    for p in polys:
+        cv2.fillPoly(canvas, [np.round(p).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return canvas.astype(bool)
+
+
+def _surface(rng: np.random.Generator, texture: str, u: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    """Brightness factor (hb, wb) of a class surface at object-frame coordinates ``u``/``v``
+    (in units of the object's half-extent ``scale`` px)."""
+    if texture == "smooth":     # soft shading across the object
+        return 0.9 + 0.15 * np.clip(-v, -1.5, 1.5) + 0.03 * u
+    if texture == "shiny":      # a bright specular band over the body
+        centre, width = rng.uniform(-0.35, -0.1), rng.uniform(0.06, 0.12)
+        return 0.85 + 0.6 * np.exp(-((v - centre) / width) ** 2)
+    if texture == "fur":        # fine streaks along one direction with darker tabby stripes
+        hb, wb = u.shape
+        noise = rng.normal(0, 1, (hb, wb)).astype(np.float32)
+        k = max(3, int(scale * 0.12)) | 1
+        kernel = np.zeros((k, k), np.float32)
+        kernel[k // 2, :] = 1.0 / k
+        angle = rng.uniform(-30, 30)
+        rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), angle, 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (k, k))
+        kernel /= max(kernel.sum(), 1e-6)
+        streaks = cv2.filter2D(noise, -1, kernel)
+        streaks /= streaks.std() + 1e-6
+        period = rng.uniform(0.28, 0.4)
+        tabby = (np.mod(u / period + 0.3 * np.sin(3 * v), 1.0) < 0.35)
+        return 1.0 + 0.16 * streaks - 0.22 * tabby
+    if texture == "spots":      # irregular dark patches
+        out = np.ones_like(u, dtype=np.float32)
+        for _ in range(int(rng.integers(4, 9))):
+            su, sv = rng.uniform(-0.8, 0.8), rng.uniform(-0.4, 0.4)
+            r = rng.uniform(0.1, 0.2)
+            out[((u - su) / 1.3) ** 2 + (v - sv) ** 2 < r * r] = 0.45
+        return out
+    if texture == "bands":      # horizontal clothing bands
+        period = rng.uniform(0.22, 0.34)
+        return np.where(np.mod(v / period, 1.0) < 0.5, 1.05, 0.72)
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def _paint_look(image: np.ndarray, region: np.ndarray, rng: np.random.Generator, look: Dict[str, object],
+                cx: float, cy: float, scale: float, angle: float) -> None:
+    """Paint ``region`` of float ``image`` in the class's colour family with its surface."""
+    x, y, bw, bh = cv2.boundingRect(region.astype(np.uint8))
+    if bw == 0 or bh == 0:
+        return
+    ys, xs = np.mgrid[y:y + bh, x:x + bw].astype(np.float32)
+    c, s = np.cos(angle), np.sin(angle)
+    u = ((xs - cx) * c + (ys - cy) * s) / scale
+    v = (-(xs - cx) * s + (ys - cy) * c) / scale
+    hue = rng.uniform(*look["hue"])
+    base = _hsv_to_rgb(hue, rng.uniform(*look["sat"]), rng.uniform(*look["val"]))
+    factor = _surface(rng, str(look["texture"]), u, v, scale)[..., None]
+    colours = base * factor
+    if look["texture"] == "shiny":   # the highlight goes towards white, not just brighter red
+        colours = colours + (factor - 1.0).clip(0, None) * 120.0
+    sub = region[y:y + bh, x:x + bw]
+    image[y:y + bh, x:x + bw][sub] = colours[sub]
+
+
+def _neutral_colour(rng: np.random.Generator, lo: float = 40.0, hi: float = 215.0) -> np.ndarray:
+    """A desaturated (3,) RGB colour: a gray level with a faint random tint."""
+    return np.clip(rng.uniform(lo, hi) + rng.uniform(-10, 10, 3), 0, 255).astype(np.float32)
+
+
+def _neutral_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w, 3) cluttered but neutral background with background-labelled distractors.
+
+    Desaturated smooth fields, an illumination gradient and noise, gray lines, blobs and
+    patches; and distractors that share exactly one cue with some class: a gray patch with a
+    class's surface texture, a small irregular patch in a class's colour family, or a class's
+    silhouette in flat gray."""
+    gh, gw = (int(v) for v in rng.integers(2, 6, size=2))
+    grid = np.stack([_neutral_colour(rng) for _ in range(gh * gw)]).reshape(gh, gw, 3)
+    img = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC).reshape(h, w, 3)
+    img += 14.0 * _smooth_field(rng, h, w, (max(2, h // 20), max(2, w // 20)), 1)
+    direction = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (xs * np.cos(direction) + ys * np.sin(direction)) / max(h, w)
+    img += ramp[..., None] * rng.uniform(-50, 50)
+    short = min(h, w)
+    for _ in range(int(rng.integers(0, 4))):        # gray patches
+        size = rng.uniform(0.1, 0.35) * short
+        pts = rng.uniform([0, 0], [w, h]) + rng.uniform(-size / 2, size / 2, size=(5, 2))
+        hull = cv2.convexHull(np.round(pts).astype(np.int32))
+        cv2.fillConvexPoly(img, hull, tuple(float(c) for c in _neutral_colour(rng)))
+    for _ in range(int(rng.integers(1, 5))):        # gray blobs
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        axes = (int(rng.integers(2, max(3, int(0.08 * short)))), int(rng.integers(2, max(3, int(0.08 * short)))))
+        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360,
+                    tuple(float(c) for c in _neutral_colour(rng)), -1, cv2.LINE_AA)
+    for _ in range(int(rng.integers(2, 6))):        # gray lines
+        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.line(img, p1, p2, tuple(float(c) for c in _neutral_colour(rng)), int(rng.integers(1, 4)), cv2.LINE_AA)
+    # One-cue distractors.
+    for _ in range(int(rng.random() < 0.6) + int(rng.random() < 0.25)):
+        kind = int(rng.integers(0, 3))
+        look = CLASS_LOOKS[int(rng.integers(0, len(CLASS_LOOKS)))]
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        angle = rng.uniform(0, 2 * np.pi)
+        if kind == 0:     # texture only: a gray quadrilateral with a class surface
+            size = rng.uniform(0.15, 0.3) * short
+            pts = np.array([cx, cy]) + rng.uniform(-size / 2, size / 2, size=(4, 2))
+            region = _polys_mask(h, w, [cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2)])
+            gray = dict(look, hue=(0, 360), sat=(0.0, 0.06), val=(0.3, 0.8))
+            _paint_look(img, region, rng, gray, cx, cy, size / 2, angle)
+        elif kind == 1:   # colour only: a small flat irregular patch in a class's colour family
+            size = rng.uniform(0.06, 0.15) * short
+            pts = np.array([cx, cy]) + rng.uniform(-size / 2, size / 2, size=(6, 2))
+            region = _polys_mask(h, w, [cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2)])
+            img[region] = _hsv_to_rgb(rng.uniform(*look["hue"]), rng.uniform(*look["sat"]), rng.uniform(*look["val"]))
+        else:             # shape only: a class silhouette in flat gray, smaller than the objects
+            scale = rng.uniform(0.12, 0.22) * short
+            body, dark = _shape_parts(rng, str(look["shape"]))
+            region = _polys_mask(h, w, _place(body + dark, cx, cy, scale, 1.0, angle, False))
+            img[region] = _neutral_colour(rng)
+    return np.clip(img, 0, 255)
+
+
+def _learnable_object(rng: np.random.Generator, h: int, w: int, cid: int,
+                      owner: np.ndarray) -> Tuple[np.ndarray, Tuple[float, float, float, float, List[np.ndarray]]]:
+    """Place one object of synthetic class ``cid``: (region, (cx, cy, scale, angle, dark parts))."""
+    look = CLASS_LOOKS[cid]
+    short = min(h, w)
+    placed = None
+    for _attempt in range(12):
+        lo, hi = LEARNABLE_SIZE_RANGE
+        scale = (lo + (hi - lo) * rng.random()) * short / 2
+        aspect = rng.uniform(0.8, 1.25)
+        angle = rng.uniform(-0.6, 0.6)
+        mirror = bool(rng.random() < 0.5)
+        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+        body, dark = _shape_parts(rng, str(look["shape"]))
+        body = _place(body, cx, cy, scale, aspect, angle, mirror)
+        dark = _place(dark, cx, cy, scale, aspect, angle, mirror)
+        region = _polys_mask(h, w, body + dark)
+        area = int(region.sum())
+        if area < 40:
+            continue
+        placed = (region, (cx, cy, scale, angle, dark))
+        if int((region & (owner > 0)).sum()) <= MAX_OCCLUSION * area:
+            break
+    if placed is None:
+        body, dark = _shape_parts(rng, str(look["shape"]))
+        scale = 0.3 * short
+        body = _place(body, w / 2, h / 2, scale, 1.0, 0.0, False)
+        dark = _place(dark, w / 2, h / 2, scale, 1.0, 0.0, False)
+        placed = (_polys_mask(h, w, body + dark), (w / 2, h / 2, scale, 0.0, dark))
+    return placed
+
+
+def _draw_learnable(rng: np.random.Generator, img: np.ndarray, h: int, w: int, cid: int,
+                    owner: np.ndarray) -> np.ndarray:
+    region, (cx, cy, scale, angle, dark) = _learnable_object(rng, h, w, cid, owner)
+    _paint_look(img, region, rng, CLASS_LOOKS[cid], cx, cy, scale, angle)
+    if dark:
+        wheels = _polys_mask(h, w, dark)
+        tone = rng.uniform(25, 55)
+        img[wheels] = tone
+        hub = _polys_mask(h, w, [(p - p.mean(0)) * 0.4 + p.mean(0) for p in dark])
+        img[hub] = tone + 90
+    return region
+
+
+# --------------------------------------------------------------------------------------------
 # One sample
 # --------------------------------------------------------------------------------------------
 def make_sample(rng: np.random.Generator, height: int, width: int,
                 classes_index: Sequence[Tuple[str, int]] = VOC_INDEX, *,
                 num_objects: Optional[int] = None, class_ids: Optional[Sequence[int]] = None,
-                grayscale: bool = False) -> Tuple[np.ndarray, np.ndarray, List[Tuple[str, BBox]]]:
+                grayscale: bool = False, style: str = "learnable"
+                ) -> Tuple[np.ndarray, np.ndarray, List[Tuple[str, BBox]]]:
     """Draw one synthetic image with its segmentation mask.
 
     Args:
@@ -349,6 +610,10 @@ def make_sample(rng: np.random.Generator, height: int, width: int,
         class_ids: optional synthetic class ids (0..4) of the objects; its length sets
             ``num_objects`` when that is ``None``.  Drawn at random when ``None``.
         grayscale: return a single-channel image.
+        style: ``"learnable"`` (default): each class has its own colour family, surface and
+            shape family (``CLASS_LOOKS``) on a neutral cluttered background; ``"hard"``: colour
+            says nothing about the class, only shape and a fine texture do (``CLASS_SHAPES``,
+            ``CLASS_TEXTURES``) on random-colour clutter.
 
     Returns:
         image: uint8 (H, W, 3) RGB, or (H, W) when ``grayscale``.
@@ -368,11 +633,20 @@ def make_sample(rng: np.random.Generator, height: int, width: int,
     if len(class_ids) != num_objects:
         raise ValueError("class_ids and num_objects disagree")
 
-    img = _background(rng, h, w)
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    learnable = style == "learnable"
+    img = _neutral_background(rng, h, w) if learnable else _background(rng, h, w)
     owner = np.zeros((h, w), np.uint8)  # 0 = background, k + 1 = k-th object (visible part)
     objects: List[Tuple[str, BBox]] = []
     short = min(h, w)
     for k, cid in enumerate(class_ids):
+        if learnable:
+            region = _draw_learnable(rng, img, h, w, cid, owner)
+            owner[region] = k + 1
+            x, y, bw, bh = cv2.boundingRect(region.astype(np.uint8))
+            objects.append((classes_index[cid][0], (int(x), int(y), int(x + bw - 1), int(y + bh - 1))))
+            continue
         shape = CLASS_SHAPES[cid]
         placed = None  # (region, cx, cy, angle) of the latest usable candidate
         for _attempt in range(12):
@@ -506,14 +780,15 @@ def coco_exists(out_dir: os.PathLike) -> bool:
 
 def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
               num_test: int = DEFAULT_NUM_TEST, seed: int = 0,
-              image_size: Optional[Tuple[int, int]] = None) -> Path:
+              image_size: Optional[Tuple[int, int]] = None, style: str = "learnable") -> Path:
     """Write a fresh VOC-layout dataset to ``out_dir/VOC2012`` (replacing any there); returns it.
 
     ``num_train`` images form train_aug (masks in SegmentationClassAug, XML), of which about a
     quarter also form ``train`` (palette masks in SegmentationClass); ``num_val`` images have
     both kinds of mask and XML; ``num_test`` images have a JPEG only.  Ids are
     ``2012_%06d`` from 1, the three splits interleaved. ``image_size`` = (height, width) gives
-    every image that size instead of the demo's random 96-208 px sides (benchmarks at real sizes).
+    every image that size instead of the demo's random 96-208 px sides (benchmarks at real sizes);
+    ``style`` is passed to :func:`make_sample`.
     """
     num_train, num_val, num_test = int(num_train), int(num_val), int(num_test)
     if min(num_train, num_val, num_test) < 0:
@@ -545,7 +820,7 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
         rng = _image_rng(seed, _VOC_TAG, i)
         h, w = _image_size(rng, image_size)
         image, mask, objects = make_sample(rng, h, w, VOC_INDEX, num_objects=0 if i in empty else None,
-                                           grayscale=i in gray)
+                                           grayscale=i in gray, style=style)
         _save_jpeg(dirs["JPEGImages"] / f"{ids[i]}.jpg", image)
         if i in labelled:
             _save_index_png(dirs["SegmentationClassAug"] / f"{ids[i]}.png", mask)
@@ -560,7 +835,7 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
 
 
 def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_val: int = DEFAULT_COCO_VAL,
-               seed: int = 0, image_size: Optional[Tuple[int, int]] = None) -> Path:
+               seed: int = 0, image_size: Optional[Tuple[int, int]] = None, style: str = "learnable") -> Path:
     """Write a fresh COCO-2014-layout dataset to ``out_dir/coco`` (replacing any there); returns it.
 
     Image numbers are sparse and distinct like real COCO ids; masks are (H, W) 'L' PNGs with
@@ -589,7 +864,7 @@ def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_va
         rng = _image_rng(seed, _COCO_TAG, i)
         h, w = _image_size(rng, image_size)
         image, mask, _ = make_sample(rng, h, w, COCO_INDEX, num_objects=0 if i in empty else None,
-                                     grayscale=i in gray)
+                                     grayscale=i in gray, style=style)
         _save_jpeg(coco / "JPEGImages" / split / f"{name}.jpg", image)
         _save_index_png(coco / "SegmentationClass" / split / f"{name}.png", mask)
     return coco
@@ -598,8 +873,8 @@ def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_va
 def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
               num_test: int = DEFAULT_NUM_TEST, num_coco_train: int = DEFAULT_COCO_TRAIN,
               num_coco_val: int = DEFAULT_COCO_VAL, seed: int = 0, coco: bool = True,
-              overwrite: bool = False,
-              image_size: Optional[Tuple[int, int]] = None) -> Dict[str, Dict[str, object]]:
+              overwrite: bool = False, image_size: Optional[Tuple[int, int]] = None,
+              style: str = "learnable") -> Dict[str, Dict[str, object]]:
     """Write the VOC (and unless ``coco=False`` the COCO) dataset under ``out_dir``.
 
     A layout already present is kept unless ``overwrite``.  Returns
@@ -610,13 +885,13 @@ def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
     out.mkdir(parents=True, exist_ok=True)
     result: Dict[str, Dict[str, object]] = {}
     if overwrite or not voc_exists(out):
-        result["voc"] = {"path": write_voc(out, num_train, num_val, num_test, seed, image_size),
+        result["voc"] = {"path": write_voc(out, num_train, num_val, num_test, seed, image_size, style),
                          "written": True}
     else:
         result["voc"] = {"path": out / "VOC2012", "written": False}
     if coco:
         if overwrite or not coco_exists(out):
-            result["coco"] = {"path": write_coco(out, num_coco_train, num_coco_val, seed, image_size),
+            result["coco"] = {"path": write_coco(out, num_coco_train, num_coco_val, seed, image_size, style),
                               "written": True}
         else:
             result["coco"] = {"path": out / "coco", "written": False}
@@ -647,6 +922,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"),
                    help="give every image this size (for example 375 500 for VOC-sized benchmarks) "
                    "instead of the demo's 96-208 px sides")
+    p.add_argument("--style", choices=STYLES, default="learnable",
+                   help="learnable: each class has its own colour family, surface and shape on neutral "
+                   "clutter (the demo's data); hard: colour says nothing, only shape and a fine texture "
+                   "do, on random-colour clutter (default: %(default)s)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="rewrite a layout that already exists in --out instead of keeping it (default: %(default)s)")
     return p
@@ -679,7 +958,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = write_all(out, args.num_train, args.num_val, args.num_test, args.num_coco_train,
                            args.num_coco_val, seed=args.seed, coco=args.coco, overwrite=args.overwrite,
-                           image_size=args.image_size)
+                           image_size=args.image_size, style=args.style)
     except OSError as exc:
         print(f"error: writing the dataset under {args.out} failed: {exc.strerror or exc}", file=sys.stderr)
         return 2

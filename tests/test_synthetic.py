@@ -26,6 +26,11 @@ def voc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def hard_voc(tmp_path_factory):
+    return write_voc(tmp_path_factory.mktemp("hard_voc"), N_TRAIN, N_VAL, N_TEST, seed=1, style="hard")
+
+
+@pytest.fixture(scope="module")
 def coco(tmp_path_factory):
     return write_coco(tmp_path_factory.mktemp("coco"), N_COCO_TRAIN, N_COCO_VAL, seed=1)
 
@@ -197,7 +202,7 @@ def test_images_come_in_several_sizes_and_aspect_ratios(voc):
     assert any(w > h for w, h in sizes) and any(w < h for w, h in sizes) and any(w == h for w, h in sizes)
 
 
-def test_objects_span_small_to_large_sizes(voc):
+def _relative_object_sizes(voc):
     rel = []
     for i in labelled_ids(voc):
         root, objects = xml_objects(voc / "Annotations" / f"{i}.xml")
@@ -205,13 +210,24 @@ def test_objects_span_small_to_large_sizes(voc):
         for obj in objects:
             b = [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
             rel.append(max(b[2] - b[0], b[3] - b[1]) / short)
-    rel = np.array(rel)
+    return np.array(rel)
+
+
+def test_objects_are_large_like_voc_objects_so_a_crop_usually_holds_one(voc):
+    rel = _relative_object_sizes(voc)
+    assert np.median(rel) > 0.45 and (rel > 0.3).mean() > 0.9
+    assert rel.max() <= 1.0
+
+
+def test_hard_style_objects_span_small_to_large_sizes(hard_voc):
+    rel = _relative_object_sizes(hard_voc)
     assert rel.max() <= 0.7
     assert rel.min() < 0.3 and (rel > 0.45).mean() > 0.2
 
 
 # ------------------------------------------------------------------------------- content
-def test_colour_does_not_identify_the_class(voc):
+def _object_colours(voc):
+    """Mean RGB of every class region with > 50 pixels, and its synthetic class id."""
     feats, labels = [], []
     for i in labelled_ids(voc):
         image = Image.open(voc / "JPEGImages" / f"{i}.jpg")
@@ -224,22 +240,64 @@ def test_colour_does_not_identify_the_class(voc):
             if sel.sum() > 50:
                 feats.append(image[sel].mean(0))
                 labels.append(k)
-    feats, labels = np.array(feats), np.array(labels)
+    return np.array(feats), np.array(labels)
+
+
+def _nearest_mean_accuracy(feats, labels):
+    centroids = np.stack([feats[labels == k].mean(0) for k in range(len(VOC_INDEX))])
+    pred = np.argmin(((feats[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    return (pred == labels).mean()
+
+
+def test_hard_style_colour_does_not_identify_the_class(hard_voc):
+    feats, labels = _object_colours(hard_voc)
     for k in range(len(VOC_INDEX)):
         if (labels == k).sum() >= 5:  # a class's mean colour varies widely across images
             spread = feats[labels == k].max(0) - feats[labels == k].min(0)
             assert spread.max() > 100
     # A nearest-mean-colour classifier, fitted on these very objects, is near chance (0.2).
-    centroids = np.stack([feats[labels == k].mean(0) for k in range(len(VOC_INDEX))])
-    pred = np.argmin(((feats[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
-    assert (pred == labels).mean() < 0.45
+    assert _nearest_mean_accuracy(feats, labels) < 0.45
 
 
-def _single_object_stats(cid, n=8, size=320):
+def test_each_class_has_a_colour_family_that_varies_within_the_class(voc):
+    feats, labels = _object_colours(voc)
+    # colour is a strong cue, as for real categories ...
+    assert _nearest_mean_accuracy(feats, labels) > 0.8
+    # ... but not one fixed colour: objects of a class differ (shade, surface, lighting)
+    for k in range(len(VOC_INDEX)):
+        assert feats[labels == k].std(0).max() > 8.0, SYNTHETIC_CLASSES[k]
+
+
+def test_backgrounds_are_neutral_and_objects_coloured(voc):
+    bg_sat, obj_sat = [], []
+    for i in labelled_ids(voc)[:30]:
+        image = Image.open(voc / "JPEGImages" / f"{i}.jpg")
+        if image.mode != "RGB":
+            continue
+        hsv = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2HSV)
+        mask = load_mask(voc / "SegmentationClassAug" / f"{i}.png")
+        bg_sat.append(np.median(hsv[..., 1][mask == 0]))
+        obj = (mask != 0) & (mask != IGNORE_INDEX)
+        if obj.sum() > 50:
+            obj_sat.append(np.median(hsv[..., 1][obj]))
+    assert np.median(bg_sat) < 40 and np.median(obj_sat) > 60
+
+
+def test_car_objects_have_dark_wheels_and_a_specular_highlight():
+    idx = VOC_INDEX[1][1]
+    for s in range(4):
+        image, mask, _ = make_sample(np.random.default_rng(40 + s), 200, 200, VOC_INDEX, class_ids=[1])
+        brightest_channel = image.max(-1)[mask == idx]
+        assert (brightest_channel < 70).mean() > 0.03     # the wheels: dark and colourless
+        assert (brightest_channel >= 245).mean() > 0.03   # the highlight
+
+
+def _single_object_stats(cid, n=8, size=320, style="hard"):
     fills, holes, solidity, texture_std = [], [], [], []
     name, idx = VOC_INDEX[cid]
     for s in range(n):
-        image, mask, objects = make_sample(np.random.default_rng(100 + s), size, size, VOC_INDEX, class_ids=[cid])
+        image, mask, objects = make_sample(np.random.default_rng(100 + s), size, size, VOC_INDEX,
+                                           class_ids=[cid], style=style)
         assert [o[0] for o in objects] == [name]
         region = ((mask == idx) | (mask == IGNORE_INDEX)).astype(np.uint8)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -255,7 +313,7 @@ def _single_object_stats(cid, n=8, size=320):
     return np.median(fills), np.median(holes), np.median(solidity), min(texture_std)
 
 
-def test_each_class_has_its_own_shape():
+def test_hard_style_each_class_has_its_own_shape():
     stats = {SYNTHETIC_CLASSES[c][0]: _single_object_stats(c) for c in range(len(SYNTHETIC_CLASSES))}
     fill, hole, solid = ({k: v[j] for k, v in stats.items()} for j in range(3))
     assert hole["person"] > 0.1 and all(hole[k] < 0.02 for k in hole if k != "person")  # ring
@@ -265,9 +323,26 @@ def test_each_class_has_its_own_shape():
     assert fill["car"] > 0.88  # rounded rectangle
 
 
-def test_objects_are_textured_rather_than_flat():
+def test_objects_are_textured_or_shaded_rather_than_flat():
     for c in range(len(SYNTHETIC_CLASSES)):
         assert _single_object_stats(c, n=4)[3] > 12.0, SYNTHETIC_CLASSES[c]
+        # the learnable aeroplane is smooth (soft shading only), the others carry a surface
+        floor = 3.0 if c == 0 else 12.0
+        assert _single_object_stats(c, n=4, style="learnable")[3] > floor, SYNTHETIC_CLASSES[c]
+
+
+def test_learnable_classes_have_different_shapes():
+    stats = {SYNTHETIC_CLASSES[c][0]: _single_object_stats(c, style="learnable") for c in range(5)}
+    solid = {k: v[2] for k, v in stats.items()}
+    # a standing person is nearly convex, a plane (wings, fin) least; cars (cabin, wheels), cats
+    # (ears, tail) and dogs (legs) in between
+    others = [v for k, v in solid.items() if k not in ("person", "aeroplane")]
+    assert solid["person"] > 0.85 > max(others) and solid["aeroplane"] < 0.6 < min(others)
+
+
+def test_unknown_style_is_refused():
+    with pytest.raises(ValueError, match="style"):
+        make_sample(np.random.default_rng(0), 100, 100, VOC_INDEX, style="easy")
 
 
 def test_make_sample_returns_documented_shapes_and_respects_arguments():
