@@ -2,27 +2,34 @@
 
 This is the project's demo data and its test data.  Real VOC / COCO cannot be shipped or
 downloaded in every environment, so this module draws a small dataset that has the same
-folders, file names, file formats and label conventions as the real ones, with classes that
-image-level labels can separate but no shortcut (such as colour) gives away. It is hard for a
-randomly initialised model: the demo's 480 CPU steps do not learn it (see the README's Demo
-section). Its design:
+folders, file names, file formats and label conventions as the real ones.
 
-* Five foreground classes (``SYNTHETIC_CLASSES``), each with its own **shape** and its own
-  **texture pattern** (see ``CLASS_SHAPES`` / ``CLASS_TEXTURES``).  An object is painted with
-  two colours mixed by its texture; both colours are drawn per object from the same
-  distribution as the background colours, so colour says nothing about the class.
-* Cluttered backgrounds: smooth random-colour fields, an illumination gradient, sensor noise,
-  and distractors labelled background (lines, small solid blobs, solid or smooth patches, thin
-  textured strips).  A distractor never has a class's shape *and* texture together: blobs and
-  patches are untextured, and textured strips are thin rectangles that never carry the
-  checkerboard of the (rounded-rectangle) car class.
-* One to three objects per image, 25%-65% of the short image side, random position, rotation
-  and aspect, with mild occlusion (later objects are drawn over earlier ones).
-* Masks hold 0 for background, the class index inside objects and ``IGNORE_INDEX`` (255) in a
-  band of about 3 px along every object's visible boundary, like the real VOC annotations.
-* Landscape, portrait and square images between 96 and 208 px a side (sized for the demo's
-  128-pixel crops as VOC's images are for 448), about 5% grayscale
-  images (single-channel JPEGs) and about 2% images without any object.
+Default style, ``learnable`` (a model of the real task):
+
+* Five foreground classes (``SYNTHETIC_CLASSES``), each with a characteristic look
+  (``CLASS_LOOKS``) that varies within the class as real categories do: a colour family (a hue
+  range with saturation and value ranges, drawn per object), a surface (smooth shading, a
+  specular highlight, fur streaks, spots, clothing bands) and a shape family with random part
+  proportions (aeroplane: fuselage, swept wings and fin; car: body, cabin and dark wheels; cat:
+  body, head with ears and tail; dog: body, legs, head and snout; person: head, torso, legs),
+  random size, aspect, rotation, mirror and position.
+* Neutral, cluttered backgrounds: desaturated smooth fields, an illumination gradient, noise, gray
+  lines, blobs and patches, and background-labelled distractors that share exactly one cue with
+  some class (a gray patch with a class surface, a small patch in a class colour, a gray class
+  silhouette).
+* One to three objects per image, 45%-80% of the short image side, so that a training crop
+  usually holds one (as in VOC, where objects cover a good part of the image).
+
+``hard`` style (``style="hard"``, ``--style hard``): colour says nothing about the class (object
+colours are drawn from the background's distribution); only a shape (``CLASS_SHAPES``) and a
+fine texture (``CLASS_TEXTURES``) per class, objects 25%-65% of the short side, on random-colour
+clutter. A randomly initialised model does not learn it within the demo's budget.
+
+Both styles: masks hold 0 for background, the class index inside objects and ``IGNORE_INDEX``
+(255) in a band of about 3 px along every object's visible boundary, like the real VOC
+annotations; later objects may partly hide earlier ones; landscape, portrait and square images
+between 96 and 208 px a side (sized for the demo's 128-pixel crops as VOC's images are for 448),
+about 5% grayscale images (single-channel JPEGs) and about 2% images without any object.
 
 VOC layout (``OUT/VOC2012``)::
 
@@ -47,7 +54,7 @@ Everything is deterministic for a given seed: every image has its own generator 
 Command line::
 
     python -m datasets.synthetic --out DIR [--num_train N --num_val N --num_test N --seed S]
-                                 [--no-coco] [--overwrite]
+                                 [--style learnable|hard] [--no-coco] [--overwrite]
 """
 from __future__ import annotations
 
