@@ -6,7 +6,9 @@ Writes the synthetic dataset (VOC and COCO layouts) if it is missing, derives it
 and image-level labels, scores the all-background prediction on the synthetic val split as a
 floor, then trains a small randomly initialised ViT (deit_tiny, 128-pixel crops, 4 images per
 step) through the same engine and all three phases as ``train_final_voc.py`` with a shortened
-schedule, and prints the per-class validation table of both students.
+schedule, prints the per-class validation table of both students and draws a few val images
+(image, CAM, pseudo label, both students' predictions, ground truth) into
+``<work_dir>/demo_figure.png``.
 """
 import argparse
 import os
@@ -14,6 +16,7 @@ import sys
 import time
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from datasets import synthetic
@@ -21,8 +24,12 @@ from datasets.layout import coco_layout, voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
+from utils.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
+from utils.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
+from utils.train_engine import CHECKPOINT
+from utils.validation import result_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,23 +40,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work_dir", default=os.path.join("work_dirs", "demo"), help="training run folder")
     p.add_argument("--max_iters", type=int, default=DEMO_SCHEDULE["max_iters"],
                    help="training steps (phases scale with it)")
+    p.add_argument("--lr", type=float, default=DEMO_SCHEDULE["lr"],
+                   help="backbone learning rate (heads x10)")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                    help="train after preparing the data")
     return p
 
 
-DEMO_SCHEDULE = dict(max_iters=480, cam_iters=160, gmm_iters=320, warmup_iters=40, lr=5e-4)
+DEMO_BACKBONE = "deit_tiny_patch16_224"
+DEMO_SCHEDULE = dict(max_iters=400, cam_iters=100, gmm_iters=250, warmup_iters=30, lr=2e-4)
 
 
-def demo_train_args(data_folder: str, work_dir: str, crop_size: int, max_iters: int):
+def demo_train_args(data_folder: str, work_dir: str, crop_size: int, max_iters: int,
+                    lr: float = DEMO_SCHEDULE["lr"]):
     """Flags of ``train_final_voc.py`` for the demo: the paper's method on a shortened schedule."""
     scale = max_iters / DEMO_SCHEDULE["max_iters"]
     it = lambda k: str(max(1, int(round(DEMO_SCHEDULE[k] * scale))))
     return ["--data_folder", data_folder, "--work_dir", work_dir, "--backbone",
-            "deit_tiny_patch16_224", "--no-pretrained", "--crop_size", str(crop_size),
+            DEMO_BACKBONE, "--no-pretrained", "--crop_size", str(crop_size),
             "--samples_per_gpu", "4", "--max_iters", str(max_iters), "--cam_iters", it("cam_iters"),
             "--gmm_iters", it("gmm_iters"), "--warmup_iters", it("warmup_iters"),
-            "--lr", str(DEMO_SCHEDULE["lr"]), "--log_iters", it("warmup_iters"),
+            "--lr", str(lr), "--log_iters", str(max(1, max_iters // 16)),
             "--eval_iters", str(max_iters), "--num_workers", "1", "--cpu"]
 
 
@@ -85,8 +96,16 @@ def main(argv=None) -> None:
         return
     import train_final_voc
     result = train_final_voc.run(demo_train_args(voc.image_root, args.work_dir, args.crop_size,
-                                                 args.max_iters))
+                                                 args.max_iters, args.lr))
     miou = {k: 100 * v["miou"] for k, v in result["scores"].items()}
+    print("per-class IoU on synthetic val (%):")
+    print(result_table(result, voc.display_names))
+    net = load_model(os.path.join(args.work_dir, CHECKPOINT), DEMO_BACKBONE, voc.num_classes, -3,
+                     torch.device("cpu"))
+    figure = os.path.join(args.work_dir, "demo_figure.png")
+    Image.fromarray(demo_figure(net, val, voc.display_names, torch.device("cpu"),
+                                crop_size=args.crop_size)).save(figure, optimize=True)
+    print(f"picture of {len(pick_images(val, 5))} val images: {figure}")
     print(f"demo finished in {time.time() - start:.0f} s: segmentation mIoU "
           f"{miou['Seg_1']:.2f} / {miou['Seg_2']:.2f} (students 1 / 2), CAM mIoU "
           f"{miou['CAM_1']:.2f} / {miou['CAM_2']:.2f}, all-background baseline {baseline:.2f}; "

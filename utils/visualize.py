@@ -92,3 +92,46 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndar
     """``(1 - alpha) image + alpha overlay`` of two ``(H, W, 3)`` uint8 images, rounded."""
     mixed = (1 - alpha) * image.astype(np.float32) + alpha * overlay.astype(np.float32)
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def letterbox(tile: np.ndarray, size: int, fill: int = 255, nearest: bool = False) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(size, size, 3)``: resized to fit (aspect kept) and centred on
+    ``fill``; ``nearest`` for label maps."""
+    h, w = tile.shape[:2]
+    f = size / max(h, w)
+    nh, nw = max(1, round(h * f)), max(1, round(w * f))
+    resample = Image.NEAREST if nearest else Image.BILINEAR
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(tile)).resize((nw, nh), resample))
+    out = np.full((size, size, 3), fill, np.uint8)
+    y, x = (size - nh) // 2, (size - nw) // 2
+    out[y:y + nh, x:x + nw] = small
+    return out
+
+
+def legend(entries, width: int, swatch: int = 12) -> np.ndarray:
+    """A white ``(h, width, 3)`` uint8 strip with a colour swatch and a name per
+    ``(class index, name)`` entry (VOC palette; 255 is the ignore colour), wrapped over rows."""
+    from PIL import ImageDraw
+
+    cmap = voc_colormap()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cells = [(idx, name, swatch + 6 + int(probe.textlength(name)) + 14) for idx, name in entries]
+    rows, row, used = [], [], 0
+    for cell in cells:
+        if row and used + cell[2] > width - 8:
+            rows.append(row)
+            row, used = [], 0
+        row.append(cell)
+        used += cell[2]
+    rows.append(row)
+    line = swatch + 8
+    img = Image.new("RGB", (width, 8 + line * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for r, cells_in_row in enumerate(rows):
+        x, y = 8, 4 + r * line
+        for idx, name, cell_w in cells_in_row:
+            draw.rectangle((x, y, x + swatch, y + swatch), fill=tuple(int(c) for c in cmap[idx]),
+                           outline=(0, 0, 0))
+            draw.text((x + swatch + 6, y), name, fill=(0, 0, 0))
+            x += cell_w
+    return np.asarray(img).copy()
