@@ -31,7 +31,7 @@ from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
-from model.dupl import dupl_step, voc_config  # noqa: E402
+from model.dupl import dupl_step, release_idle_gradients, voc_config  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from utils.schedule import PolyWarmupAdamW  # noqa: E402
@@ -135,6 +135,7 @@ def main() -> None:
             with (timer("backward") if staged else contextlib.nullcontext()):
                 out.loss.backward()
             with (timer("optimizer") if staged else contextlib.nullcontext()):
+                release_idle_gradients(net, cfg, n)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             sync(device)

@@ -137,6 +137,22 @@ def filter_noisy_labels(logits, labels, cfg: DuPLConfig, stats: Dict[str, torch.
     return filtered
 
 
+def release_idle_gradients(net, cfg: DuPLConfig, n: int) -> None:
+    """Drop the gradients of the parameters that take no part in iteration ``n``'s loss, so the
+    optimiser skips them as it does in the original (no weight decay, no step count, no moments).
+
+    Only the decoders are idle: while the segmentation weight is 0 (VOC up to ``cam_iters``, COCO up
+    to its 8k boundary) :func:`dupl_step` keeps them in the graph at weight 0, so DDP needs no
+    ``find_unused_parameters``, and their gradients arrive as exact zeros; AdamW would still decay
+    them and advance their step count. The classifiers see the classification loss in every phase;
+    the unused ImageNet head is frozen. Call between ``backward`` and the optimiser step."""
+    if cfg.weights(n)["seg"] > 0:
+        return
+    for student in net.students:
+        for p in student.decoder.parameters():
+            p.grad = None
+
+
 def dupl_step(model, net, images: torch.Tensor, cls_label: torch.Tensor, img_box: torch.Tensor,
               n: int, cfg: DuPLConfig, par: PAR, aug_generator: Optional[torch.Generator] = None,
               keep_visuals: bool = False, max_present: Optional[int] = None,

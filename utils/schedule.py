@@ -18,7 +18,7 @@ def cosine_descent(step: float, num_steps: int, start: Value, target: Value) -> 
     """
     if step < 0:
         out = start
-    elif step >= num_steps:
+    elif step >= num_steps or num_steps <= 1:   # a one-step descent is at its target at once
         out = target
     else:
         weight = (1 - math.cos(math.pi * step / (num_steps - 1))) / 2

@@ -11,7 +11,7 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
-from model.dupl import dupl_step, voc_config
+from model.dupl import dupl_step, release_idle_gradients, voc_config
 from model.network import DualStudentNet
 from model.par import PAR
 from utils.distributed import init_distributed
@@ -28,6 +28,7 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
     model = DistributedDataParallel(net)
+    initial_decoders = [p.detach().clone() for s in net.students for p in s.decoder.parameters()]
     opt = PolyWarmupAdamW(net.param_groups(1e-3), lr=1e-3, max_iters=10, warmup_iters=1)
     torch.manual_seed(100 + info.rank)          # different data on each rank
     train = TrainDataset(layout, list_folder, "train_aug", TrainAugmentation(crop_size=48))
@@ -38,7 +39,11 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     cfg = voc_config(cam_iters=1, gmm_iters=2, max_iters=10, descent_start=1, descent_steps=9)
     out = dupl_step(model, net, images, labels, boxes, step, cfg, PAR(), torch.Generator().manual_seed(info.rank))
     out.loss.backward()
+    release_idle_gradients(net, cfg, step)
     opt.step()
+    decoders = [p for s in net.students for p in s.decoder.parameters()]
+    untouched = all(torch.equal(p, p0) for p, p0 in zip(decoders, initial_decoders)) and \
+        not any(p in opt.state for p in decoders)
     flat = torch.cat([p.detach().flatten() for p in net.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(info.world_size)]
     dist.all_gather(gathered, flat)
@@ -48,6 +53,7 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
         torch.save(net.state_dict(), out_path + ".pth")
         with open(out_path, "w") as f:
             json.dump({"identical": all(torch.equal(gathered[0], g) for g in gathered[1:]),
+                       "decoders_untouched": untouched,
                        "miou": {k: v["miou"] for k, v in result["scores"].items()},
                        "iou": {k: [None if x != x else x for x in v["iou"].tolist()]
                                for k, v in result["scores"].items()},
