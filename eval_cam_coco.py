@@ -1,0 +1,22 @@
+"""CAM and pseudo-label evaluation of a DuPL checkpoint on MS COCO 2014.
+
+    python eval_cam_coco.py --img_folder coco/JPEGImages --model_path CKPT [--infer_set train] [--crf]
+    python -m torch.distributed.run --nproc_per_node=N eval_cam_coco.py ...        # sharded
+
+Multi-scale + flip CAMs and aux CAMs of both students (the training-time rule), their mIoU over
+a sweep of background thresholds, PAR-refined pseudo labels and optionally CRF-refined ones;
+results.json / results.txt in --work_dir. The evaluation itself is `utils/cam_evaluation.py`.
+"""
+import sys
+
+from utils.cam_evaluation import evaluate_cams, get_args_parser
+from utils.errors import exit_on_user_error
+
+
+@exit_on_user_error
+def run(argv=None):
+    return evaluate_cams(get_args_parser("coco").parse_args(argv), "coco")
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])

@@ -1,0 +1,101 @@
+"""CAM and pseudo-label evaluation (utils/cam_evaluation.py, eval_cam_voc.py, eval_cam_coco.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import eval_cam_coco
+import eval_cam_voc
+from datasets.layout import voc_layout
+from datasets.prepare import ensure_lists
+from datasets.segmentation import EvalDataset
+from model.network import DualStudentNet
+from utils.cam_evaluation import cam_labels
+from utils.validation import validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu", "--size", "48",
+        "--cam_scales", "1.0,0.5"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "voc.pth"
+    torch.manual_seed(1)
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    torch.save({"model": net.state_dict(), "step": 7}, path)
+    return path
+
+
+def test_cam_miou_equals_the_training_validation_on_the_same_images(voc_copy, checkpoint, tmp_path):
+    res = eval_cam_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoint), "--infer_set",
+                            "val", "--work_dir", str(tmp_path / "cams"), *TINY])
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    net.load_state_dict(torch.load(checkpoint)["model"])
+    layout = voc_layout(str(voc_copy))
+    lists = ensure_lists(layout, None, ["val"])
+    ref = validate(net, EvalDataset(layout, lists, "val"), torch.device("cpu"), crop_size=48,
+                   bkg_thre=0.5, cam_scales=(1.0, 0.5), num_workers=0)
+    for col in ("CAM_1", "aux_CAM_1", "CAM_2", "aux_CAM_2"):
+        assert res["scores"][col]["miou"] == pytest.approx(ref["scores"][col]["miou"], abs=1e-9), col
+        np.testing.assert_allclose(res["scores"][col]["iou"], ref["scores"][col]["iou"], atol=1e-9)
+
+
+def test_threshold_sweep_reports_the_best_threshold_and_results_json(voc_copy, checkpoint, tmp_path, capsys):
+    wd = tmp_path / "sweep"
+    capsys.readouterr()
+    res = eval_cam_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoint), "--infer_set",
+                            "train", "--work_dir", str(wd), "--thresholds", "0.2,0.4,0.6", "--crf",
+                            "--save_cams", "--save_labels", *TINY])
+    out = capsys.readouterr().out
+    curve = res["curves"]["CAM_1"]
+    assert len(curve) == 4                  # the sweep plus --bkg_thre 0.5
+    t, m = res["best"]["CAM_1"]
+    assert m == pytest.approx(np.nanmax(curve)) and t in (0.2, 0.4, 0.5, 0.6)
+    assert f"CAM_1: mIoU {100 * res['scores']['CAM_1']['miou']:.2f} at 0.5; best {100 * m:.2f} at {t}" in out
+    assert {"PAR_1", "PAR_2", "CRF_1", "CRF_2"} <= set(res["scores"])
+    saved = json.loads((wd / "results.json").read_text())
+    assert saved["split"] == "train" and saved["checkpoint_step"] == 7
+    assert saved["best_threshold"]["CAM_1"]["threshold"] == t
+    assert saved["scores"]["PAR_2"]["miou"] == pytest.approx(res["scores"]["PAR_2"]["miou"])
+    ids = sorted(p[:-4] for p in os.listdir(wd / "cams"))
+    with np.load(wd / "cams" / f"{ids[0]}.npz") as f:
+        assert f["CAM_1"].dtype == np.float16 and f["CAM_1"].shape[0] == len(f["classes"])
+    assert sorted(os.listdir(wd / "labels")) == sorted(["CAM_1", "aux_CAM_1", "CAM_2", "aux_CAM_2",
+                                                        "PAR_1", "PAR_2", "CRF_1", "CRF_2"])
+
+
+def test_cam_labels_threshold_the_best_present_class():
+    cam = torch.tensor([[[[0.2, 0.6]], [[0.7, 0.1]]]])    # (1, 2 classes, 1, 2)
+    label = torch.tensor([[1.0, 0.0]])                   # only class 1 present
+    out = cam_labels(cam, label, [0.1, 0.5])
+    assert out.tolist() == [[[1, 1]], [[0, 1]]]
+
+
+def test_coco_cam_evaluation_runs_sharded_and_matches_one_process(coco_copy, tmp_path):
+    torch.manual_seed(2)
+    ckpt = tmp_path / "coco.pth"
+    torch.save({"model": DualStudentNet("deit_tiny_patch16_224", 81, aux_layer=9).state_dict()}, ckpt)
+    args = ["--img_folder", str(coco_copy / "JPEGImages"), "--model_path", str(ckpt), "--infer_set", "val",
+            "--no-par", *TINY]
+    single = eval_cam_coco.run(args + ["--work_dir", str(tmp_path / "one")])
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port", str(29500 + os.getpid() % 90), "eval_cam_coco.py", *args,
+                          "--work_dir", str(tmp_path / "two")],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    for col in ("CAM_1", "aux_CAM_2"):
+        assert two["scores"][col]["miou"] == pytest.approx(single["scores"][col]["miou"], abs=1e-9)
+
+
+def test_bad_values_are_one_line_errors(voc_copy, checkpoint, one_line_error):
+    base = ["--data_folder", str(voc_copy), "--model_path", str(checkpoint)]
+    assert "--thresholds" in one_line_error(eval_cam_voc.run, base + ["--thresholds", "0,1.5"])
+    assert "--size" in one_line_error(eval_cam_voc.run, base + ["--size", "50"])
+    assert "--model_path" in one_line_error(eval_cam_voc.run, ["--data_folder", str(voc_copy)])

@@ -1,0 +1,219 @@
+"""CAM and pseudo-label evaluation of a DuPL checkpoint (the field's first table).
+
+For every image of the split (resized to ``--size`` squared, the training-time rule) and each
+student: the multi-scale + flip CAM and aux CAM (:func:`model.cam.multiscale_cam`, the rule of
+training and validation), resized to the mask size and labelled with the ground-truth image labels
+at every background threshold of ``--thresholds`` (the plain labelling of validation); the
+PAR-refined pseudo labels of the CAM at ``--bkg_thre`` (:func:`model.pseudo_labels.refine_cams_with_par`
+with one threshold, so no pixel is left uncertain) and, with ``--crf``, the CAM label refined by
+dense CRF. Shards over ranks by stride; the confusion matrices are reduced over all ranks.
+
+Prints the mIoU at ``--bkg_thre`` (the training threshold) and the best threshold of the sweep per
+column, writes ``results.json`` / ``results.txt`` to ``--work_dir`` and, on request, the CAMs of the
+present classes (``cams/<id>.npz``, float16 at the mask size) and the label PNGs.
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from datasets.layout import dataset_layout
+from datasets.prepare import ensure_lists
+from datasets.segmentation import EvalDataset
+from datasets.transforms import denormalize
+from model.cam import CAM_SCALES, multiscale_cam
+from model.par import PAR
+from model.pseudo_labels import refine_cams_with_par
+
+from .crf import dense_crf
+from .distributed import barrier, cleanup, init_distributed
+from .errors import UserError
+from .cli import ArgumentParser, add_launcher_flags, add_numbers
+from .evaluation import DEFAULT_MODEL, add_model_flags
+from .inference import load_model, resolve_model_flags
+from .metric import ConfusionMatrix, format_table
+from .results import write_results
+from .validation import shard
+from .visualize import label_image
+
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def get_args_parser(dataset: str) -> argparse.ArgumentParser:
+    voc = dataset == "voc"
+    p = ArgumentParser(
+        description=f"CAM and pseudo-label mIoU of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    B = argparse.BooleanOptionalAction
+    if voc:
+        p.add_argument("--data_folder", help="the VOC2012 folder")
+    else:
+        p.add_argument("--img_folder", "--data_folder", dest="img_folder",
+                       help="COCO image folder with train2014/ and val2014/")
+        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
+    p.add_argument("--infer_set", default="train", help="split to evaluate (needs masks and labels)")
+    p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
+    p.add_argument("--model_path", help="checkpoint (this project's or the original's)")
+    add_model_flags(p, dataset)
+    p.add_argument("--size", type=int, default=448, help="side of the square CAM input (the training crop)")
+    add_numbers(p, "--cam_scales", default=CAM_SCALES, help="CAM scales (with flips)")
+    p.add_argument("--bkg_thre", type=float, default=0.5 if voc else 0.45,
+                   help="background threshold of training-time validation and of the pseudo labels")
+    add_numbers(p, "--thresholds", default=DEFAULT_THRESHOLDS, help="background thresholds of the sweep")
+    p.add_argument("--par", action=B, default=True, help="score the PAR-refined pseudo labels")
+    p.add_argument("--crf", action=B, default=False, help="score CAM labels refined by dense CRF")
+    p.add_argument("--save_cams", action=B, default=False,
+                   help="write cams/<id>.npz: present classes' CAMs (float16, mask size) of both students")
+    p.add_argument("--save_labels", action=B, default=False, help="write label PNGs per column")
+    p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/cam_<infer_set>)")
+    p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
+    add_launcher_flags(p)
+    return p
+
+
+def _check(args) -> None:
+    if not args.model_path:
+        raise UserError("--model_path is required: the checkpoint whose CAMs to evaluate")
+    if not os.path.isfile(args.model_path):
+        raise UserError(f"--model_path {args.model_path} does not exist")
+    if args.size < 32 or args.size % 16:
+        raise UserError(f"--size {args.size} must be a multiple of 16 and at least 32")
+    if not args.thresholds or not all(0 < t < 1 for t in args.thresholds):
+        raise UserError("--thresholds must be values strictly between 0 and 1, e.g. 0.3,0.4,0.5")
+    if not 0 < args.bkg_thre < 1:
+        raise UserError(f"--bkg_thre {args.bkg_thre} must be strictly between 0 and 1")
+    if not args.cam_scales or any(s <= 0 for s in args.cam_scales):
+        raise UserError("--cam_scales must be positive numbers, e.g. 1.0,0.5,1.5")
+
+
+def cam_labels(cam: torch.Tensor, label: torch.Tensor, thresholds) -> torch.Tensor:
+    """Plain CAM labels at every threshold: ``cam (1, K, H, W)``, ``label (1, K)`` ->
+    ``(T, H, W)`` long (class c+1 where the best present CAM exceeds the threshold, else 0)."""
+    value, index = (cam * label[:, :, None, None]).max(dim=1)
+    t = torch.as_tensor(thresholds, dtype=value.dtype, device=value.device)[:, None, None]
+    return torch.where(value > t, index + 1, torch.zeros_like(index))
+
+
+@torch.no_grad()
+def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
+    _check(args)
+    if args.bkg_thre not in args.thresholds:
+        args.thresholds = tuple(sorted(set(args.thresholds) | {args.bkg_thre}))
+    ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
+    info = init_distributed(cpu=args.cpu)
+    log = logging.getLogger("dupl.cam_eval")
+    log.handlers.clear()
+    log.setLevel(logging.INFO if info.is_main else logging.WARNING)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
+    log.addHandler(handler)
+    try:
+        layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
+                                getattr(args, "label_folder", None), args.num_classes)
+        if info.is_main:
+            ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+        barrier()
+        lists = ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+        data = EvalDataset(layout, lists, args.infer_set)
+        work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
+                                             f"cam_{args.infer_set}")
+        net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
+                         source=args.model_path)
+        step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        del ckpt
+        par = PAR().to(info.device)
+        c, thresholds = args.num_classes, list(args.thresholds)
+        sweep_cols = [f"{kind}_{k}" for k in (1, 2) for kind in ("CAM", "aux_CAM")]
+        label_cols = [f"{kind}_{k}" for k in (1, 2) for kind in (("PAR",) if args.par else ()) + (("CRF",) if args.crf else ())]
+        sweep = {col: [ConfusionMatrix(c, info.device) for _ in thresholds] for col in sweep_cols}
+        mats = {col: ConfusionMatrix(c, info.device) for col in label_cols}
+        if info.is_main:
+            os.makedirs(work, exist_ok=True)
+        barrier()
+        for sub in (["cams"] if args.save_cams else []) + ([f"labels/{col}" for col in sweep_cols + label_cols]
+                                                          if args.save_labels else []):
+            os.makedirs(os.path.join(work, sub), exist_ok=True)
+        at = thresholds.index(args.bkg_thre)
+        part = shard(data, info.rank, info.world_size)
+        iterator = DataLoader(part, batch_size=None, num_workers=args.num_workers)
+        if info.is_main:
+            from tqdm import tqdm
+            iterator = tqdm(iterator, total=len(part), desc="CAMs", mininterval=5, file=sys.stderr)
+        for idx, (img_id, image, mask, label) in zip(part.indices, iterator):
+            x = F.interpolate(image[None].to(info.device), size=(args.size, args.size), mode="bilinear",
+                              align_corners=False)
+            gt, label = mask.to(info.device), label[None].to(info.device)
+            size = tuple(gt.shape)
+            present = torch.nonzero(label[0]).flatten()
+            rgb = data.raw_image(idx) if args.crf else None
+            saved: Dict[str, np.ndarray] = {}
+            for k, student in enumerate(net.students, 1):
+                cam, cam_aux = multiscale_cam(student, x, args.cam_scales)
+                for kind, m in (("CAM", cam), ("aux_CAM", cam_aux)):
+                    full = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
+                    preds = cam_labels(full, label, thresholds)
+                    for cm, pred in zip(sweep[f"{kind}_{k}"], preds):
+                        cm.update(gt, pred)
+                    saved[f"{kind}_{k}"] = full[0, present].half().cpu().numpy()
+                    _maybe_save(args, work, f"{kind}_{k}", img_id, preds[at])
+                if args.par:
+                    box = torch.tensor([[0, args.size, 0, args.size]], device=info.device)
+                    pseudo = refine_cams_with_par(denormalize(x), cam * label[:, :, None, None], label,
+                                                  args.bkg_thre, args.bkg_thre, box, par)
+                    pseudo = F.interpolate(pseudo[None].float(), size=size, mode="nearest")[0, 0].long()
+                    mats[f"PAR_{k}"].update(gt, pseudo)
+                    _maybe_save(args, work, f"PAR_{k}", img_id, pseudo)
+                if args.crf:
+                    full = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)[0]
+                    scores = torch.cat([torch.full_like(full[:1], args.bkg_thre), full[present]])
+                    probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).cpu().numpy()
+                    refined = torch.from_numpy(dense_crf(rgb, probs.astype(np.float32)).astype(np.int64))
+                    classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
+                    crf_label = classes[refined].to(info.device)
+                    mats[f"CRF_{k}"].update(gt, crf_label)
+                    _maybe_save(args, work, f"CRF_{k}", img_id, crf_label)
+            if args.save_cams:
+                np.savez(os.path.join(work, "cams", img_id + ".npz"), classes=present.cpu().numpy() + 1, **saved)
+        for cms in sweep.values():
+            for cm in cms:
+                cm.reduce_from_all_processes()
+        for cm in mats.values():
+            cm.reduce_from_all_processes()
+        scores = {col: cms[at].compute() for col, cms in sweep.items()}
+        scores.update({col: cm.compute() for col, cm in mats.items()})
+        curves = {col: [cm.compute()["miou"] for cm in cms] for col, cms in sweep.items()}
+        best = {col: (thresholds[int(np.nanargmax(v))], float(np.nanmax(v))) for col, v in curves.items()}
+        present_rows = scores[sweep_cols[0]]["present"]
+        table = (f"{args.infer_set}: CAMs at {args.size}x{args.size}, scales {list(args.cam_scales)} + flip, "
+                 f"background threshold {args.bkg_thre}\n"
+                 + format_table({col: s["iou"] for col, s in scores.items()}, layout.display_names, present_rows))
+        lines = [f"{col}: mIoU {100 * scores[col]['miou']:.2f} at {args.bkg_thre}; best "
+                 f"{100 * m:.2f} at {t}" for col, (t, m) in best.items()]
+        text = table + "\n" + "\n".join(lines)
+        if info.is_main:
+            log.info("\n" + text)
+            write_results(work, scores, layout.display_names, text, script=f"eval_cam_{dataset}",
+                          split=args.infer_set, num_images=len(data), input_size=args.size,
+                          cam_scales=list(args.cam_scales), bkg_thre=args.bkg_thre,
+                          threshold_sweep={col: {"thresholds": thresholds, "miou": v} for col, v in curves.items()},
+                          best_threshold={col: {"threshold": t, "miou": m} for col, (t, m) in best.items()},
+                          checkpoint=os.path.abspath(args.model_path),
+                          checkpoint_step=step)
+            log.info(f"{len(data)} images; results in {work}")
+        barrier()
+        return {"scores": scores, "best": best, "curves": curves}
+    finally:
+        cleanup()
+
+
+def _maybe_save(args, work: str, column: str, img_id: str, label: torch.Tensor) -> None:
+    if args.save_labels:
+        label_image(label.byte().cpu().numpy(), palette=True).save(
+            os.path.join(work, "labels", column, img_id + ".png"))
