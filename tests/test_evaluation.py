@@ -200,3 +200,74 @@ def test_crf_rerun_from_the_saved_file_equals_the_evaluation(voc_copy, checkpoin
                  str(tmp_path / "again"), str(tmp_path / "again_color")))
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / "again" / f"{img_id}.png")),
                                       np.array(Image.open(wd / "crf" / f"{img_id}.png")))
+
+
+def _table_mious(text, columns):
+    """The mIoU row of the first printed table with these columns, as {column: value}."""
+    lines = text.splitlines()
+    head = [i for i, l in enumerate(lines) if l.split()[:1] == ["Class"] and l.split()[1:] == list(columns)][0]
+    row = [l for l in lines[head:] if l.startswith("mIoU")][0].split()[1:]
+    return dict(zip(columns, (float(v) for v in row)))
+
+
+def test_best_on_gt_picks_the_student_with_the_higher_miou_and_says_so(voc_copy, checkpoints, tmp_path, capsys):
+    base = ["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"), "--scales", "1.0", *TINY]
+    scores = eval_seg_voc.run(base + ["--work_dir", str(tmp_path / "plain"), "--no-crf", "--branch", "1"])
+    expected = "1" if scores["Seg_1"]["miou"] >= scores["Seg_2"]["miou"] else "2"
+    capsys.readouterr()
+    res = eval_seg_voc.run(base + ["--work_dir", str(tmp_path / "best"), "--crf_workers", "1",
+                                   "--branch", "best_on_gt"])
+    out = capsys.readouterr().out
+    assert f"student {expected} chosen by its mIoU on the val ground truth" in out
+    assert f"CRF_{expected}" in res
+    # its predictions are that student's, as a run with --branch <that student> writes them
+    eval_seg_voc.run(base + ["--work_dir", str(tmp_path / "fixed"), "--no-crf", "--branch", expected])
+    assert _pngs(tmp_path / "best" / "prediction").keys() == _pngs(tmp_path / "fixed" / "prediction").keys()
+    for (_, a), (_, b) in zip(_pngs(tmp_path / "best" / "prediction").items(),
+                              _pngs(tmp_path / "fixed" / "prediction").items()):
+        assert np.array_equal(a, b)
+    import json
+    saved = json.loads((tmp_path / "best" / "results.json").read_text())
+    assert saved["branch_rule"] == "best_on_gt" and saved["branch"] == expected
+
+
+def test_best_on_gt_is_refused_on_a_split_without_ground_truth(voc_copy, checkpoints, one_line_error):
+    msg = one_line_error(eval_seg_voc.run, ["--data_folder", str(voc_copy), "--model_path",
+                                            str(checkpoints / "voc.pth"), "--infer_set", "test",
+                                            "--branch", "best_on_gt", *TINY])
+    assert "best_on_gt" in msg and "test" in msg
+
+
+def test_best_on_gt_choice_uses_all_ranks(voc_copy, checkpoints, tmp_path):
+    args = ["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"), "--scales", "1.0",
+            "--no-crf", "--branch", "best_on_gt", *TINY]
+    single = eval_seg_voc.run(args + ["--work_dir", str(tmp_path / "one")])
+    expected = "1" if single["Seg_1"]["miou"] >= single["Seg_2"]["miou"] else "2"
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port", str(29700 + os.getpid() % 90), "eval_seg_voc.py",
+                          *args, "--work_dir", str(tmp_path / "two")],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"student {expected} chosen" in res.stdout
+    assert _pngs(tmp_path / "one" / "prediction").keys() == _pngs(tmp_path / "two" / "prediction").keys()
+
+
+def test_results_json_holds_the_printed_scores(voc_copy, checkpoints, tmp_path, capsys):
+    import json
+    wd = tmp_path / "res"
+    capsys.readouterr()
+    eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
+                      "--work_dir", str(wd), "--crf_workers", "1", "--scales", "1.0 0.5", *TINY])
+    printed = capsys.readouterr().out
+    saved = json.loads((wd / "results.json").read_text())
+    assert saved["split"] == "val" and saved["scales"] == [1.0, 0.5] and saved["branch"] == "ensemble"
+    assert saved["checkpoint_step"] == 1 and saved["checkpoint"].endswith("voc.pth") and saved["crf"] is True
+    table = _table_mious(printed, ["Seg_1", "Seg_2", "Ensemble"])
+    for column, value in table.items():
+        assert round(100 * saved["scores"][column]["miou"], 3) == pytest.approx(value, abs=1e-9)
+    assert saved["scores"]["CRF_ensemble"]["miou"] is not None
+    text = (wd / "results.txt").read_text()
+    assert _table_mious(text, ["Seg_1", "Seg_2", "Ensemble"]) == table
+    iou = saved["scores"]["Seg_1"]["iou"]
+    assert set(iou) >= {"bg", "aeroplane", "person"} and iou["bicycle"] is None   # no bicycle GT

@@ -9,8 +9,11 @@
    ``prediction_color/``).
 3. Dense CRF (``--crf``) refines the float32 probabilities of each image in ``--crf_workers``
    processes while the next images are inferred, and writes ``crf/`` and ``crf_color/`` PNGs.
+   With ``--branch best_on_gt`` (the paper's protocol) the student is chosen after inference on
+   the confusion matrices of all ranks, and its predictions and CRF are made from the saved logits.
 4. Confusion matrices are summed over ranks (never lists of predictions), so the printed scores
-   equal a one-process run's. On a split without masks (VOC test) only predictions are written.
+   equal a one-process run's. On a split without masks (VOC test) only predictions are written;
+   otherwise the scores go to ``results.json`` and the tables to ``results.txt``.
 """
 import argparse
 import logging
@@ -31,22 +34,28 @@ from .crf import CRFStream, dense_crf, probs_from_logits
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
-                        load_model, merge_voc, save_logits, select_branch, to_size,
-                        voc_raw_logits)
+                        load_model, merge_voc, resolve_model_flags, save_logits, select_branch,
+                        to_size, voc_raw_logits)
+from .cli import ArgumentParser, add_launcher_flags, add_numbers
 from .metric import ConfusionMatrix, format_table
+from .results import write_results
 from .validation import shard
 from .visualize import label_image
 
 COLUMNS = ("Seg_1", "Seg_2", "Ensemble")
+BEST_ON_GT = "best_on_gt"
 
 
-def _floats(text: str):
-    return tuple(float(v) for v in text.replace(",", " ").split())
+def best_student_on_gt(scores: Dict[str, dict]) -> str:
+    """The paper's rule: the student (``"1"`` or ``"2"``) whose ``Seg`` mIoU on the evaluated
+    split's ground truth is higher (student 1 on a tie). ``scores`` must come from confusion
+    matrices reduced over all ranks."""
+    return "1" if scores["Seg_1"]["miou"] >= scores["Seg_2"]["miou"] else "2"
 
 
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     voc = dataset == "voc"
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     B = argparse.BooleanOptionalAction
@@ -60,24 +69,49 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
         p.add_argument("--infer_set", default="val_part", help="val_part (5,000 images) or val")
     p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
     p.add_argument("--model_path", required=False, help="checkpoint (this project's or the original's)")
-    p.add_argument("--backbone", default="deit_base_patch16_224" if voc else "vit_base_patch16_224",
-                   help="backbone the checkpoint was trained with (DeiT-B and ViT-B share a layout)")
-    p.add_argument("--num_classes", type=int, default=21 if voc else 81)
-    p.add_argument("--aux_layer", type=int, default=-3 if voc else 9)
-    p.add_argument("--scales", type=_floats, default=VOC_EVAL_SCALES if voc else COCO_EVAL_SCALES,
-                   help="inference scales (with flips)")
-    p.add_argument("--branch", default="ensemble", choices=BRANCHES,
-                   help="prediction saved and refined by CRF: student 1, student 2, or the mean of "
-                   "both students' softmax (a fixed rule, never chosen by ground truth)")
+    add_model_flags(p, dataset)
+    add_numbers(p, "--scales", default=VOC_EVAL_SCALES if voc else COCO_EVAL_SCALES,
+                help="inference scales (with flips)")
+    p.add_argument("--branch", default="ensemble", choices=BRANCHES + (BEST_ON_GT,),
+                   help="prediction saved and refined by CRF: student 1, student 2, the mean of "
+                   "both students' softmax (a fixed rule), or best_on_gt: the paper's protocol, the "
+                   "student with the higher mIoU on this split's ground truth (needs masks; the "
+                   "choice looks at the labels it is scored on)")
     p.add_argument("--crf", action=B, default=True, help="dense CRF post-processing")
     p.add_argument("--no_crf", dest="crf", action="store_false", help="alias of --no-crf")
     p.add_argument("--crf_workers", type=int, default=None,
-                   help="CRF worker processes per rank (default: all cores, shared by the ranks of a machine)")
+                   help="CRF worker processes per rank (default: the cores this process may use, "
+                   "shared by the ranks of a machine)")
     p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/eval_<infer_set>)")
     p.add_argument("--amp", action=B, default=False, help="bf16 autocast for inference on GPU")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
+    add_launcher_flags(p)
     return p
+
+
+DEFAULT_MODEL = {"voc": {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3},
+                 "coco": {"backbone": "deit_base_patch16_224", "num_classes": 81, "aux_layer": 9}}
+
+
+def add_model_flags(p, dataset: str) -> None:
+    """``--backbone``, ``--num_classes``, ``--aux_layer``: taken from the checkpoint when left out."""
+    d = DEFAULT_MODEL[dataset]
+    p.add_argument("--backbone", default=None,
+                   help=f"backbone the checkpoint was trained with (default: the checkpoint's, else "
+                   f"{d['backbone']}; DeiT-B and ViT-B share a layout)")
+    p.add_argument("--num_classes", type=int, default=None,
+                   help=f"classes incl. background (default: the checkpoint's, else {d['num_classes']})")
+    p.add_argument("--aux_layer", type=int, default=None,
+                   help=f"block of the aux classifier (default: the checkpoint's, else {d['aux_layer']})")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (which SLURM and taskset set), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
@@ -112,9 +146,10 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         raise UserError(f"--model_path {args.model_path} does not exist")
     if args.crf_workers is None:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        args.crf_workers = max(1, (os.cpu_count() or 1) // local_ranks)
+        args.crf_workers = max(1, usable_cores() // local_ranks)
     if args.crf_workers < 1:
         raise UserError("--crf_workers must be >= 1")
+    ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     info = init_distributed(cpu=args.cpu)
     log = logging.getLogger("dupl.eval")
     log.handlers.clear()
@@ -131,6 +166,10 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         barrier()
         lists = ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
         with_masks = not (dataset == "voc" and args.infer_set == "test")
+        deferred = args.branch == BEST_ON_GT
+        if deferred and not with_masks:
+            raise UserError(f"--branch {BEST_ON_GT} chooses the student on ground truth, which the "
+                            f"{args.infer_set} split does not have; use --branch 1, 2 or ensemble")
         data = EvalDataset(layout, lists, args.infer_set, with_masks=with_masks, with_labels=False)
         work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
                                              f"eval_{args.infer_set}")
@@ -146,7 +185,19 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         # CRF workers start before the model takes the GPU; they refine each image's float32
         # probabilities while the next images are inferred
         stream = CRFStream(crf_job, args.crf_workers) if args.crf else None
-        net = load_model(args.model_path, args.backbone, args.num_classes, args.aux_layer, info.device)
+        net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
+                         source=args.model_path)
+        step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        del ckpt
+
+        def save_prediction(dirs, img_id: str, pred: np.ndarray) -> None:
+            save_png(os.path.join(dirs["prediction"], img_id + ".png"), pred)
+            save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), pred, palette=True)
+
+        def crf_args(img_id: str, probs):
+            mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
+            return (img_id, layout.image_path(args.infer_set, img_id), probs, mask_path, c,
+                    dirs["crf"], dirs["crf_color"])
         c = args.num_classes
         mats = {k: ConfusionMatrix(c, info.device) for k in COLUMNS}
         part = shard(data, info.rank, info.world_size)
@@ -164,7 +215,6 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                 else:
                     raw = coco_msc_logits(net, x, scales=args.scales)
             logits = merge_voc(raw, size) if dataset == "voc" else [l.float() for l in raw]
-            chosen = select_branch(logits, args.branch)
             full = [to_size(l, size) for l in logits]
             preds = [full[0].argmax(1)[0], full[1].argmax(1)[0],
                      ((full[0].softmax(1) + full[1].softmax(1)) / 2).argmax(1)[0]]
@@ -172,24 +222,39 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                 gt = mask.to(info.device)
                 for k, pred in zip(COLUMNS, preds):
                     mats[k].update(gt, pred)
-            chosen_pred = {"1": preds[0], "2": preds[1], "ensemble": preds[2]}[args.branch]
-            chosen_pred = chosen_pred.byte().cpu().numpy()
-            save_png(os.path.join(dirs["prediction"], img_id + ".png"), chosen_pred)
-            save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), chosen_pred, palette=True)
             save_logits(os.path.join(dirs["logits"], img_id + ".npz"), dataset, raw, size, args.scales)
+            if deferred:
+                continue   # the student is chosen once all ranks have scored both
+            chosen_pred = {"1": preds[0], "2": preds[1], "ensemble": preds[2]}[args.branch]
+            save_prediction(dirs, img_id, chosen_pred.byte().cpu().numpy())
             if stream is not None:
+                chosen = select_branch(logits, args.branch)
                 probs = to_size(chosen, size).softmax(1)[0].cpu().numpy().astype(np.float32)
-                mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
-                stream.submit((img_id, layout.image_path(args.infer_set, img_id), probs, mask_path,
-                               c, dirs["crf"], dirs["crf_color"]))
+                stream.submit(crf_args(img_id, probs))
         for m in mats.values():
             m.reduce_from_all_processes()
         results: Dict[str, dict] = {}
+        tables = []
         if with_masks:
             results = {k: m.compute() for k, m in mats.items()}
-            log.info(f"{args.infer_set}: multi-scale {list(args.scales)} + flip, no CRF\n"
-                     + format_table({k: v["iou"] for k, v in results.items()}, layout.display_names,
-                                    results["Seg_1"]["present"]))
+            tables.append(f"{args.infer_set}: multi-scale {list(args.scales)} + flip, no CRF\n"
+                          + format_table({k: v["iou"] for k, v in results.items()}, layout.display_names,
+                                         results["Seg_1"]["present"]))
+            log.info(tables[-1])
+        branch = args.branch
+        if deferred:
+            branch = best_student_on_gt(results)
+            log.info(f"--branch {BEST_ON_GT}: student {branch} chosen by its mIoU on the "
+                     f"{args.infer_set} ground truth (Seg_1 {100 * results['Seg_1']['miou']:.2f}, "
+                     f"Seg_2 {100 * results['Seg_2']['miou']:.2f}, all ranks); this choice looks at "
+                     "the labels it is scored on, as the paper's evaluation does")
+            for idx in part.indices:
+                img_id = data.ids[idx]
+                path = os.path.join(dirs["logits"], img_id + ".npz")
+                logits = load_logits(path, branch)
+                save_prediction(dirs, img_id, logits.argmax(0).astype(np.uint8))
+                if stream is not None:
+                    stream.submit(crf_args(img_id, (path, branch)))
         if stream is not None:
             counts = stream.close()
             if with_masks:
@@ -200,13 +265,22 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                 total = total.reshape(c, c)
                 crf_mat.mat[:, :c] += torch.from_numpy(total).to(info.device)
                 crf_mat.reduce_from_all_processes()
-                results[f"CRF_{args.branch}"] = crf_mat.compute()
-                log.info(f"{args.infer_set}: branch {args.branch} + dense CRF\n"
-                         + format_table({f"CRF_{args.branch}": results[f"CRF_{args.branch}"]["iou"]},
-                                        layout.display_names, results[f"CRF_{args.branch}"]["present"]))
+                key = f"CRF_{branch}"
+                results[key] = crf_mat.compute()
+                tables.append(f"{args.infer_set}: branch {branch} + dense CRF\n"
+                              + format_table({key: results[key]["iou"]}, layout.display_names,
+                                             results[key]["present"]))
+                log.info(tables[-1])
         barrier()
         if info.is_main:
             summary = ", ".join(f"{k} {100 * v['miou']:.2f}" for k, v in results.items())
+            if results:
+                write_results(work, results, layout.display_names, "\n\n".join(tables),
+                              script=f"eval_seg_{dataset}", split=args.infer_set,
+                              num_images=len(data), scales=list(args.scales), branch=branch,
+                              branch_rule=args.branch, crf=bool(args.crf),
+                              checkpoint=os.path.abspath(args.model_path),
+                              checkpoint_step=step)
             log.info(f"{len(data)} images; predictions in {work}" + (f"; mIoU: {summary}" if summary else ""))
         return results
     finally:
