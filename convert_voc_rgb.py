@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from datasets.classes import VOC_CLASSES, voc_server_palette
 from datasets.layout import voc_layout
 from datasets.prepare import read_list
+from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
 
 SERVER_SUBDIR = ("results", "VOC2012", "Segmentation", "comp6_test_cls")
@@ -28,7 +29,7 @@ VOC_TEST_SIZE = 1456
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="folder of <id>.png single-channel class-index predictions "
                    "(values 0..20) of the test split")

@@ -24,6 +24,7 @@ from datasets.layout import coco_layout, voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
+from utils.cli import ArgumentParser
 from utils.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
 from utils.inference import load_model
@@ -33,7 +34,7 @@ from utils.validation import result_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_data", help="folder of the synthetic dataset")
     p.add_argument("--crop_size", type=int, default=128, help="training crop of the demo")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")

@@ -28,9 +28,11 @@ from PIL import Image
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import read_image
 from datasets.transforms import normalize
+from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
-from utils.inference import (BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size,
-                             voc_msc_logits)
+from utils.evaluation import DEFAULT_MODEL, add_model_flags
+from utils.inference import (BRANCHES, VOC_EVAL_SCALES, load_model, resolve_model_flags, select_branch,
+                             to_size, voc_msc_logits)
 from utils.visualize import blend, label_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -113,25 +115,22 @@ def read_input_image(path: str) -> np.ndarray:
     try:
         return read_image(path)
     except UserError:
-        raise UserError(f"cannot read image {path}: the file is corrupt or not an image; remove "
-                        "it from --input") from None
+        raise UserError(f"cannot read image {path}: the file is corrupt or not an image") from None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Segment JPEG/PNG images with a DuPL checkpoint.")
+    p = ArgumentParser(description="Segment JPEG/PNG images with a DuPL checkpoint.")
     p.add_argument("--model_path", required=True, help="checkpoint (this project's or the original's)")
     p.add_argument("--input", nargs="+", required=True,
                    help="image files and/or folders of images (not searched recursively)")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", "--work_dir", dest="out", required=True, help="output folder (created)")
     p.add_argument("--branch", default="ensemble", choices=BRANCHES,
                    help="student 1, student 2 or the mean of both students' softmax")
-    p.add_argument("--scales", type=float, nargs="+", default=list(VOC_EVAL_SCALES),
-                   help="inference scales, merged by max (each with its flip)")
-    p.add_argument("--backbone", default="deit_base_patch16_224")
-    p.add_argument("--num_classes", type=int, default=21, help="21 for VOC, 81 for COCO")
-    p.add_argument("--aux_layer", type=int, default=-3)
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU exists")
-    p.add_argument("--amp", action="store_true",
+    add_numbers(p, "--scales", default=VOC_EVAL_SCALES, help="inference scales, merged by max (each with its flip)")
+    add_model_flags(p, "voc")
+    p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="run on the CPU even when a GPU exists")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bfloat16 autocast, as in training and evaluation")
     return p
 
@@ -139,22 +138,29 @@ def get_args_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    if any(s <= 0 for s in args.scales):
-        raise UserError(f"--scales {args.scales}: every scale must be positive")
+    check_scales("--scales", args.scales)
     images, skipped = collect_inputs(args.input)
     for f in skipped:
         print(f"note: skipping {f} (not a .jpg/.jpeg/.png image)")
     if not images:
         raise UserError(f"--input {' '.join(args.input)} holds no .jpg/.jpeg/.png image")
     device = pick_device(args.cpu)
-    net = load_model(args.model_path, args.backbone, args.num_classes, args.aux_layer, device)
+    ckpt = resolve_model_flags(args, DEFAULT_MODEL["voc"])
+    net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
+    del ckpt
     names = class_names(args.num_classes)
     os.makedirs(args.out, exist_ok=True)
 
     start = time.time()
     found = np.zeros(args.num_classes, dtype=np.int64)
+    corrupt = []
     for path, name in zip(images, output_names(images)):
-        rgb = read_input_image(path)
+        try:
+            rgb = read_input_image(path)
+        except UserError as exc:
+            print(f"warning: skipping {path}: {exc}", file=sys.stderr, flush=True)
+            corrupt.append(path)
+            continue
         logits = segment_logits(net, rgb, device, args.branch, args.scales, args.amp)
         pred = logits[0].argmax(0).byte().cpu().numpy()
         color = label_image(pred, palette=True)
@@ -171,7 +177,8 @@ def main(argv=None) -> None:
                        if found[c] > 0) or "none"
     print(f"segmented {len(images)} image(s) in {elapsed:.1f} s on {device.type} "
           f"(branch {args.branch}, scales {' '.join(str(s) for s in args.scales)}) into "
-          f"{args.out}; skipped {len(skipped)} non-image file(s); images per class: {common}")
+          f"{args.out}; skipped {len(skipped)} non-image file(s) and {len(corrupt)} unreadable "
+          f"image(s); images per class: {common}")
 
 
 if __name__ == "__main__":

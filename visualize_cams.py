@@ -35,13 +35,15 @@ from datasets.prepare import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
 from datasets.transforms import denormalize, normalize
-from infer import class_names, output_names, pick_device, segment_logits
+from infer import class_names, collect_inputs, output_names, pick_device, segment_logits
 from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
+from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
+from utils.evaluation import DEFAULT_MODEL
 from utils.inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
-                             select_branch)
+                             resolve_model_flags, select_branch)
 from utils.visualize import caption, cam_overlay, colorize_label, tile_grid, to_uint8
 
 LOW_THRE = 0.25
@@ -96,16 +98,21 @@ def split_items(args) -> Tuple[str, Iterator[Item], int]:
 
 def file_items(args) -> Tuple[str, Iterator[Item], int]:
     for path in args.images:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise UserError(f"--images: {path} does not exist")
+    images, skipped = collect_inputs(args.images)
+    for f in skipped:
+        print(f"note: skipping {f} (not a .jpg/.jpeg/.png image)")
+    if not images:
+        raise UserError(f"--images {' '.join(args.images)} holds no .jpg/.jpeg/.png image")
     label = parse_labels(args.labels, args.num_classes) if args.labels else None
     dataset = "coco" if args.num_classes == len(COCO_CLASSES) else "voc"
 
     def items() -> Iterator[Item]:
-        for path, name in zip(args.images, output_names(args.images)):
+        for path, name in zip(images, output_names(images)):
             yield name, read_image(path), None, label
 
-    return dataset, items(), len(args.images)
+    return dataset, items(), len(images)
 
 
 @torch.no_grad()
@@ -171,10 +178,10 @@ def draw(net, par, item: Item, dataset: str, args, device,
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Draw CAMs, PAR pseudo labels and predictions of a "
+    p = ArgumentParser(description="Draw CAMs, PAR pseudo labels and predictions of a "
                                             "DuPL checkpoint.")
     p.add_argument("--model_path", required=True, help="checkpoint (this project's or the original's)")
-    p.add_argument("--out", required=True, help="output folder for the PNG grids (created)")
+    p.add_argument("--out", "--work_dir", dest="out", required=True, help="output folder for the PNG grids (created)")
     src = p.add_argument_group("images: a dataset split, or --images")
     src.add_argument("--dataset", default="voc", choices=("voc", "coco"))
     src.add_argument("--data_folder", help="VOC: the VOC2012 folder")
@@ -184,27 +191,34 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="split lists (default: <dataset folder>_lists, derived when missing)")
     src.add_argument("--split", default="val")
     src.add_argument("--num_images", type=int, default=20, help="first N images of the split (0: all)")
-    src.add_argument("--images", nargs="+", help="image files instead of a dataset split")
+    src.add_argument("--images", nargs="+", help="image files and/or folders of images (not searched "
+                     "recursively) instead of a dataset split")
     src.add_argument("--labels", help='with --images: present classes, e.g. "dog,person" '
                                       "(default: the classifiers' prediction)")
     p.add_argument("--size", type=int, default=448, help="side of the square CAM input")
     p.add_argument("--bkg_thre", type=float, default=None,
                    help="high threshold of the PAR pseudo labels (default 0.5 VOC, 0.45 COCO)")
     p.add_argument("--branch", default="ensemble", choices=BRANCHES, help="which prediction to draw")
-    p.add_argument("--single_scale", action="store_true", help="predict at scale 1.0 only (with flip)")
-    p.add_argument("--backbone", default="deit_base_patch16_224")
+    p.add_argument("--single_scale", action=argparse.BooleanOptionalAction, default=False,
+                   help="predict at scale 1.0 only (with flip)")
+    p.add_argument("--backbone", default=None,
+                   help="backbone the checkpoint was trained with (default: the checkpoint's)")
     p.add_argument("--num_classes", type=int, default=None,
-                   help="21 for VOC, 81 for COCO (default: 81 with --dataset coco, else 21)")
-    p.add_argument("--aux_layer", type=int, default=-3)
-    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU exists")
+                   help="classes incl. background (default: the checkpoint's, else 81 with --dataset "
+                   "coco and 21 otherwise)")
+    p.add_argument("--aux_layer", type=int, default=None,
+                   help="block of the aux classifier (default: the checkpoint's)")
+    p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="run on the CPU even when a GPU exists")
     return p
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    if args.num_classes is None:
-        args.num_classes = len(COCO_CLASSES) if args.dataset == "coco" else len(VOC_CLASSES)
+    if not os.path.isfile(args.model_path):
+        raise UserError(f"--model_path {args.model_path} does not exist")
+    ckpt = resolve_model_flags(args, DEFAULT_MODEL[args.dataset])
     if args.size < 32:
         raise UserError(f"--size {args.size} is too small; use at least 32 (448 in training)")
     if args.images:
@@ -219,7 +233,8 @@ def main(argv=None) -> None:
     if args.bkg_thre is None:
         args.bkg_thre = DEFAULT_BKG[dataset]
     device = pick_device(args.cpu)
-    net = load_model(args.model_path, args.backbone, args.num_classes, args.aux_layer, device)
+    net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
+    del ckpt
     names = class_names(args.num_classes)
     par = PAR().to(device)
     os.makedirs(args.out, exist_ok=True)

@@ -1,10 +1,10 @@
-"""Derive split lists and image-level labels from the dataset itself (SPEC §1.2, §1.3).
+"""Derive split lists and image-level labels from the dataset itself.
 
     python -m datasets.prepare --dataset voc --data_folder VOC2012 [--list_folder DIR]
     python -m datasets.prepare --dataset coco --img_folder COCO --label_folder COCO/SegmentationClass
 
-Writes to ``--list_folder`` (default: ``<data folder>_lists`` next to the data) one
-``<split>.txt`` per split (sorted ids, one per line) and ``cls_labels_onehot.npy``: a pickled
+Writes to ``--list_folder`` (default: ``<data folder>_lists`` next to the data), where a file of
+that name is not there yet (``--overwrite`` replaces them), one ``<split>.txt`` per split (sorted ids, one per line) and ``cls_labels_onehot.npy``: a pickled
 dict id -> float32 vector of the K foreground classes, the format the original code ships, so
 its files can be used instead.
 
@@ -134,10 +134,38 @@ def _make_list_folder(list_folder: str) -> None:
                         "writable folder") from None
 
 
-# ---------------------------------------------------------------- VOC
-def prepare_voc(layout: DatasetLayout, list_folder: str, workers: int = 2, log=print) -> dict:
-    """Write VOC split lists and labels; returns a summary dict (counts per split, label stats)."""
+def _write_derived(list_folder: str, splits: Dict[str, List[str]], labels: Dict[str, np.ndarray],
+                   requested: Sequence[str], overwrite: bool, log, source: str) -> None:
+    """Write the derived lists and labels that ``list_folder`` does not hold yet (every one with
+    ``overwrite``); a file already there is the user's and stays byte for byte. A requested split
+    that is neither in the folder nor derivable is refused before anything is written."""
+    unknown = [s for s in requested if s not in splits
+               and not os.path.isfile(os.path.join(list_folder, s + ".txt"))]
+    if unknown:
+        raise UserError(f"split '{unknown[0]}' does not exist: {source} has the splits "
+                        f"{', '.join(sorted(splits))} (or put {unknown[0]}.txt in {list_folder})")
+    targets = {os.path.join(list_folder, name + ".txt"): ids for name, ids in splits.items()}
+    labels_path = os.path.join(list_folder, LABELS_FILE)
+    todo = {p: ids for p, ids in targets.items() if overwrite or not os.path.exists(p)}
+    write_labels = overwrite or not os.path.exists(labels_path)
+    if not todo and not write_labels:
+        return
     _make_list_folder(list_folder)
+    for path, ids in todo.items():
+        write_list(path, ids)
+    if write_labels:
+        save_labels(labels_path, labels)
+    kept = [os.path.basename(p) for p in targets if p not in todo] + ([] if write_labels else [LABELS_FILE])
+    log(f"wrote {', '.join(sorted(os.path.basename(p) for p in todo) + ([LABELS_FILE] if write_labels else []))} "
+        f"to {list_folder}" + (f"; kept the existing {', '.join(sorted(kept))}" if kept else ""))
+
+
+# ---------------------------------------------------------------- VOC
+def prepare_voc(layout: DatasetLayout, list_folder: str, workers: int = 2, log=print,
+                requested: Sequence[str] = (), overwrite: bool = False) -> dict:
+    """Derive VOC split lists and labels and write the ones ``list_folder`` lacks (all of them
+    with ``overwrite``); a ``requested`` split that is neither there nor derivable is refused
+    before anything is written. Returns a summary dict (counts per split, label stats)."""
     root = layout.image_root
     sets = os.path.join(root, "ImageSets", "Segmentation")
     val_path = os.path.join(sets, "val.txt")
@@ -185,9 +213,7 @@ def prepare_voc(layout: DatasetLayout, list_folder: str, workers: int = 2, log=p
 
     empty = [i for i in splits["train_aug"] if labels[i].sum() == 0]
     splits["train_aug"] = [i for i in splits["train_aug"] if labels[i].sum() > 0]
-    for name, ids in splits.items():
-        write_list(os.path.join(list_folder, name + ".txt"), ids)
-    save_labels(os.path.join(list_folder, LABELS_FILE), labels)
+    _write_derived(list_folder, splits, labels, requested, overwrite, log, f"--data_folder {root}")
 
     summary = {
         "splits": {k: len(v) for k, v in splits.items()},
@@ -196,8 +222,7 @@ def prepare_voc(layout: DatasetLayout, list_folder: str, workers: int = 2, log=p
         "xml_mask_disagreements": len(disagree),
         "dropped_without_foreground": len(empty),
     }
-    log(f"VOC lists written to {list_folder}: "
-        + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
+    log(f"VOC splits derived from {root}: " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()))
     log(f"labels: {summary['labels_from_xml']} from Annotations XML, "
         f"{summary['labels_from_masks']} from masks; XML and mask labels disagree on "
         f"{len(disagree)} of {len(both)} images" + (f" (e.g. {', '.join(disagree[:3])})" if disagree else ""))
@@ -207,9 +232,10 @@ def prepare_voc(layout: DatasetLayout, list_folder: str, workers: int = 2, log=p
 
 
 # ---------------------------------------------------------------- COCO
-def prepare_coco(layout: DatasetLayout, list_folder: str, workers: int = 2, log=print) -> dict:
-    """Write COCO train/val/val_part lists and mask-derived labels; returns a summary dict."""
-    _make_list_folder(list_folder)
+def prepare_coco(layout: DatasetLayout, list_folder: str, workers: int = 2, log=print,
+                 requested: Sequence[str] = (), overwrite: bool = False) -> dict:
+    """Derive COCO train/val/val_part lists and mask-derived labels and write the ones
+    ``list_folder`` lacks (as :func:`prepare_voc`); returns a summary dict."""
     splits, labels, dropped = {}, {}, {}
     for split, sub in (("train", "train2014"), ("val", "val2014")):
         ids = _stems(os.path.join(layout.mask_root, sub), ".png")
@@ -227,11 +253,10 @@ def prepare_coco(layout: DatasetLayout, list_folder: str, workers: int = 2, log=
         raise UserError(f"--label_folder {layout.mask_root} holds no masks in train2014/ or val2014/")
     if "val" in splits:
         splits["val_part"] = splits["val"][:COCO_VAL_PART]
-    for name, ids in splits.items():
-        write_list(os.path.join(list_folder, name + ".txt"), ids)
-    save_labels(os.path.join(list_folder, LABELS_FILE), labels)
+    _write_derived(list_folder, splits, labels, requested, overwrite, log,
+                   f"--label_folder {layout.mask_root}")
     summary = {"splits": {k: len(v) for k, v in splits.items()}, "dropped_without_foreground": dropped}
-    log(f"COCO lists written to {list_folder}: "
+    log(f"COCO splits derived from {layout.mask_root}: "
         + ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
         + "; dropped without objects: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
     return summary
@@ -246,15 +271,35 @@ def ensure_lists(layout: DatasetLayout, list_folder: Optional[str], splits: Sequ
     needed = [os.path.join(list_folder, s + ".txt") for s in splits]
     needed.append(os.path.join(list_folder, LABELS_FILE))
     if all(os.path.isfile(p) for p in needed):
+        _warn_if_labels_disagree(layout, list_folder, splits, log)
         return list_folder
     log(f"split lists missing in {list_folder}; deriving them from the dataset")
     prepare = prepare_voc if layout.name == "voc" else prepare_coco
-    prepare(layout, list_folder, workers=workers, log=log)
+    prepare(layout, list_folder, workers=workers, log=log, requested=splits)
     still = [p for p in needed if not os.path.isfile(p)]
     if still:
         raise UserError(f"split list {still[0]} cannot be derived from the dataset; check that "
                         "the split exists in the data or pass a --list_folder that holds it")
     return list_folder
+
+
+def _warn_if_labels_disagree(layout: DatasetLayout, list_folder: str, splits: Sequence[str], log,
+                             sample: int = 20) -> None:
+    """Compare the labels file with the masks on the first ``sample`` ids of each split that has
+    masks, and say so (one line naming the file) when they differ; the files are left as they are."""
+    labels = load_labels(list_folder)
+    for split in splits:
+        ids = read_list(os.path.join(list_folder, split + ".txt"))[:sample]
+        masks = [(i, layout.mask_path(split, i)) for i in ids if i in labels]
+        masks = [(i, m) for i, m in masks if m is not None]
+        differ = [i for i, m in masks
+                  if not np.array_equal(mask_labels(m, layout.num_classes),
+                                        np.asarray(labels[i], np.float32).reshape(-1))]
+        if differ:
+            log(f"warning: {os.path.join(list_folder, LABELS_FILE)} disagrees with the masks on "
+                f"{len(differ)} of the first {len(masks)} ids of {split} (e.g. {differ[0]}); labels "
+                "from Annotations XML may list objects a mask lacks, other differences mean the "
+                "list folder belongs to another copy of the data")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -268,6 +313,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--list_folder", help="where to write the lists (default: <data folder>_lists)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="processes reading masks")
+    p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
+                   help="replace lists and labels already in --list_folder (they are kept otherwise)")
     return p
 
 
@@ -276,10 +323,12 @@ def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     if args.dataset == "voc":
         layout = voc_layout(args.data_folder)
-        prepare_voc(layout, args.list_folder or layout.default_list_folder, args.workers)
+        prepare_voc(layout, args.list_folder or layout.default_list_folder, args.workers,
+                    overwrite=args.overwrite)
     else:
         layout = coco_layout(args.img_folder or args.data_folder, args.label_folder)
-        prepare_coco(layout, args.list_folder or layout.default_list_folder, args.workers)
+        prepare_coco(layout, args.list_folder or layout.default_list_folder, args.workers,
+                     overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,29 @@ def load_vit_weights(vit: VisionTransformer, path: str) -> None:
     vit.load_state_dict(state, strict=False)
 
 
+def _weights_cached(tag: str) -> bool:
+    """Whether timm's weights for ``tag`` are already in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return any(isinstance(try_to_load_from_cache(f"timm/{tag}", f), str)
+               for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def _check_hub_reachable(timeout_s: float = 5.0) -> None:
+    """Fail at once on an offline machine instead of after the hub client's retries (~1 min)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(f"{host} cannot be reached: {exc}") from None
+
+
 def create_vit(name: str, pretrained: bool = False,
                pretrained_path: Optional[str] = None) -> VisionTransformer:
     """A timm ViT with dropout and drop-path off and a frozen position embedding.
@@ -89,6 +112,8 @@ def create_vit(name: str, pretrained: bool = False,
         full = name if "." in name else (f"{base}.{PRETRAINED_TAGS[base]}" if base in PRETRAINED_TAGS
                                          else base)
         try:
+            if not _weights_cached(full):
+                _check_hub_reachable()
             loaded = timm.create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
         except Exception as exc:
             msg = (str(exc).splitlines() or [type(exc).__name__])[0][:100]

@@ -18,7 +18,7 @@ from utils.validation import validate
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "deit_tiny_patch16_224", "--no-pretrained", "--crop_size", "48",
         "--samples_per_gpu", "2", "--num_workers", "0", "--no-tensorboard", "--warmup_iters", "2",
-        "--lr", "1e-4", "--cam_scales", "1.0 0.5"]
+        "--lr", "1e-4", "--cam_scales", "1.0 0.5", "--cpu"]
 
 
 def _voc_args(voc_copy, work_dir, *extra):
@@ -203,6 +203,9 @@ def test_two_process_ddp_keeps_ranks_identical_and_validation_equals_one_process
         assert res.returncode == 0, res.stderr[-3000:]
         got = json.loads(out.read_text())
         assert got["identical"]
+        # phase A (step 0): the decoders take no part in the loss and stay as initialised,
+        # without optimiser state; phase C (step 5): they are trained
+        assert got["decoders_untouched"] == (step == 0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
     net.load_state_dict(torch.load(str(out) + ".pth"))
     from datasets.layout import voc_layout
@@ -213,3 +216,28 @@ def test_two_process_ddp_keeps_ranks_identical_and_validation_equals_one_process
     for k, v in single["scores"].items():
         assert got["miou"][k] == pytest.approx(v["miou"], abs=1e-12)
     assert got["f1"] == pytest.approx(single["f1"], abs=1e-12)
+
+
+def test_decoders_are_untouched_by_the_optimiser_until_the_segmentation_loss_starts(voc_copy, tmp_path):
+    def run(max_iters, name):
+        wd = tmp_path / name
+        train_final_voc.run(_voc_args(voc_copy, wd, "--max_iters", str(max_iters), "--cam_iters", "2",
+                                      "--gmm_iters", "3", "--log_iters", "1", "--eval_iters", str(max_iters)))
+        return read_checkpoint(str(wd / "checkpoint.pth"))
+
+    torch.manual_seed(0)
+    initial = DualStudentNet("deit_tiny_patch16_224", 21, pretrained=False).state_dict()
+    decoder_keys = [k for k in initial if ".decoder." in k]
+    # iterations 0, 1, 2 (= cam_iters): segmentation weight 0, the decoders take no part
+    ckpt = run(3, "until_cam_iters")
+    for k in decoder_keys:
+        assert torch.equal(ckpt["model"][k], initial[k]), k
+    decoder_ids = ckpt["optimizer"]["param_groups"][3]["params"]
+    assert decoder_ids and not set(decoder_ids) & set(ckpt["optimizer"]["state"])
+    # the other groups were stepped
+    assert set(ckpt["optimizer"]["param_groups"][2]["params"]) <= set(ckpt["optimizer"]["state"])
+    # one iteration later the segmentation loss trains them
+    ckpt = run(4, "after_cam_iters")
+    assert all(not torch.equal(ckpt["model"][k], initial[k]) for k in decoder_keys)
+    assert set(decoder_ids) <= set(ckpt["optimizer"]["state"])
+    assert all(int(ckpt["optimizer"]["state"][i]["step"]) == 1 for i in decoder_ids)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -27,13 +29,18 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(timeout_s: int = 5400, cpu: bool = False) -> DistInfo:
+def init_distributed(timeout_s: int = 5400, cpu: bool = False, require_gpu: bool = False) -> DistInfo:
     """Join the process group torchrun describes (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``), or run
-    as a single process. Each process uses GPU ``LOCAL_RANK`` when GPUs exist (unless ``cpu``)."""
+    as a single process. Each process uses GPU ``LOCAL_RANK`` when GPUs exist (unless ``cpu``).
+    ``require_gpu``: without ``cpu``, a machine where CUDA cannot be used is a one-line error
+    instead of a silent CPU run (training)."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() and not cpu
+    if require_gpu and not cpu and not use_cuda:
+        raise UserError("no usable CUDA device (torch.cuda.is_available() is False: no GPU, or a "
+                        "driver too old for this torch build); pass --cpu to run on the CPU on purpose")
     device = torch.device("cuda", local % torch.cuda.device_count()) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)

@@ -1,4 +1,4 @@
-"""Multi-scale segmentation inference of a trained DuPL network (SPEC §6.1, §6.2).
+"""Multi-scale segmentation inference of a trained DuPL network.
 
 VOC rule: at each scale the image is resized to ``floor(s H) x floor(s W)``, ``[x ; flip(x)]``
 goes through a student, both logits are upsampled to ``H x W`` and summed (the flipped one
@@ -9,26 +9,70 @@ upsampled to the mask size by the caller.
 Which student's prediction is used is a fixed choice (``branch`` 1, 2 or ``ensemble`` = mean of
 both students' softmax), never one made by looking at ground truth.
 """
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import load_network
+from model.checkpoint import load_network, network_state, read_checkpoint
 from model.network import DualStudentNet
+
+from .errors import UserError
 
 VOC_EVAL_SCALES = (1.0, 1.5, 1.25)
 COCO_EVAL_SCALES = (1.0, 1.25, 1.5)
 BRANCHES = ("1", "2", "ensemble")
 
 
-def load_model(model_path: str, backbone: str, num_classes: int, aux_layer: int,
-               device: torch.device) -> DualStudentNet:
-    """A :class:`DualStudentNet` with the weights of ``model_path`` (this project's or the
-    original's checkpoint), in eval mode on ``device``. No download."""
+def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux_layer: Optional[int],
+                   defaults: Dict[str, object], source: str) -> Tuple[str, int, int]:
+    """Backbone, class count and aux layer for the network of checkpoint object ``obj``.
+
+    A flag left unset (None) comes from the checkpoint: the training arguments this project
+    saves with it, or (an original checkpoint) the class count of its decoder; failing that,
+    ``defaults``. A flag that contradicts the checkpoint's training arguments is a one-line error."""
+    saved = obj.get("args") if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
+    state = network_state(obj)
+    depth = 1 + max((int(k.split(".")[3]) for k in state if k.startswith("branch1.encoder.blocks.")), default=11)
+    same = {"backbone": lambda a, b: a == b, "num_classes": lambda a, b: int(a) == int(b),
+            "aux_layer": lambda a, b: int(a) % depth == int(b) % depth}
+    given = {"backbone": backbone, "num_classes": num_classes, "aux_layer": aux_layer}
+    out = {}
+    for key, value in given.items():
+        theirs = saved.get(key)
+        if key == "num_classes" and theirs is None and "branch1.decoder.conv8.weight" in state:
+            theirs = int(state["branch1.decoder.conv8.weight"].shape[0])
+        if value is not None and theirs is not None and not same[key](value, theirs):
+            raise UserError(f"--{key} {value} contradicts {source}, trained with {key} {theirs}; "
+                            f"leave --{key} out to use the checkpoint's")
+        out[key] = value if value is not None else (theirs if theirs is not None else defaults[key])
+    return str(out["backbone"]), int(out["num_classes"]), int(out["aux_layer"])
+
+
+def resolve_model_flags(args, defaults: Dict[str, object]) -> dict:
+    """Read ``args.model_path`` once, fill ``args.backbone`` / ``num_classes`` / ``aux_layer``
+    that were left out (:func:`model_settings`) and return the checkpoint object."""
+    obj = read_checkpoint(args.model_path)
+    args.backbone, args.num_classes, args.aux_layer = model_settings(
+        obj, args.backbone, args.num_classes, args.aux_layer, defaults, args.model_path)
+    return obj
+
+
+def load_model(model, backbone: Optional[str], num_classes: Optional[int],
+               aux_layer: Optional[int], device: torch.device,
+               defaults: Optional[Dict[str, object]] = None, source: str = "checkpoint") -> DualStudentNet:
+    """A :class:`DualStudentNet` with the weights of ``model`` (a checkpoint path or an object read
+    from one; this project's or the original's), in eval mode on ``device``. No download. Settings
+    left as None come from the checkpoint (:func:`model_settings`), else from ``defaults`` (VOC's
+    by default)."""
+    if isinstance(model, str):
+        source, model = model, read_checkpoint(model)
+    defaults = defaults or {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3}
+    backbone, num_classes, aux_layer = model_settings(model, backbone, num_classes, aux_layer, defaults,
+                                                      source)
     net = DualStudentNet(backbone, num_classes, aux_layer, pretrained=False)
-    load_network(net, model_path)
+    load_network(net, model, source=source)
     return net.to(device).eval()
 
 

@@ -13,13 +13,17 @@ import logging
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from typing import Dict, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
@@ -29,12 +33,14 @@ from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
 from model.checkpoint import load_network, read_checkpoint
-from model.dupl import DuPLConfig, coco_config, dupl_step, voc_config
+from model.dupl import DuPLConfig, coco_config, dupl_step, release_idle_gradients, voc_config
 from model.network import DualStudentNet
 from model.par import PAR
 
 from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .cli import ArgumentParser, add_launcher_flags, add_numbers, check, check_range, check_scales
 from .errors import UserError
+from .results import write_results
 from .schedule import PolyWarmupAdamW
 from .validation import COLUMNS, result_table, validate
 from .visualize import log_training_images
@@ -42,6 +48,7 @@ from .visualize import log_training_images
 PAPER_GLOBAL_BATCH = {"voc": 4, "coco": 8}
 LOG_FORMAT = "%(asctime)s - %(filename)s - %(levelname)s: %(message)s"
 CHECKPOINT = "checkpoint.pth"
+BEST_CHECKPOINT = "best.pth"
 
 DEFAULTS = {
     "voc": dict(backbone="deit_base_patch16_224", aux_layer=-3, num_classes=21, train_set="train_aug",
@@ -55,14 +62,10 @@ DEFAULTS = {
 }
 
 
-def _floats(text: str):
-    return tuple(float(v) for v in text.replace(",", " ").split())
-
-
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     """The training flags; defaults reproduce the paper's run on ``dataset`` (voc or coco)."""
     d = DEFAULTS[dataset]
-    p = argparse.ArgumentParser(description=f"Train DuPL on {'PASCAL VOC 2012' if dataset == 'voc' else 'MS COCO 2014'}",
+    p = ArgumentParser(description=f"Train DuPL on {'PASCAL VOC 2012' if dataset == 'voc' else 'MS COCO 2014'}",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("data")
@@ -79,12 +82,12 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--val_set", default=d["val_set"], help="validation split")
     g.add_argument("--num_classes", type=int, default=d["num_classes"], help="classes incl. background")
     g.add_argument("--crop_size", type=int, default=448, help="training crop (pixels)")
-    g.add_argument("--scales", type=_floats, default=(0.5, 2.0), help="random rescale range")
+    add_numbers(g, "--scales", default=(0.5, 2.0), help="random rescale range: smallest and largest factor")
     g.add_argument("--num_workers", type=int, default=d["num_workers"], help="loader workers per GPU")
     g.add_argument("--pin_memory", action=B, default=d["pin_memory"], help="pin loader memory")
     if dataset == "coco":
         g.add_argument("--mirror_box_on_flip", action=B, default=False,
-                       help="mirror img_box with COCO's second flip (the original does not, SPEC §8 quirk 2)")
+                       help="mirror img_box with COCO's second flip (the original does not)")
 
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=d["backbone"], help="timm ViT/DeiT name")
@@ -109,7 +112,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("DuPL")
     g.add_argument("--cam_iters", type=int, default=d["cam_iters"], help="segmentation starts after")
     g.add_argument("--gmm_iters", type=int, default=d["gmm_iters"], help="GMM filter + consistency from")
-    g.add_argument("--cam_scales", type=_floats, default=(1.0, 0.5, 1.5), help="CAM scales")
+    add_numbers(g, "--cam_scales", default=(1.0, 0.5, 1.5), help="CAM scales (with flips)")
     g.add_argument("--high_thre", type=float, default=d["high_thre"], help="start of the high threshold")
     g.add_argument("--low_thre", type=float, default=0.25, help="low (background) threshold")
     g.add_argument("--bkg_thre", type=float, default=d["bkg_thre"], help="validation CAM threshold")
@@ -123,18 +126,21 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--aug_scale", type=float, default=0.75, help="scale of the strong view")
     g.add_argument("--ptc_box_in_pixels", action=B, default=True,
                    help="apply img_box in pixels to the token labels as the original does "
-                   "(SPEC §8 quirk 1); --no-ptc_box_in_pixels scales it to tokens")
+                   "(a quirk of the original); --no-ptc_box_in_pixels scales it to tokens")
 
     g = p.add_argument_group("run")
     g.add_argument("--work_dir", help="run folder (default: work_dirs/<dataset>/<time>)")
     g.add_argument("--log_iters", type=int, default=200, help="log every")
     g.add_argument("--eval_iters", type=int, default=d["eval_iters"], help="validate + checkpoint every")
-    g.add_argument("--resume", help="checkpoint to continue from")
+    g.add_argument("--resume", help="checkpoint to continue from, in its own run folder unless --work_dir "
+                   "is given; 'auto': the checkpoint in --work_dir if there is one, else a fresh run there")
     g.add_argument("--tensorboard", action=B, default=True, help="write tensorboard scalars and images")
-    g.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    g.add_argument("--deterministic", action="store_true",
-                   help="cuDNN deterministic kernels (the original's setting; slower). Default: "
+    g.add_argument("--cpu", action=B, default=False,
+                   help="run on the CPU; without it a run that finds no usable GPU stops")
+    g.add_argument("--deterministic", action=B, default=False,
+                   help="cuDNN deterministic kernels (the original's setting; slower) instead of "
                    "cuDNN benchmark mode")
+    add_launcher_flags(p)
     return p
 
 
@@ -173,8 +179,23 @@ def check_args(args, dataset: str) -> None:
         raise UserError("--num_workers must be >= 0")
     if args.pretrained_path and not os.path.isfile(args.pretrained_path):
         raise UserError(f"--pretrained_path {args.pretrained_path} does not exist")
-    if args.resume and not os.path.isfile(args.resume):
-        raise UserError(f"--resume {args.resume} does not exist")
+    if args.resume == "auto":
+        check(bool(args.work_dir), "--resume auto needs --work_dir: the run folder to resume in")
+    elif args.resume and not os.path.isfile(args.resume):
+        raise UserError(f"--resume {args.resume} does not exist (give a checkpoint file or 'auto')")
+    check_scales("--scales", args.scales, count=2, ordered=True)
+    check_scales("--cam_scales", args.cam_scales)
+    check(args.num_classes >= 2, f"--num_classes {args.num_classes}: need background and at least one class")
+    for name in ("lr", "power", "aug_scale"):
+        check(getattr(args, name) > 0, f"--{name} must be positive (got {getattr(args, name)})")
+    for name in ("warmup_iters", "wt_decay", "w_ptc", "w_seg", "w_dis", "w_reg", "gmm_valid_thre"):
+        check(getattr(args, name) >= 0, f"--{name} must be >= 0 (got {getattr(args, name)})")
+    check_range("--warmup_lr", args.warmup_lr, 0, 1, lo_open=True)
+    for name in ("high_thre", "low_thre", "bkg_thre", "gamma"):
+        check_range(f"--{name}", getattr(args, name), 0, 1, lo_open=True, hi_open=True)
+    check_range("--conf_thre", args.conf_thre, 0, 1)
+    check(args.low_thre <= args.high_thre,
+          f"--low_thre {args.low_thre} must not exceed --high_thre {args.high_thre}")
 
 
 def setup_logger(work_dir: Optional[str], is_main: bool) -> logging.Logger:
@@ -226,6 +247,48 @@ def save_checkpoint(path: str, payload: dict) -> None:
             os.remove(tmp)
 
 
+def checkpoint_payload(net, optimizer, step: int, args, cfg: DuPLConfig, best: float,
+                       miou: Optional[Dict[str, float]] = None) -> dict:
+    """Everything resume needs: weights, optimiser, step, RNG states, the run's arguments and
+    config, and the best validation score so far (mean Seg mIoU of the two students)."""
+    payload = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+               "rng": rng_state(), "args": vars(args), "config": asdict(cfg), "best_miou": best}
+    if miou is not None:
+        payload["miou"] = miou
+    return payload
+
+
+class PreemptionFlag:
+    """SIGTERM / SIGUSR1 (what SLURM sends before it kills a job) only set a flag; the loop checks it
+    after each iteration, on every rank together, so all ranks stop at the same iteration."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+    def __init__(self):
+        self.name = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.name = signal.Signals(signum).name
+
+    def requested(self, device: torch.device) -> bool:
+        flag = self.name is not None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+            self.name = self.name or "a signal to another rank"
+        return flag
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 def _fmt_time(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -273,6 +336,9 @@ class BatchStream:
             self.epoch += 1
             self._iter = None
             return next(self)
+        except UserError as exc:
+            # a loader worker re-raises the reader's error with its traceback: keep the message
+            raise UserError(str(exc).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
 def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
@@ -291,7 +357,7 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
                                 max_iters=args.max_iters, weight_decay=args.wt_decay,
                                 warmup_iters=args.warmup_iters, warmup_ratio=args.warmup_lr,
                                 power=args.power)
-    start, ckpt = 0, None
+    start, ckpt, best = 0, None, -1.0
     if args.resume:
         ckpt = read_checkpoint(args.resume)
         load_network(net, ckpt, source=args.resume)
@@ -300,7 +366,11 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
                             "and step); it can be evaluated but not resumed")
         optimizer.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["step"])
+        best = float(ckpt.get("best_miou", best))
         logger.info(f"Resumed from {args.resume} at iteration {start}")
+        if start >= args.max_iters:
+            logger.info(f"{args.resume} is already at --max_iters {args.max_iters}; nothing to train")
+            return {}
     seed_everything(args.seed + info.rank + 1000 * start)
     if ckpt is not None and info.is_main and "rng" in ckpt:
         set_rng_state(ckpt["rng"])
@@ -338,6 +408,7 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
         progress = tqdm(total=args.max_iters, initial=start, desc="train", mininterval=5,
                         dynamic_ncols=True, file=sys.stderr)
     net.train()
+    stop = PreemptionFlag()
     try:
         for n in range(start, args.max_iters):
             log_now = (n + 1) % args.log_iters == 0
@@ -359,10 +430,20 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
                 for k, v in out.stats.items():
                     stat_sums[k] = stat_sums.get(k, 0) + v.float()
                 count += 1
+            release_idle_gradients(net, cfg, n)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if progress is not None:
                 progress.update(1)
+            if stop.requested(device):
+                if info.is_main:
+                    save_checkpoint(os.path.join(args.work_dir, CHECKPOINT),
+                                    checkpoint_payload(net, optimizer, n + 1, args, cfg, best))
+                    logger.info(f"Stopped by {stop.name} after iteration {n + 1}; checkpoint written to "
+                                f"{os.path.join(args.work_dir, CHECKPOINT)}. Relaunch with --resume auto "
+                                f"--work_dir {args.work_dir} to continue")
+                barrier()
+                break
 
             eval_now = (n + 1) % args.eval_iters == 0 or n + 1 == args.max_iters
             if log_now or eval_now:
@@ -400,16 +481,28 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
                 if info.is_main:
                     for k in range(2):
                         logger.info(f"val cls score of branch #{k + 1}: {result['f1'][k]:.6f}")
-                    logger.info("\n" + result_table(result, layout.display_names))
+                    table = result_table(result, layout.display_names)
+                    logger.info("\n" + table)
+                    write_results(args.work_dir, result["scores"], layout.display_names, table,
+                                  script=f"train_final_{dataset}", split=args.val_set,
+                                  num_images=result["num_images"], step=n + 1,
+                                  f1={f"branch{k + 1}": result["f1"][k] for k in range(2)},
+                                  input_size=args.crop_size, cam_scales=list(cfg.cam_scales),
+                                  bkg_thre=cfg.bkg_thre)
                     if writer is not None:
                         for c in COLUMNS:
                             writer.add_scalar(f"val/{c}", result["scores"][c]["miou"], n + 1)
-                    save_checkpoint(os.path.join(args.work_dir, CHECKPOINT), {
-                        "model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": n + 1,
-                        "rng": rng_state(), "args": vars(args), "config": asdict(cfg),
-                        "miou": {c: result["scores"][c]["miou"] for c in COLUMNS}})
+                    score = (result["scores"]["Seg_1"]["miou"] + result["scores"]["Seg_2"]["miou"]) / 2
+                    is_best = score > best
+                    best = max(best, score)
+                    payload = checkpoint_payload(net, optimizer, n + 1, args, cfg, best,
+                                                 {c: result["scores"][c]["miou"] for c in COLUMNS})
+                    save_checkpoint(os.path.join(args.work_dir, CHECKPOINT), payload)
+                    if is_best:
+                        save_checkpoint(os.path.join(args.work_dir, BEST_CHECKPOINT), payload)
                 barrier()
     finally:
+        stop.restore()
         if progress is not None:
             progress.close()
         if writer is not None:
@@ -418,14 +511,27 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
     return last_result
 
 
+def resolve_resume(args) -> None:
+    """``--resume auto``: the run folder's checkpoint if there is one, else a fresh run there.
+    ``--resume PATH`` without ``--work_dir``: continue in the checkpoint's own run folder."""
+    if args.resume == "auto":
+        path = os.path.join(args.work_dir, CHECKPOINT)
+        args.resume = path if os.path.isfile(path) else None
+    elif args.resume and not args.work_dir:
+        args.work_dir = os.path.dirname(os.path.abspath(args.resume))
+
+
 def main(args, dataset: str) -> Dict[str, object]:
     check_args(args, dataset)
-    info = init_distributed(cpu=args.cpu)
+    resolve_resume(args)
+    info = init_distributed(cpu=args.cpu, require_gpu=True)
+    created = False
     try:
         if not args.work_dir:
             stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
             args.work_dir = os.path.join("work_dirs", dataset, stamp)
         if info.is_main:
+            created = not os.path.exists(args.work_dir)
             try:
                 os.makedirs(args.work_dir, exist_ok=True)
             except OSError:
@@ -439,5 +545,13 @@ def main(args, dataset: str) -> Dict[str, object]:
             with open(os.path.join(args.work_dir, "args.json"), "w") as f:
                 json.dump(vars(args), f, indent=1, default=str)
         return train(args, dataset, info, logger)
+    except BaseException:
+        # a launch that fails before its first checkpoint leaves no run folder behind
+        if created and not os.path.exists(os.path.join(args.work_dir, CHECKPOINT)):
+            for handler in logging.getLogger("dupl").handlers:
+                handler.close()
+            logging.getLogger("dupl").handlers.clear()
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+        raise
     finally:
         cleanup()
