@@ -172,6 +172,8 @@ def main(argv=None) -> None:
         found[present] += 1
         shown = ", ".join(names[c] for c in present) or "background only"
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}) -> {name}.png: {shown}", flush=True)
+    if len(corrupt) == len(images):
+        raise UserError(f"none of the images of --input could be read (e.g. {corrupt[0]})")
     elapsed = time.time() - start
     common = ", ".join(f"{names[c]} {found[c]}" for c in np.argsort(-found, kind="stable")
                        if found[c] > 0) or "none"

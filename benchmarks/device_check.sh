@@ -90,5 +90,6 @@ stamp "5. train_final_voc.py under torch.distributed.run, $NPROC process(es)"
 timed ddp $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" train_final_voc.py \
     --data_folder "$VOC" --work_dir "$TMP/ddp" --backbone "$DDP_BACKBONE" --no-pretrained \
     --crop_size 128 --samples_per_gpu 2 --max_iters 30 --cam_iters 10 --gmm_iters 20 \
-    --warmup_iters 5 --log_iters 10 --eval_iters 30 --num_workers 2
+    --warmup_iters 5 --log_iters 10 --eval_iters 30 --num_workers 2 \
+    $($PY -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
 stamp "done"

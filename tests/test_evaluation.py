@@ -102,7 +102,7 @@ def test_original_checkpoint_format_is_accepted(voc_copy, checkpoints, tmp_path)
 
 @pytest.mark.parametrize("ckpt,extra,message", [
     ("missing.pth", [], "--model_path .*missing.pth does not exist"),
-    ("coco.pth", [], "trained with 81 classes but this network has 21"),
+    ("coco.pth", [], "trained with 81 classes but voc has 21"),
     ("voc.pth", ["--backbone", "deit_small_patch16_224"], "holds a ViT-tiny/16"),
 ])
 def test_bad_checkpoints_give_one_line_errors(voc_copy, checkpoints, tmp_path, one_line_error, ckpt,

@@ -90,12 +90,16 @@ def test_empty_folder_is_one_line(tiny_ckpt, tmp_path, one_line_error):
     assert "no .jpg/.jpeg/.png image" in err
 
 
-def test_unreadable_image_is_one_line_naming_it(tiny_ckpt, tmp_path, one_line_error):
+def test_an_input_of_only_unreadable_images_is_a_one_line_error_naming_one(tiny_ckpt, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    err = one_line_error(infer.main, ["--model_path", tiny_ckpt, "--input", str(tmp_path / "in"),
-                                      "--out", str(tmp_path / "o"), *BACKBONE])
-    assert "broken.jpg" in err
+    with pytest.raises(SystemExit) as exc:
+        infer.main(["--model_path", tiny_ckpt, "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                    *BACKBONE])
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("warning: skipping") and "broken.jpg" in lines[0]   # skipped, named
+    assert len(lines) == 2 and lines[1].startswith("error: none of the images") and "broken.jpg" in lines[1]
 
 
 def test_wrong_backbone_is_one_line(tiny_ckpt, image_folder, tmp_path, one_line_error):

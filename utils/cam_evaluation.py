@@ -35,7 +35,7 @@ from .crf import dense_crf
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
-from .evaluation import DEFAULT_MODEL, add_model_flags
+from .evaluation import DEFAULT_MODEL, add_model_flags, check_class_count
 from .inference import load_model, resolve_model_flags
 from .metric import ConfusionMatrix, format_table
 from .results import write_results
@@ -106,7 +106,9 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     _check(args)
     if args.bkg_thre not in args.thresholds:
         args.thresholds = tuple(sorted(set(args.thresholds) | {args.bkg_thre}))
+    given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
+    check_class_count(args, dataset, given_classes)
     info = init_distributed(cpu=args.cpu)
     log = logging.getLogger("dupl.cam_eval")
     log.handlers.clear()

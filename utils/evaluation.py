@@ -106,6 +106,14 @@ def add_model_flags(p, dataset: str) -> None:
                    help=f"block of the aux classifier (default: the checkpoint's, else {d['aux_layer']})")
 
 
+def check_class_count(args, dataset: str, given: Optional[int]) -> None:
+    """A checkpoint of another dataset is refused in one line before anything is read or written."""
+    expected = DEFAULT_MODEL[dataset]["num_classes"]
+    if given is None and args.num_classes != expected:
+        raise UserError(f"{args.model_path} was trained with {args.num_classes} classes but {dataset} "
+                        f"has {expected}; use the script of the dataset it was trained on")
+
+
 def usable_cores() -> int:
     """Cores this process may run on: its CPU affinity (which SLURM and taskset set), else all."""
     try:
@@ -149,7 +157,9 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         args.crf_workers = max(1, usable_cores() // local_ranks)
     if args.crf_workers < 1:
         raise UserError("--crf_workers must be >= 1")
+    given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
+    check_class_count(args, dataset, given_classes)
     info = init_distributed(cpu=args.cpu)
     log = logging.getLogger("dupl.eval")
     log.handlers.clear()
