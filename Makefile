@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-slow clean-demo
+.PHONY: install demo test clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,6 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -m "not slow"
-
-test-slow: install
-	$(PY) -m pytest -q -m slow
 
 clean-demo:
 	rm -rf demo_data work_dirs/demo
