@@ -156,7 +156,7 @@ def test_sigterm_writes_a_checkpoint_at_that_iteration_and_resume_auto_finishes(
     log = (wd / "train.log").read_text()
     assert "Stopped by SIGTERM after iteration" in log
     step = read_checkpoint(str(wd / "checkpoint.pth"))["step"]
-    assert 3 <= step < 40 and f"Iter: {step};" in log
+    assert 3 <= step < 40 and f"Stopped by SIGTERM after iteration {step};" in log
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     final = read_checkpoint(str(wd / "checkpoint.pth"))

@@ -280,7 +280,8 @@ class PreemptionFlag:
             t = torch.tensor([1.0 if flag else 0.0], device=device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item())
-            self.name = self.name or "a signal to another rank"
+            if flag and self.name is None:
+                self.name = "a signal to another rank"
         return flag
 
     def restore(self) -> None:
