@@ -154,7 +154,7 @@ def test_bad_flags_give_one_line_errors(voc_copy, tmp_path, one_line_error, extr
 
 def test_bad_data_gives_one_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train_final_voc.run(["--data_folder", str(tmp_path / "none"), "--no-pretrained",
+        train_final_voc.run(["--data_folder", str(tmp_path / "none"), "--no-pretrained", "--cpu",
                              "--work_dir", str(tmp_path / "w")])
     assert "--data_folder" in capsys.readouterr().err
     res = subprocess.run([sys.executable, "train_final_coco.py", "--img_folder", str(tmp_path),
