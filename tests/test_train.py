@@ -158,7 +158,7 @@ def test_bad_data_gives_one_line_errors(tmp_path, capsys):
                              "--work_dir", str(tmp_path / "w")])
     assert "--data_folder" in capsys.readouterr().err
     res = subprocess.run([sys.executable, "train_final_coco.py", "--img_folder", str(tmp_path),
-                          "--no-pretrained", "--work_dir", str(tmp_path / "w")],
+                          "--no-pretrained", "--cpu", "--work_dir", str(tmp_path / "w")],
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
     assert "not a COCO 2014 image folder" in res.stderr
