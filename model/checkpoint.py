@@ -6,8 +6,11 @@ Both use the same key layout (``branch1.encoder...``, ``branch2.decoder.conv8.we
 one-line error that says which.
 """
 import os
+import pickle
+import re
 from typing import Dict
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -16,12 +19,36 @@ from utils.errors import UserError
 VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
 
+# numpy arrays (plain dtypes) are data too: checkpoints of earlier runs kept numpy's RNG state
+NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+NUMPY_ARRAY_GLOBALS.append(_reconstruct)
+
+UNSAFE_HINT = ("only tensors, numbers, strings, lists, dicts and numpy arrays are read, so that a "
+               "checkpoint cannot run code when it is opened; re-save the weights alone "
+               "(torch.save(obj['model'], path)) where the file comes from a source you trust")
+
+
 def read_checkpoint(path: str) -> dict:
-    """The raw object of a checkpoint file (our training checkpoints hold plain Python data)."""
+    """The object of a checkpoint file, read with ``torch.load(weights_only=True)``: tensors,
+    numbers, strings, containers and plain numpy arrays only. A file that holds anything else
+    (a class, a function: what a crafted file uses to run code) is refused in one line."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; check --model_path / --resume")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported" not in str(exc):   # a damaged file, not a refused one
+            raise UserError(f"cannot read checkpoint {path} ({str(exc).splitlines()[0][:200]}); the "
+                            "file is incomplete or not a PyTorch checkpoint") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise UserError(f"refused checkpoint {path}: it holds Python objects other than "
+                        f"weights{what}; {UNSAFE_HINT}") from None
     except Exception as exc:
         raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); the file "
                         "is incomplete or not a PyTorch checkpoint") from None

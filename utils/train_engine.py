@@ -222,18 +222,39 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> Dict[str, object]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as plain data (tensors, numbers, lists), which ``weights_only`` loading reads."""
+    version, mt_state, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Dict[str, object]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in mt_state), gauss))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), int(pos),
+                         int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain(value):
+    """``value`` as data that ``torch.load(weights_only=True)`` reads: containers of str, numbers,
+    bools and None; anything else becomes its string."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
@@ -252,9 +273,10 @@ def checkpoint_payload(net, optimizer, step: int, args, cfg: DuPLConfig, best: f
     """Everything resume needs: weights, optimiser, step, RNG states, the run's arguments and
     config, and the best validation score so far (mean Seg mIoU of the two students)."""
     payload = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-               "rng": rng_state(), "args": vars(args), "config": asdict(cfg), "best_miou": best}
+               "rng": rng_state(), "args": plain(vars(args)), "config": plain(asdict(cfg)),
+               "best_miou": float(best)}
     if miou is not None:
-        payload["miou"] = miou
+        payload["miou"] = plain(miou)
     return payload
 
 
