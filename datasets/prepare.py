@@ -4,9 +4,11 @@
     python -m datasets.prepare --dataset coco --img_folder COCO --label_folder COCO/SegmentationClass
 
 Writes to ``--list_folder`` (default: ``<data folder>_lists`` next to the data), where a file of
-that name is not there yet (``--overwrite`` replaces them), one ``<split>.txt`` per split (sorted ids, one per line) and ``cls_labels_onehot.npy``: a pickled
-dict id -> float32 vector of the K foreground classes, the format the original code ships, so
-its files can be used instead.
+that name is not there yet (``--overwrite`` replaces them), one ``<split>.txt`` per split (sorted
+ids, one per line) and ``cls_labels.npz``: arrays ``names`` (ids) and ``labels`` (float32, one row
+of the K foreground classes per id), read without pickle. A list folder of the original code
+(``cls_labels_onehot.npy``, a pickled dict) is used as it is, through a reader that admits only
+numpy arrays and a dict of names.
 
 VOC: ``train_aug`` = every mask in SegmentationClassAug/ not in ImageSets/Segmentation/val.txt;
 ``val``/``train``/``test`` = ImageSets/Segmentation/*.txt. Labels come from Annotations/<id>.xml
@@ -18,12 +20,18 @@ Training ids without any foreground class are dropped (the dynamic threshold nee
 """
 import argparse
 import os
+import pickle
 import sys
-import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct
 
 from utils.errors import UserError, exit_on_user_error
 
@@ -31,7 +39,9 @@ from .classes import VOC_CLASSES
 from .layout import DatasetLayout, coco_layout, voc_layout
 from .readers import read_mask
 
-LABELS_FILE = "cls_labels_onehot.npy"
+LABELS_FILE = "cls_labels.npz"                  # written by this project, no pickle
+ORIGINAL_LABELS_FILE = "cls_labels_onehot.npy"  # the original's pickled dict, read safely
+MAX_LABELS_BYTES = 1 << 30
 COCO_VAL_PART = 5000
 SPLITS = {"voc": ("train_aug", "val", "train", "test"), "coco": ("train", "val", "val_part")}
 
@@ -53,25 +63,142 @@ def write_list(path: str, ids: Iterable[str]) -> None:
     os.replace(tmp, path)
 
 
+def labels_path(list_folder: str) -> str:
+    """The image-level labels file of ``list_folder``: this project's ``cls_labels.npz`` where it
+    exists, else the original's ``cls_labels_onehot.npy`` where that exists, else the former (the
+    name a new file gets)."""
+    own, original = (os.path.join(list_folder, n) for n in (LABELS_FILE, ORIGINAL_LABELS_FILE))
+    return original if not os.path.isfile(own) and os.path.isfile(original) else own
+
+
 def load_labels(list_folder: str) -> Dict[str, np.ndarray]:
-    path = os.path.join(list_folder, LABELS_FILE)
+    """Image-level labels of a list folder: id -> float32 ``(K,)``. Neither format can run code:
+    ``cls_labels.npz`` is read without pickle and the original's pickled ``cls_labels_onehot.npy``
+    through :class:`_ArrayDictUnpickler`."""
+    path = labels_path(list_folder)
     if not os.path.isfile(path):
         raise UserError(f"image-level labels {path} do not exist; run `python -m datasets.prepare`")
+    if os.path.getsize(path) > MAX_LABELS_BYTES:
+        raise UserError(f"image-level labels {path} are {os.path.getsize(path) >> 20} MiB, far more "
+                        "than any dataset's; delete it and run `python -m datasets.prepare`")
+    read = _read_original_labels if path.endswith(".npy") else _read_own_labels
     try:
-        labels = np.load(path, allow_pickle=True).item()
-    except Exception as exc:  # any unpickling failure is a bad file
-        raise UserError(f"cannot read image-level labels {path} ({exc}); delete it and run "
-                        "`python -m datasets.prepare` again") from None
+        labels = read(path)
+    except UserError:
+        raise
+    except Exception as exc:  # any other failure is a damaged file
+        raise UserError(f"cannot read image-level labels {path} ({type(exc).__name__}: {exc}); "
+                        "delete it and run `python -m datasets.prepare` again") from None
+    bad = [k for k, v in labels.items() if not isinstance(k, str) or np.ndim(v) != 1]
+    if bad:
+        raise UserError(f"{path} is not a dict of id -> label vector (entry {bad[0]!r}); delete it "
+                        "and re-run `python -m datasets.prepare`")
+    return {k: np.asarray(v, dtype=np.float32) for k, v in labels.items()}
+
+
+def _read_own_labels(path: str) -> Dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        names, matrix = f["names"], f["labels"]
+    if names.ndim != 1 or matrix.ndim != 2 or len(names) != len(matrix):
+        raise ValueError(f"names {names.shape} and labels {matrix.shape} do not pair up")
+    return {str(n): row for n, row in zip(names.tolist(), matrix)}
+
+
+class _ArrayDictUnpickler(pickle.Unpickler):
+    """Unpickles what the original's ``np.save(path, dict)`` writes (numpy arrays, dtypes, a dict
+    of names) and nothing else: any other global, the door a crafted file runs code through, is
+    refused."""
+
+    def find_class(self, module, name):
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _reconstruct
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a labels file")
+
+
+def _read_original_labels(path: str) -> Dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(f)
+        if dtype != np.dtype(object) or shape != ():
+            raise ValueError(f"a {dtype} array of shape {shape}, not a pickled dict")
+        try:
+            obj = _ArrayDictUnpickler(f).load()
+        except pickle.UnpicklingError as exc:
+            raise UserError(f"refused image-level labels {path}: {exc}; such a file could run code "
+                            "when loaded. Delete it and run `python -m datasets.prepare` to derive "
+                            "the labels from the dataset") from None
+    labels = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0 else obj
     if not isinstance(labels, dict):
-        raise UserError(f"{path} is not a dict of id -> label vector; delete it and re-run "
-                        "`python -m datasets.prepare`")
+        raise ValueError(f"holds a {type(labels).__name__}, not a dict")
     return labels
 
 
 def save_labels(path: str, labels: Dict[str, np.ndarray]) -> None:
-    tmp = path + ".tmp.npy"
-    np.save(tmp, labels, allow_pickle=True)
+    """Write ``cls_labels.npz`` (arrays ``names`` and ``labels``, no pickle), atomically."""
+    names = sorted(labels)
+    matrix = np.stack([np.asarray(labels[n], np.float32).reshape(-1) for n in names]) if names \
+        else np.zeros((0, 0), np.float32)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, names=np.array(names, dtype=str), labels=matrix)
     os.replace(tmp, path)
+
+
+MAX_XML_BYTES = 1 << 20   # a VOC annotation is about 1 KB
+
+
+class _RefusedXML(Exception):
+    pass
+
+
+def xml_names(xml_path: str) -> List[str]:
+    """Texts of every ``<name>`` element of an XML file, parsed without entity expansion: a file
+    that declares a DTD or entities (none of VOC's does; it is how XML bombs and external-entity
+    reads work) or that is larger than any annotation is refused in one line."""
+    try:
+        with open(xml_path, "rb") as f:
+            data = f.read(MAX_XML_BYTES + 1)
+    except OSError as exc:
+        raise UserError(f"cannot read annotation {xml_path} ({exc}); replace or delete it") from None
+    if len(data) > MAX_XML_BYTES:
+        raise UserError(f"refused annotation {xml_path}: larger than {MAX_XML_BYTES >> 20} MiB, "
+                        "not a VOC annotation; replace or delete it")
+    names, text = [], None
+
+    def start(tag, attrs):
+        nonlocal text
+        if tag == "name":
+            text = []
+
+    def end(tag):
+        nonlocal text
+        if tag == "name" and text is not None:
+            names.append("".join(text))
+            text = None
+
+    def chars(data):
+        if text is not None:
+            text.append(data)
+
+    def refuse(*_):
+        raise _RefusedXML()
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = chars
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except _RefusedXML:
+        raise UserError(f"refused annotation {xml_path}: it declares a DTD or entities, which VOC "
+                        "annotations never do (entity expansion can exhaust memory or read other "
+                        "files); replace or delete it") from None
+    except expat.ExpatError as exc:
+        raise UserError(f"cannot parse annotation {xml_path} ({exc}); replace or delete it") from None
+    return names
 
 
 def voc_xml_labels(xml_path: str) -> np.ndarray:
@@ -80,13 +207,9 @@ def voc_xml_labels(xml_path: str) -> np.ndarray:
     Part names (head, hand, foot) are not class names and are ignored; difficult and truncated
     objects count. Returns float32 (20,).
     """
-    try:
-        root = ET.parse(xml_path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise UserError(f"cannot parse annotation {xml_path} ({exc}); replace or delete it") from None
     label = np.zeros(len(VOC_CLASSES) - 1, dtype=np.float32)
-    for node in root.iter("name"):
-        name = (node.text or "").strip()
+    for name in xml_names(xml_path):
+        name = name.strip()
         if name in VOC_CLASSES[1:]:
             label[VOC_CLASSES.index(name) - 1] = 1.0
     return label
@@ -145,17 +268,17 @@ def _write_derived(list_folder: str, splits: Dict[str, List[str]], labels: Dict[
         raise UserError(f"split '{unknown[0]}' does not exist: {source} has the splits "
                         f"{', '.join(sorted(splits))} (or put {unknown[0]}.txt in {list_folder})")
     targets = {os.path.join(list_folder, name + ".txt"): ids for name, ids in splits.items()}
-    labels_path = os.path.join(list_folder, LABELS_FILE)
+    existing = labels_path(list_folder)
     todo = {p: ids for p, ids in targets.items() if overwrite or not os.path.exists(p)}
-    write_labels = overwrite or not os.path.exists(labels_path)
+    write_labels = overwrite or not os.path.exists(existing)
     if not todo and not write_labels:
         return
     _make_list_folder(list_folder)
     for path, ids in todo.items():
         write_list(path, ids)
     if write_labels:
-        save_labels(labels_path, labels)
-    kept = [os.path.basename(p) for p in targets if p not in todo] + ([] if write_labels else [LABELS_FILE])
+        save_labels(os.path.join(list_folder, LABELS_FILE), labels)
+    kept = [os.path.basename(p) for p in targets if p not in todo] + ([] if write_labels else [os.path.basename(existing)])
     log(f"wrote {', '.join(sorted(os.path.basename(p) for p in todo) + ([LABELS_FILE] if write_labels else []))} "
         f"to {list_folder}" + (f"; kept the existing {', '.join(sorted(kept))}" if kept else ""))
 
@@ -269,7 +392,7 @@ def ensure_lists(layout: DatasetLayout, list_folder: Optional[str], splits: Sequ
     deriving them from the data first when any is missing."""
     list_folder = list_folder or layout.default_list_folder
     needed = [os.path.join(list_folder, s + ".txt") for s in splits]
-    needed.append(os.path.join(list_folder, LABELS_FILE))
+    needed.append(labels_path(list_folder))
     if all(os.path.isfile(p) for p in needed):
         _warn_if_labels_disagree(layout, list_folder, splits, log)
         return list_folder
@@ -296,7 +419,7 @@ def _warn_if_labels_disagree(layout: DatasetLayout, list_folder: str, splits: Se
                   if not np.array_equal(mask_labels(m, layout.num_classes),
                                         np.asarray(labels[i], np.float32).reshape(-1))]
         if differ:
-            log(f"warning: {os.path.join(list_folder, LABELS_FILE)} disagrees with the masks on "
+            log(f"warning: {labels_path(list_folder)} disagrees with the masks on "
                 f"{len(differ)} of the first {len(masks)} ids of {split} (e.g. {differ[0]}); labels "
                 "from Annotations XML may list objects a mask lacks, other differences mean the "
                 "list folder belongs to another copy of the data")

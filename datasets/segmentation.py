@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from utils.errors import UserError
 
 from .layout import DatasetLayout
-from .prepare import load_labels, read_list
+from .prepare import labels_path, load_labels, read_list
 from .readers import read_image, read_mask
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugmentation
 
@@ -38,7 +38,7 @@ def _load_split(layout: DatasetLayout, list_folder: str, split: str, need_masks:
         for n, img_id in enumerate(ids, 1):
             if img_id not in all_labels:
                 raise UserError(f"{list_path} line {n}: id {img_id} has no entry in "
-                                f"{os.path.join(list_folder, 'cls_labels_onehot.npy')}; re-run "
+                                f"{labels_path(list_folder)}; re-run "
                                 "`python -m datasets.prepare`")
             vec = np.asarray(all_labels[img_id], dtype=np.float32).reshape(-1)
             if vec.shape[0] != k:

@@ -8,7 +8,7 @@ import pytest
 
 from datasets.classes import COCO_CLASSES, VOC_CLASSES
 from datasets.layout import coco_layout, voc_layout
-from datasets.prepare import (LABELS_FILE, ensure_lists, load_labels, mask_labels, prepare_coco,
+from datasets.prepare import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels, mask_labels, prepare_coco,
                               prepare_voc, read_list, voc_xml_labels)
 from datasets.readers import read_mask
 from utils.errors import UserError
@@ -117,7 +117,7 @@ def test_user_supplied_list_folder_is_used_as_is(voc_copy, tmp_path):
     own.mkdir()
     (own / "train_aug.txt").write_text("2012_000001\n")
     (own / "val.txt").write_text("2012_000002\n")
-    np.save(own / LABELS_FILE, {"2012_000001": np.ones(20, np.float32)})
+    np.save(own / ORIGINAL_LABELS_FILE, {"2012_000001": np.ones(20, np.float32)})  # the original's format
     assert ensure_lists(voc_layout(str(voc_copy)), str(own), ["train_aug", "val"]) == str(own)
     assert read_list(str(own / "train_aug.txt")) == ["2012_000001"]
 

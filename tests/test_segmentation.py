@@ -108,7 +108,7 @@ def test_id_missing_from_labels_is_refused(voc):
         f.write("2012_999999\n")
     Image.new("RGB", (8, 8)).save(layout.image_path("val", "2012_999999"))
     Image.new("L", (8, 8)).save(os.path.join(layout.mask_root, "SegmentationClassAug", "2012_999999.png"))
-    with pytest.raises(UserError, match="2012_999999 has no entry in .*cls_labels_onehot.npy"):
+    with pytest.raises(UserError, match="2012_999999 has no entry in .*cls_labels.npz"):
         EvalDataset(layout, lists, "val")
 
 
