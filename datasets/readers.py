@@ -15,12 +15,31 @@ from utils.errors import UserError
 from .classes import IGNORE_INDEX
 
 
+# far above any dataset's images (VOC ~500x375, COCO 640x480); a file declaring more is refused
+# before its pixels are decoded (a "decompression bomb": a few KB that expand to gigabytes)
+MAX_IMAGE_PIXELS = 1 << 26
+
+
+def check_image_size(img: Image.Image, path: str, what: str = "image") -> None:
+    """Refuse an opened (not yet decoded) image whose header declares more than MAX_IMAGE_PIXELS."""
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise UserError(f"refused {what} {path}: it declares {w}x{h} pixels, more than "
+                        f"{MAX_IMAGE_PIXELS >> 20} M (a decompression bomb or not a dataset image); "
+                        "replace it or remove its id from the list")
+
+
 def _open(path: str, what: str) -> Image.Image:
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} does not exist; check the dataset folder and the list file")
     try:
-        img = Image.open(path)
+        img = Image.open(path)   # reads the header only
+        check_image_size(img, path, what)
         img.load()
+    except Image.DecompressionBombError:
+        raise UserError(f"refused {what} {path}: it declares more pixels than PIL's limit (a "
+                        "decompression bomb or not a dataset image); replace it or remove its id "
+                        "from the list") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read {what} {path} ({exc}); the file is corrupt or truncated: "
                         "replace it or remove its id from the list") from None
