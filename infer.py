@@ -11,6 +11,8 @@ merged by max). For each image ``<name>`` three files are written to ``--out``:
 * ``<name>_color.png``    the same indices as a palette (mode "P") PNG with the VOC colours
 * ``<name>_overlay.png``  the image blended 50 % with the colour prediction
 
+``--crf`` refines the prediction with the dense CRF of the evaluation (``--crf_backend``).
+
 Files without an image extension are skipped with a note.
 """
 import argparse
@@ -28,6 +30,7 @@ from PIL import Image
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import read_image
 from datasets.transforms import normalize
+from utils.crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
 from utils.evaluation import DEFAULT_MODEL, add_model_flags
@@ -132,6 +135,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run on the CPU even when a GPU exists")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bfloat16 autocast, as in training and evaluation")
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False,
+                   help="refine the prediction with the evaluation's dense CRF")
+    add_crf_backend_flags(p, batch=False)
     return p
 
 
@@ -145,6 +151,7 @@ def main(argv=None) -> None:
     if not images:
         raise UserError(f"--input {' '.join(args.input)} holds no .jpg/.jpeg/.png image")
     device = pick_device(args.cpu)
+    backend = resolve_crf_backend(args.crf_backend, device)
     ckpt = resolve_model_flags(args, DEFAULT_MODEL["voc"])
     net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
     del ckpt
@@ -162,7 +169,10 @@ def main(argv=None) -> None:
             corrupt.append(path)
             continue
         logits = segment_logits(net, rgb, device, args.branch, args.scales, args.amp)
-        pred = logits[0].argmax(0).byte().cpu().numpy()
+        if args.crf:
+            pred = refine_labels(rgb, logits[0].softmax(0), backend, device)
+        else:
+            pred = logits[0].argmax(0).byte().cpu().numpy()
         color = label_image(pred, palette=True)
         label_image(pred).save(os.path.join(args.out, name + ".png"))
         color.save(os.path.join(args.out, name + "_color.png"))

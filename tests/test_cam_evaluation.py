@@ -99,3 +99,13 @@ def test_bad_values_are_one_line_errors(voc_copy, checkpoint, one_line_error):
     assert "--thresholds" in one_line_error(eval_cam_voc.run, base + ["--thresholds", "0,1.5"])
     assert "--size" in one_line_error(eval_cam_voc.run, base + ["--size", "50"])
     assert "--model_path" in one_line_error(eval_cam_voc.run, ["--data_folder", str(voc_copy)])
+
+
+def test_crf_columns_agree_between_backends(voc_copy, checkpoint, tmp_path):
+    res = {}
+    for backend in ("pydensecrf", "torch"):
+        res[backend] = eval_cam_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoint),
+                                         "--infer_set", "val", "--work_dir", str(tmp_path / backend), "--crf",
+                                         "--crf_backend", backend, "--no-par", *TINY])
+    for k in ("CRF_1", "CRF_2"):
+        assert abs(res["torch"]["scores"][k]["miou"] - res["pydensecrf"]["scores"][k]["miou"]) <= 0.001

@@ -116,3 +116,17 @@ def test_amp_is_bfloat16_on_every_device_like_training_and_evaluation(device):
         warnings.simplefilter("ignore")   # no CUDA here: the context is built, not entered
         ctx = infer.autocast(torch.device(device), True)
     assert ctx.fast_dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_crf_refines_the_prediction_with_either_backend(tiny_ckpt, image_folder, tmp_path, backend):
+    from utils.crf import dense_crf
+    out = tmp_path / backend
+    infer.main(["--model_path", tiny_ckpt, "--input", str(image_folder / "odd.JPG"), "--out", str(out),
+                "--scales", "1.0", "--crf", "--crf_backend", backend, *BACKBONE])
+    net = infer.load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
+    rgb = infer.read_input_image(str(image_folder / "odd.JPG"))
+    probs = infer.segment_logits(net, rgb, torch.device("cpu"), "ensemble", (1.0,))[0].softmax(0)
+    expected = dense_crf(rgb, probs.numpy())
+    got = np.array(Image.open(out / "odd.png"))
+    assert (got == expected).mean() >= 0.995

@@ -31,7 +31,7 @@ from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 
-from .crf import dense_crf
+from .crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
@@ -68,6 +68,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     add_numbers(p, "--thresholds", default=DEFAULT_THRESHOLDS, help="background thresholds of the sweep")
     p.add_argument("--par", action=B, default=True, help="score the PAR-refined pseudo labels")
     p.add_argument("--crf", action=B, default=False, help="score CAM labels refined by dense CRF")
+    add_crf_backend_flags(p, batch=False)
     p.add_argument("--save_cams", action=B, default=False,
                    help="write cams/<id>.npz: present classes' CAMs (float16, mask size) of both students")
     p.add_argument("--save_labels", action=B, default=False, help="write label PNGs per column")
@@ -110,6 +111,7 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
     info = init_distributed(cpu=args.cpu)
+    backend = resolve_crf_backend(args.crf_backend, info.device)
     log = logging.getLogger("dupl.cam_eval")
     log.handlers.clear()
     log.setLevel(logging.INFO if info.is_main else logging.WARNING)
@@ -175,8 +177,8 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
                 if args.crf:
                     full = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)[0]
                     scores = torch.cat([torch.full_like(full[:1], args.bkg_thre), full[present]])
-                    probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).cpu().numpy()
-                    refined = torch.from_numpy(dense_crf(rgb, probs.astype(np.float32)).astype(np.int64))
+                    probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).float()
+                    refined = torch.from_numpy(refine_labels(rgb, probs, backend, info.device).astype(np.int64))
                     classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
                     crf_label = classes[refined].to(info.device)
                     mats[f"CRF_{k}"].update(gt, crf_label)

@@ -7,8 +7,9 @@
    (``logits/<id>.npz``, float32; :func:`utils.inference.load_logits` rebuilds any branch at full
    resolution), with the index and colour PNGs of the ``--branch`` prediction (``prediction/``,
    ``prediction_color/``).
-3. Dense CRF (``--crf``) refines the float32 probabilities of each image in ``--crf_workers``
-   processes while the next images are inferred, and writes ``crf/`` and ``crf_color/`` PNGs.
+3. Dense CRF (``--crf``) refines the float32 probabilities of each image while the next images
+   are inferred, in ``--crf_workers`` pydensecrf processes or in batches of ``--crf_batch``
+   images on the evaluation's device (``--crf_backend``), and writes ``crf/`` and ``crf_color/``.
    With ``--branch best_on_gt`` (the paper's protocol) the student is chosen after inference on
    the confusion matrices of all ranks, and its predictions and CRF are made from the saved logits.
 4. Confusion matrices are summed over ranks (never lists of predictions), so the printed scores
@@ -19,7 +20,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
 
-from .crf import CRFStream, dense_crf, probs_from_logits
+from .crf import CRFStream, add_crf_backend_flags, dense_crf, probs_from_logits, resolve_crf_backend
+from .crf_torch import TorchCRFStream
 from .distributed import barrier, cleanup, init_distributed
 from .errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
@@ -80,8 +82,9 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--crf", action=B, default=True, help="dense CRF post-processing")
     p.add_argument("--no_crf", dest="crf", action="store_false", help="alias of --no-crf")
     p.add_argument("--crf_workers", type=int, default=None,
-                   help="CRF worker processes per rank (default: the cores this process may use, "
-                   "shared by the ranks of a machine)")
+                   help="pydensecrf worker processes per rank (default: the cores this process may "
+                   "use, shared by the ranks of a machine)")
+    add_crf_backend_flags(p)
     p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/eval_<infer_set>)")
     p.add_argument("--amp", action=B, default=False, help="bf16 autocast for inference on GPU")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
@@ -126,16 +129,22 @@ def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
     label_image(label, palette).save(path)
 
 
-def crf_job(job) -> Optional[np.ndarray]:
-    """CRF of one image (runs in a worker). ``job = (id, image path, probs, mask path or None,
-    num_classes, out dir, colour dir)`` where ``probs`` is the float32 ``(C, H, W)`` softmax or
-    ``(path, branch)`` of a file written by :func:`utils.inference.save_logits`. Writes the index and colour PNGs and returns the flattened
-    confusion counts (``C*C``) when a mask exists."""
-    img_id, image_path, probs, mask_path, num_classes, out_dir, color_dir = job
-    image = read_image(image_path)
+def crf_inputs(job) -> Tuple[np.ndarray, object]:
+    """The uint8 image and the probabilities ``(C, H, W)`` of a CRF job ``(id, image path, probs,
+    mask path or None, num_classes, out dir, colour dir)``: ``probs`` is the float32 softmax (an
+    array, or a tensor on the evaluation's device) or ``(path, branch)`` of a file written by
+    :func:`utils.inference.save_logits`."""
+    image = read_image(job[1])
+    probs = job[2]
     if isinstance(probs, tuple):
         probs = probs_from_logits(load_logits(*probs), image.shape[:2])
-    label = dense_crf(image, probs)
+    return image, probs
+
+
+def crf_outputs(job, label: np.ndarray) -> Optional[np.ndarray]:
+    """Write a job's CRF labels as index and colour PNGs; the flattened confusion counts
+    (``C*C``) when the job has a mask."""
+    img_id, _, _, mask_path, num_classes, out_dir, color_dir = job
     save_png(os.path.join(out_dir, img_id + ".png"), label)
     save_png(os.path.join(color_dir, img_id + ".png"), label, palette=True)
     if mask_path is None:
@@ -144,6 +153,23 @@ def crf_job(job) -> Optional[np.ndarray]:
     keep = gt < num_classes
     return np.bincount(gt[keep] * num_classes + label.ravel()[keep].astype(np.int64),
                        minlength=num_classes * num_classes)
+
+
+def crf_job(job) -> Optional[np.ndarray]:
+    """CRF of one job with ``pydensecrf`` (runs in a worker process): see :func:`crf_inputs`."""
+    image, probs = crf_inputs(job)
+    if isinstance(probs, torch.Tensor):
+        probs = probs.cpu().numpy()
+    return crf_outputs(job, dense_crf(image, probs))
+
+
+def crf_stream(args, device: torch.device):
+    """The CRF stream of ``--crf_backend`` on ``device`` (``args.crf_backend`` is resolved)."""
+    args.crf_backend = resolve_crf_backend(args.crf_backend, device)
+    if args.crf_backend == "torch":
+        batch = args.crf_batch or (8 if device.type == "cuda" else 1)
+        return TorchCRFStream(crf_inputs, crf_outputs, device, batch, args.crf_class_chunk or None)
+    return CRFStream(crf_job, args.crf_workers)
 
 
 def evaluate(args, dataset: str) -> Dict[str, dict]:
@@ -157,6 +183,10 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         args.crf_workers = max(1, usable_cores() // local_ranks)
     if args.crf_workers < 1:
         raise UserError("--crf_workers must be >= 1")
+    if args.crf_batch is not None and args.crf_batch < 1:
+        raise UserError("--crf_batch must be >= 1")
+    if args.crf_class_chunk < 0:
+        raise UserError("--crf_class_chunk must be >= 0 (0: all classes at once)")
     given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
@@ -192,9 +222,14 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                 except OSError:
                     raise UserError(f"cannot create {d}; pass a writable --work_dir") from None
         barrier()
-        # CRF workers start before the model takes the GPU; they refine each image's float32
-        # probabilities while the next images are inferred
-        stream = CRFStream(crf_job, args.crf_workers) if args.crf else None
+        # pydensecrf's workers start before the model takes the GPU; they (or the torch CRF's
+        # batches on the device) refine each image's float32 probabilities while the next images
+        # are inferred
+        stream = crf_stream(args, info.device) if args.crf else None
+        if stream is not None:
+            log.info(f"dense CRF: {args.crf_backend} on "
+                     + (f"{info.device.type}, {stream.batch} image(s) per batch"
+                        if args.crf_backend == "torch" else f"{args.crf_workers} CPU worker(s)"))
         net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
                          source=args.model_path)
         step = ckpt.get("step") if isinstance(ckpt, dict) else None
@@ -239,7 +274,9 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
             save_prediction(dirs, img_id, chosen_pred.byte().cpu().numpy())
             if stream is not None:
                 chosen = select_branch(logits, args.branch)
-                probs = to_size(chosen, size).softmax(1)[0].cpu().numpy().astype(np.float32)
+                probs = to_size(chosen, size).softmax(1)[0].float()
+                if args.crf_backend != "torch":
+                    probs = probs.cpu().numpy()
                 stream.submit(crf_args(img_id, probs))
         for m in mats.values():
             m.reduce_from_all_processes()

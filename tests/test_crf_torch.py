@@ -1,0 +1,173 @@
+"""The PyTorch dense CRF against pydensecrf: same labels on realistic inputs, batching, chunking,
+backend choice, and the evaluation scripts' --crf_backend."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import eval_seg_voc
+from datasets.layout import coco_layout, voc_layout
+from datasets.prepare import ensure_lists
+from datasets.segmentation import EvalDataset
+from datasets.synthetic import network_like_probs
+from model.network import DualStudentNet
+from utils import crf as crf_module
+from utils.crf import dense_crf, refine_labels, resolve_crf_backend
+from utils.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch
+from utils.errors import UserError
+
+
+def _scenes(root, lists_dir, dataset: str, n: int):
+    """``n`` val images of the synthetic set with network-like probabilities and their masks."""
+    if dataset == "voc":
+        layout = voc_layout(str(root / "VOC2012"))
+    else:
+        layout = coco_layout(str(root / "coco" / "JPEGImages"), str(root / "coco" / "SegmentationClass"))
+    split = "val"
+    lists = ensure_lists(layout, str(lists_dir / dataset), [split])
+    ds = EvalDataset(layout, lists, split)
+    c = 21 if dataset == "voc" else 81
+    out = []
+    for i in range(min(n, len(ds))):
+        _, _, mask, _ = ds[i]
+        mask = mask.numpy()
+        out.append((ds.raw_image(i), network_like_probs(mask, c, seed=i), mask))
+    return out
+
+
+def _miou(preds, masks, c):
+    mat = np.zeros((c, c), np.int64)
+    for p, m in zip(preds, masks):
+        keep = m < c
+        mat += np.bincount(m[keep].astype(np.int64) * c + p[keep], minlength=c * c).reshape(c, c)
+    inter = np.diag(mat).astype(np.float64)
+    union = mat.sum(0) + mat.sum(1) - inter
+    present = mat.sum(1) > 0
+    return 100.0 * np.mean(inter[present] / union[present])
+
+
+@pytest.fixture(scope="module")
+def voc_scenes(synthetic_root, tmp_path_factory):
+    return _scenes(synthetic_root, tmp_path_factory.mktemp("lists"), "voc", 12)
+
+
+@pytest.mark.parametrize("dataset,n", [("voc", 12), ("coco", 6)])
+def test_labels_agree_with_pydensecrf_on_realistic_inputs(synthetic_root, tmp_path, dataset, n, voc_scenes):
+    scenes = voc_scenes if dataset == "voc" else _scenes(synthetic_root, tmp_path, "coco", n)
+    same = total = changed = 0
+    ref_preds, torch_preds, masks = [], [], []
+    for image, probs, mask in scenes:
+        ref = dense_crf(image, probs)
+        ours = dense_crf_torch(image, probs)
+        assert ours.dtype == np.uint8 and ours.shape == ref.shape
+        same += int((ours == ref).sum())
+        total += ref.size
+        changed += int((ref != probs.argmax(0)).sum())
+        ref_preds.append(ref.astype(np.int64)), torch_preds.append(ours.astype(np.int64)), masks.append(mask)
+    assert same / total >= 0.995, f"{100 * same / total:.3f}% of pixels agree"
+    # the inputs are not trivial: the CRF changes a fair share of the argmax
+    assert changed / total > 0.01
+    c = probs.shape[0]
+    assert abs(_miou(torch_preds, masks, c) - _miou(ref_preds, masks, c)) <= 0.1
+
+
+def test_batched_and_chunked_equal_one_image_at_a_time(voc_scenes):
+    images = [s[0] for s in voc_scenes[:3]]
+    probs = [s[1] for s in voc_scenes[:3]]
+    alone = [dense_crf_torch(im, p) for im, p in zip(images, probs)]
+    batched = dense_crf_batch(images, probs)
+    chunked = dense_crf_batch(images, probs, class_chunk=5)
+    for a, b, c in zip(alone, batched, chunked):
+        assert (a == b.numpy()).mean() >= 0.9999
+        assert (a == c.numpy()).mean() >= 0.9999
+
+
+def test_lattice_keeps_images_apart():
+    # two images with identical features: filtering a value present only in image 0 leaves image 1 at 0
+    feats = torch.rand(50, 5) * 3
+    lat = Lattice(torch.cat([feats, feats]), torch.cat([torch.zeros(50, dtype=torch.long),
+                                                         torch.ones(50, dtype=torch.long)]))
+    values = torch.cat([torch.ones(50, 1), torch.zeros(50, 1)])
+    out = lat.filter(values)
+    assert out[:50].min() > 0 and out[50:].abs().max() == 0
+    alone = Lattice(feats, torch.zeros(50, dtype=torch.long)).filter(torch.ones(50, 1))
+    torch.testing.assert_close(out[:50], alone)
+
+
+def test_lattice_filter_is_a_gaussian_blur():
+    # points far apart in feature space do not interact; close ones do, and more when closer
+    feats = torch.tensor([[0.0, 0.0], [0.3, 0.0], [1.5, 0.0], [40.0, 40.0]])
+    lat = Lattice(feats, torch.zeros(4, dtype=torch.long))
+    out = lat.filter(torch.tensor([[1.0], [0.0], [0.0], [0.0]]))[:, 0]
+    assert out[0] > out[1] > out[2] >= 0 and out[3] == 0
+
+
+def test_invalid_inputs_are_refused():
+    image = np.zeros((4, 5, 3), np.uint8)
+    with pytest.raises(ValueError, match="probs must be"):
+        dense_crf_torch(image, np.ones((3, 5, 4), np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        dense_crf_torch(image.astype(np.float32), np.ones((3, 4, 5), np.float32))
+    with pytest.raises(TypeError, match="unknown CRF parameters"):
+        dense_crf_torch(image, np.ones((3, 4, 5), np.float32), bogus=1)
+
+
+def test_backend_choice(monkeypatch):
+    assert resolve_crf_backend("auto", torch.device("cpu")) == "pydensecrf"
+    assert resolve_crf_backend("auto", torch.device("cuda")) == "torch"
+    assert resolve_crf_backend("torch", torch.device("cpu")) == "torch"
+    assert resolve_crf_backend("pydensecrf", torch.device("cuda")) == "pydensecrf"
+    monkeypatch.setattr(crf_module, "pydensecrf_available", lambda: False)
+    assert resolve_crf_backend("auto", torch.device("cpu")) == "torch"
+
+
+def test_refine_labels_dispatches_to_both_backends(voc_scenes):
+    image, probs, _ = voc_scenes[0]
+    a = refine_labels(image, torch.from_numpy(probs), "pydensecrf")
+    b = refine_labels(image, torch.from_numpy(probs), "torch", torch.device("cpu"))
+    np.testing.assert_array_equal(a, dense_crf(image, probs))
+    np.testing.assert_array_equal(b, dense_crf_torch(image, probs))
+
+
+def test_stream_returns_results_in_job_order_and_reports_memory(voc_scenes, monkeypatch):
+    jobs = list(range(5))
+    stream = TorchCRFStream(lambda j: voc_scenes[j][:2], lambda j, label: (j, label), "cpu", batch=2)
+    for j in jobs:
+        stream.submit(j)
+    out = stream.close()
+    assert [j for j, _ in out] == jobs
+    for j, label in out:
+        np.testing.assert_array_equal(label, dense_crf_torch(*voc_scenes[j][:2]))
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    import utils.crf_torch as ct
+    monkeypatch.setattr(ct, "dense_crf_batch", oom)
+    stream = TorchCRFStream(lambda j: voc_scenes[j][:2], lambda j, label: j, "cpu", batch=1)
+    with pytest.raises(UserError, match="--crf_batch"):
+        stream.submit(0)
+
+
+TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu", "--scales", "1.0"]
+
+
+def test_eval_seg_voc_backends_agree(voc_copy, tmp_path):
+    torch.manual_seed(0)
+    torch.save({"model": DualStudentNet("deit_tiny_patch16_224", 21).state_dict()}, tmp_path / "m.pth")
+    res, pngs = {}, {}
+    for backend in ("pydensecrf", "torch"):
+        wd = tmp_path / backend
+        res[backend] = eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(tmp_path / "m.pth"),
+                                         "--work_dir", str(wd), "--crf_workers", "1", "--crf_backend", backend,
+                                         "--crf_batch", "3", *TINY])
+        pngs[backend] = {p.name: np.array(Image.open(p)) for p in sorted((wd / "crf").iterdir())}
+    assert pngs["torch"].keys() == pngs["pydensecrf"].keys() and pngs["torch"]
+    same = sum(int((pngs["torch"][k] == v).sum()) for k, v in pngs["pydensecrf"].items())
+    total = sum(v.size for v in pngs["pydensecrf"].values())
+    assert same / total >= 0.995
+    assert abs(res["torch"]["CRF_ensemble"]["miou"] - res["pydensecrf"]["CRF_ensemble"]["miou"]) <= 0.001
+    # the colour PNGs are written the same way
+    for backend in ("pydensecrf", "torch"):
+        some = sorted((tmp_path / backend / "crf_color").iterdir())[0]
+        assert Image.open(some).mode == "P"
