@@ -6,16 +6,22 @@
 # 1. bench_train.py at the VOC configuration, fp32 and --amp, all three phases;
 # 2. a VOC-sized synthetic val set (N_VAL images of H x W, written to a temporary folder);
 # 3. bench_eval.py on it: multi-scale inference fp32 and --amp, saved logits, CRF loop vs workers;
-# 4. eval_seg_voc.py end to end (multi-scale + CRF on all cores) on the N_VAL images, fp32;
-# 5. a short train_final_voc.py run under torch.distributed.run (NCCL on a GPU, gloo on the CPU).
+# 4. bench_crf.py: the dense CRF at VOC and COCO sizes, pydensecrf per core and on all cores
+#    against the torch CRF on the CPU and batched on the GPU (images/s, agreement, peak memory);
+# 5. eval_seg_voc.py end to end (multi-scale + CRF with the default backend: torch on a GPU) on
+#    the N_VAL images, fp32;
+# 6. a short train_final_voc.py run under torch.distributed.run (NCCL on a GPU, gloo on the CPU);
+# 7. summary.json: every number above with the date, GPU, torch version and COMMIT (the
+#    environment variable, else git's HEAD), to be copied to benchmarks/results/.
 #
 # pydensecrf is built from its source archive when it is missing and .whl/pydensecrf2-*.tar.gz is
 # there (fetch it where pip works: pip download pydensecrf2 --no-deps --no-binary :all: -d .whl);
-# without it the CRF parts are skipped and the log says so.
+# without it the pydensecrf parts are skipped and the log says so (the torch CRF still runs).
 #
 # Environment overrides (defaults in brackets) keep a CPU rehearsal short: PYTHON [python3],
 # BACKBONE [deit_base_patch16_224], CROP [448], ITERS [20], WARMUP [5], N_EVAL [20], N_VAL [1449],
-# H [375], W [500], NPROC [GPUs, at least 1], DDP_BACKBONE [deit_tiny_patch16_224].
+# H [375], W [500], N_CRF [16], CRF_SIZE [the real sizes; "H W" for a rehearsal],
+# NPROC [GPUs, at least 1], DDP_BACKBONE [deit_tiny_patch16_224].
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR}
 mkdir -p "$OUT"
@@ -26,6 +32,8 @@ ITERS=${ITERS:-20}
 WARMUP=${WARMUP:-5}
 N_EVAL=${N_EVAL:-20}
 N_VAL=${N_VAL:-1449}
+N_CRF=${N_CRF:-16}
+CRF_SIZE=${CRF_SIZE:-}
 H=${H:-375}
 W=${W:-500}
 CORES=$(nproc)
@@ -70,13 +78,17 @@ timed data $PY -m datasets.synthetic --out "$TMP/data" --num_train 8 --num_val "
 VOC="$TMP/data/VOC2012"
 
 stamp "3. bench_eval, $N_EVAL images"
-if [ "$CRF" = yes ]; then WORKERS="1 $CORES"; NO_CRF=""; else WORKERS=0; NO_CRF=--no-crf; fi
+if [ "$CRF" = yes ]; then WORKERS="1 $CORES"; else WORKERS=0; fi
 timed eval_no-amp $PY benchmarks/bench_eval.py --data_folder "$VOC" --backbone "$BACKBONE" \
     --num_images "$N_EVAL" --crf_workers $WORKERS --json "$OUT/eval_no-amp.json"
 timed eval_amp $PY benchmarks/bench_eval.py --data_folder "$VOC" --backbone "$BACKBONE" \
     --num_images "$N_EVAL" --crf_workers 0 --amp --json "$OUT/eval_amp.json"
 
-stamp "4. eval_seg_voc.py end to end on $N_VAL images, CRF on $CORES cores"
+stamp "4. dense CRF: pydensecrf against the torch CRF, $N_CRF images per size"
+timed crf $PY benchmarks/bench_crf.py --num_images "$N_CRF" ${CRF_SIZE:+--size $CRF_SIZE} \
+    --json "$OUT/crf.json"
+
+stamp "5. eval_seg_voc.py end to end on $N_VAL images, multi-scale + CRF (default backend)"
 $PY - "$BACKBONE" "$TMP/random.pth" <<'EOF'
 import sys, torch
 from model.network import DualStudentNet
@@ -84,12 +96,31 @@ torch.manual_seed(0)
 torch.save({"model": DualStudentNet(sys.argv[1], 21).state_dict()}, sys.argv[2])
 EOF
 timed e2e $PY eval_seg_voc.py --data_folder "$VOC" --model_path "$TMP/random.pth" \
-    --backbone "$BACKBONE" --work_dir "$TMP/e2e" $NO_CRF
+    --backbone "$BACKBONE" --work_dir "$TMP/e2e"
 
-stamp "5. train_final_voc.py under torch.distributed.run, $NPROC process(es)"
+stamp "6. train_final_voc.py under torch.distributed.run, $NPROC process(es)"
 timed ddp $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" train_final_voc.py \
     --data_folder "$VOC" --work_dir "$TMP/ddp" --backbone "$DDP_BACKBONE" --no-pretrained \
     --crop_size 128 --samples_per_gpu 2 --max_iters 30 --cam_iters 10 --gmm_iters 20 \
     --warmup_iters 5 --log_iters 10 --eval_iters 30 --num_workers 2 \
     $($PY -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
+
+stamp "7. summary"
+COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+$PY - "$OUT" "$COMMIT" <<'EOF'
+import datetime, json, os, sys, torch
+out, commit = sys.argv[1], sys.argv[2]
+summary = {"date": datetime.date.today().isoformat(), "commit": commit, "torch": torch.__version__,
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "cores": len(os.sched_getaffinity(0))}
+for name in sorted(os.listdir(out)):
+    if name.endswith(".json") and name != "summary.json":
+        with open(os.path.join(out, name)) as f:
+            summary[name[:-5]] = json.load(f)
+with open(os.path.join(out, "wall.txt")) as f:
+    summary["wall_s"] = {l.split()[0]: int(l.split()[1]) for l in f if l.strip()}
+with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+print("summary:", os.path.join(out, "summary.json"))
+EOF
 stamp "done"

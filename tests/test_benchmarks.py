@@ -47,15 +47,36 @@ def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path
 def test_device_check_script_runs_every_step_and_writes_the_numbers(tmp_path):
     """The one-call GPU measurement script, rehearsed on the CPU with a tiny configuration."""
     env = dict(os.environ, PYTHON=sys.executable, BACKBONE="deit_tiny_patch16_224", CROP="64",
-               ITERS="1", WARMUP="0", N_EVAL="2", N_VAL="4", H="64", W="80", NPROC="1")
+               ITERS="1", WARMUP="0", N_EVAL="2", N_VAL="4", H="64", W="80", NPROC="1",
+               N_CRF="2", CRF_SIZE="48 64", COMMIT="abc123")
     res = subprocess.run(["bash", "benchmarks/device_check.sh", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
     out = tmp_path / "out"
     steps = [line.split()[0] for line in (out / "wall.txt").read_text().splitlines()]
-    assert steps == ["train_no-amp", "train_amp", "data", "eval_no-amp", "eval_amp", "e2e", "ddp"]
+    assert steps == ["train_no-amp", "train_amp", "data", "eval_no-amp", "eval_amp", "crf", "e2e", "ddp"]
     for name in ("train_no-amp", "train_amp"):
         assert set(json.loads((out / f"{name}.json").read_text())["phases"]) == {"A", "B", "C"}
     assert json.loads((out / "eval_no-amp.json").read_text())["crf_file_vs_memory_pixel_agreement"] == 1.0
     assert "CRF_ensemble" in (out / "e2e.txt").read_text()
     assert "Training finished" in (out / "ddp.txt").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["commit"] == "abc123" and summary["torch"] and "date" in summary
+    assert summary["crf"]["voc"]["torch_cpu_1threads"]["images_per_s"] > 0
+    assert set(summary["wall_s"]) == set(steps)
+
+
+def test_bench_crf_times_both_backends_and_checks_agreement(tmp_path):
+    out = tmp_path / "crf.json"
+    res = _run(["benchmarks/bench_crf.py", "--num_images", "2", "--size", "40", "56", "--workers", "2",
+                "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    for kind, classes in (("voc", 21), ("coco", 81)):
+        d = data[kind]
+        assert d["classes"] == classes and d["size"] == [40, 56] and d["images"] == 2
+        assert d["pydensecrf"]["images_per_s_one_core"] > 0 and d["pydensecrf"]["workers"] == 2
+        for key in ("torch_cpu_1threads", f"torch_cpu_{data['torch_threads']}threads"):
+            assert d[key]["images_per_s"] > 0
+            assert d[key]["pixel_agreement"] >= 0.995
+    assert "images/s" in res.stdout and "of pixels equal pydensecrf's" in res.stdout
