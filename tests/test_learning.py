@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -72,14 +73,47 @@ def test_demo_prints_a_per_class_table_and_draws_its_figure(demo_run):
     assert img.mode == "RGB" and img.width >= 6 * 100 and img.height >= 300
 
 
-def test_demo_checkpoint_scores_well_in_the_multiscale_evaluation(demo_run, tmp_path):
-    root = demo_run["root"]
+@pytest.fixture(scope="module")
+def demo_eval(demo_run, tmp_path_factory):
+    """The demo checkpoint through eval_seg_voc (multi-scale, no CRF): scores and work dir."""
+    root, work = demo_run["root"], tmp_path_factory.mktemp("demo_eval")
     results = eval_seg_voc.run(["--data_folder", str(root / "data" / "VOC2012"), "--model_path",
                                 str(root / "run" / "checkpoint.pth"), "--backbone",
                                 "deit_tiny_patch16_224", "--no-crf", "--cpu", "--num_workers", "0",
-                                "--work_dir", str(tmp_path / "eval")])
+                                "--work_dir", str(work)])
+    return results, work
+
+
+def test_demo_checkpoint_scores_well_in_the_multiscale_evaluation(demo_run, demo_eval):
+    results, _ = demo_eval
     for column in ("Seg_1", "Seg_2", "Ensemble"):
         assert 100 * results[column]["miou"] >= demo_run["baseline"] + MARGIN, column
+
+
+def test_torch_crf_equals_pydensecrf_on_the_trained_demo_outputs(demo_run, demo_eval):
+    """Realistic CRF inputs: the trained students' saved multi-scale logits of the val images."""
+    from datasets.layout import voc_layout
+    from datasets.readers import read_mask
+    from utils.crf import dense_crf
+    from utils.crf_torch import dense_crf_batch
+    from utils.evaluation import crf_inputs
+    _, work = demo_eval
+    layout = voc_layout(str(demo_run["root"] / "data" / "VOC2012"))
+    ids = sorted(f[:-4] for f in os.listdir(work / "logits"))[:16]
+    pairs = [crf_inputs((i, layout.image_path("val", i), (str(work / "logits" / f"{i}.npz"), "ensemble")))
+             for i in ids]
+    ref = [dense_crf(image, probs) for image, probs in pairs]
+    ours = [t.numpy() for t in dense_crf_batch([p[0] for p in pairs], [p[1] for p in pairs])]
+    same = sum(int((a == b).sum()) for a, b in zip(ours, ref))
+    assert same / sum(r.size for r in ref) >= 0.995
+    changed = sum(int((r != p.argmax(0)).sum()) for r, (_, p) in zip(ref, pairs))
+    assert changed > 0   # the CRF has work to do on these outputs
+    mats = {k: ConfusionMatrix(21) for k in ("ref", "ours")}
+    for i, a, b in zip(ids, ref, ours):
+        gt = torch.from_numpy(read_mask(layout.mask_path("val", i), 21).astype(np.int64))
+        mats["ref"].update(gt, torch.from_numpy(a.astype(np.int64)))
+        mats["ours"].update(gt, torch.from_numpy(b.astype(np.int64)))
+    assert abs(mats["ref"].compute()["miou"] - mats["ours"].compute()["miou"]) <= 0.001
 
 
 def _background_miou(layout, lists, split):
