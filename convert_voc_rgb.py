@@ -22,7 +22,7 @@ from datasets.layout import voc_layout
 from datasets.prepare import read_list
 from datasets.readers import check_image_size
 from utils.cli import ArgumentParser
-from utils.errors import UserError, exit_on_user_error
+from datasets.errors import UserError, exit_on_user_error
 
 SERVER_SUBDIR = ("results", "VOC2012", "Segmentation", "comp6_test_cls")
 NUM_CLASSES = len(VOC_CLASSES)

@@ -32,7 +32,7 @@ from datasets.readers import read_image
 from datasets.transforms import normalize
 from utils.crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
-from utils.errors import UserError, exit_on_user_error
+from datasets.errors import UserError, exit_on_user_error
 from utils.evaluation import DEFAULT_MODEL, add_model_flags
 from utils.inference import (BRANCHES, VOC_EVAL_SCALES, load_model, resolve_model_flags, select_branch,
                              to_size, voc_msc_logits)

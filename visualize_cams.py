@@ -40,7 +40,7 @@ from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 from utils.cli import ArgumentParser
-from utils.errors import UserError, exit_on_user_error
+from datasets.errors import UserError, exit_on_user_error
 from utils.evaluation import DEFAULT_MODEL
 from utils.inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
                              resolve_model_flags, select_branch)

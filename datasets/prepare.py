@@ -33,7 +33,7 @@ try:
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
-from utils.errors import UserError, exit_on_user_error
+from datasets.errors import UserError, exit_on_user_error
 
 from .classes import VOC_CLASSES
 from .layout import DatasetLayout, coco_layout, voc_layout

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils.errors import UserError
+from datasets.errors import UserError
 
 from .classes import IGNORE_INDEX
 

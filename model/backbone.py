@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from utils.errors import UserError
+from datasets.errors import UserError
 
 # ImageNet weights of the paper's runs (SPEC §2.1); other names use timm's default tag.
 PRETRAINED_TAGS = {

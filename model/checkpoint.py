@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.errors import UserError
+from datasets.errors import UserError
 
 VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 from datasets.transforms import denormalize
-from utils.schedule import cosine_descent, image_thresholds
 
 from .cam import CAM_SCALES, multiscale_cam
 from .gmm import gmm_filter
@@ -29,6 +28,7 @@ from .losses import (balanced_seg_loss, cls_loss, consistency_loss, discrepancy_
 from .par import PAR
 from .pseudo_labels import label_to_aff_mask, ptc_labels, refine_cams_with_par
 from .strong_aug import strong_augment
+from .thresholds import cosine_descent, image_thresholds
 
 VOC_HIGH_TARGETS = (0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
                     0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55)

@@ -5,7 +5,7 @@ from PIL import Image
 
 from datasets.classes import voc_colormap
 from datasets.readers import read_image, read_mask
-from utils.errors import UserError
+from datasets.errors import UserError
 
 
 def _mask_values():

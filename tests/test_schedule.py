@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.schedule import PolyWarmupAdamW, cosine_descent, image_thresholds, poly_warmup_lr
+from model.thresholds import cosine_descent, image_thresholds
+from utils.schedule import PolyWarmupAdamW, poly_warmup_lr
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 VOC_TARGET = [0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,

@@ -27,7 +27,7 @@ from datasets.prepare import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, l
 from datasets.readers import read_image
 from model.checkpoint import read_checkpoint
 from model.network import DualStudentNet
-from utils.errors import UserError
+from datasets.errors import UserError
 from utils.train_engine import plain, rng_state, set_rng_state
 
 TINY = ["--backbone", "deit_tiny_patch16_224", "--cpu"]

@@ -33,7 +33,7 @@ from model.pseudo_labels import refine_cams_with_par
 
 from .crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
 from .distributed import barrier, cleanup, init_distributed
-from .errors import UserError
+from datasets.errors import UserError
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
 from .evaluation import DEFAULT_MODEL, add_model_flags, check_class_count
 from .inference import load_model, resolve_model_flags

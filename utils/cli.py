@@ -9,7 +9,7 @@
 import argparse
 from typing import Callable, Optional, Sequence
 
-from .errors import UserError
+from datasets.errors import UserError
 
 
 def _numbers(text: str) -> list:

@@ -32,7 +32,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from .crf import CRF_PARAMS
-from .errors import UserError
+from datasets.errors import UserError
 
 
 class Lattice:

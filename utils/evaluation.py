@@ -34,7 +34,7 @@ from datasets.segmentation import EvalDataset
 from .crf import CRFStream, add_crf_backend_flags, dense_crf, probs_from_logits, resolve_crf_backend
 from .crf_torch import TorchCRFStream
 from .distributed import barrier, cleanup, init_distributed
-from .errors import UserError
+from datasets.errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
                         load_model, merge_voc, resolve_model_flags, save_logits, select_branch,
                         to_size, voc_raw_logits)

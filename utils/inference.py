@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from model.checkpoint import load_network, network_state, read_checkpoint
 from model.network import DualStudentNet
 
-from .errors import UserError
+from datasets.errors import UserError
 
 VOC_EVAL_SCALES = (1.0, 1.5, 1.25)
 COCO_EVAL_SCALES = (1.0, 1.25, 1.5)

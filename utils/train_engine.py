@@ -39,7 +39,7 @@ from model.par import PAR
 
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .cli import ArgumentParser, add_launcher_flags, add_numbers, check, check_range, check_scales
-from .errors import UserError
+from datasets.errors import UserError
 from .results import write_results
 from .schedule import PolyWarmupAdamW
 from .validation import COLUMNS, result_table, validate
