@@ -1,4 +1,4 @@
-"""Distributed multi-scale + CRF evaluation of a DuPL checkpoint on MS COCO 2014 (SPEC §6.2).
+"""Distributed multi-scale + CRF evaluation of a DuPL checkpoint on MS COCO 2014 (docs/method.md#evaluation).
 
     python -m torch.distributed.run --nproc_per_node=N eval_seg_coco_ddp.py \
         --img_folder coco/JPEGImages --label_folder coco/SegmentationClass --model_path CKPT

@@ -1,4 +1,4 @@
-"""Multi-scale + CRF evaluation of a DuPL checkpoint on PASCAL VOC 2012 (SPEC §6.1).
+"""Multi-scale + CRF evaluation of a DuPL checkpoint on PASCAL VOC 2012 (docs/method.md#evaluation).
 
     python eval_seg_voc.py --data_folder VOC2012 --model_path work_dirs/voc/.../checkpoint.pth
     python eval_seg_voc.py --data_folder VOC2012 --model_path CKPT --infer_set test   # server

@@ -4,8 +4,7 @@
     python infer.py --model_path dupl_voc.pth --input a.jpg b.png --out predictions/ --branch 2
 
 Any JPEG/PNG (grayscale, RGBA, palette, any size) is read as RGB, normalised with the ImageNet
-constants and segmented at its own size with the VOC multi-scale + flip rule (SPEC §6.1: scales
-merged by max). For each image ``<name>`` three files are written to ``--out``:
+constants and segmented at its own size with the VOC multi-scale + flip rule (docs/method.md#evaluation). For each image ``<name>`` three files are written to ``--out``:
 
 * ``<name>.png``          single-channel class indices 0..C-1
 * ``<name>_color.png``    the same indices as a palette (mode "P") PNG with the VOC colours

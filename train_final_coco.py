@@ -1,4 +1,4 @@
-"""Train DuPL on MS COCO 2014 (SPEC §4.5).
+"""Train DuPL on MS COCO 2014 (docs/method.md#losses-and-phases).
 
     python -m torch.distributed.run --nproc_per_node=8 train_final_coco.py \
         --img_folder coco/JPEGImages --label_folder coco/SegmentationClass

@@ -1,4 +1,4 @@
-"""Train DuPL on PASCAL VOC 2012 (SPEC §4.4).
+"""Train DuPL on PASCAL VOC 2012 (docs/method.md#losses-and-phases).
 
     python -m torch.distributed.run --nproc_per_node=2 train_final_voc.py --data_folder VOC2012
     python train_final_voc.py --data_folder VOC2012            # one GPU, or the CPU

@@ -8,8 +8,7 @@
 Each grid has the image's own tile size and two rows:
 
 * row 1: the image, then student 1's CAM overlay for every present class, then student 2's;
-* row 2: student 1's and student 2's PAR-refined pseudo label (SPEC §3.5, high threshold
-  ``--bkg_thre``, low 0.25, whole image as box), the segmentation prediction of ``--branch``
+* row 2: student 1's and student 2's PAR-refined pseudo label (docs/method.md#par), the segmentation prediction of ``--branch``
   and, when the dataset has a mask, the ground truth (VOC colours; ignore is cream).
 
 The present classes are the image-level labels of the dataset split, or ``--labels``, or else the

@@ -1,4 +1,4 @@
-"""Class names and colour palettes of PASCAL VOC 2012 and MS COCO 2014 (SPEC §1.1, §1.3, §6.3)."""
+"""Class names and colour palettes of PASCAL VOC 2012 and MS COCO 2014 (docs/data.md#pascal-voc-2012--sbd)."""
 import numpy as np
 
 # Index order of the VOC masks; the names are those of the <name> elements in Annotations/*.xml.
@@ -47,7 +47,7 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 
 
 def voc_server_palette() -> np.ndarray:
-    """Palette of the VOC test-server PNGs (SPEC §6.3): 21 VOC colours, then grey (i, i, i)."""
+    """Palette of the VOC test-server PNGs (docs/method.md#evaluation): 21 VOC colours, then grey (i, i, i)."""
     pal = np.stack([np.arange(256)] * 3, axis=1).astype(np.uint8)
     pal[:21] = voc_colormap(21)
     return pal

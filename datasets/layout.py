@@ -1,4 +1,4 @@
-"""Where images and masks of VOC 2012 (+SBD) and COCO 2014 live on disk (SPEC §1.1, §1.3).
+"""Where images and masks of VOC 2012 (+SBD) and COCO 2014 live on disk (docs/data.md#pascal-voc-2012--sbd).
 
 VOC:  ``<data_folder>/JPEGImages/<id>.jpg``, masks in ``SegmentationClassAug/<id>.png`` (SBD,
       single channel) or else ``SegmentationClass/<id>.png`` (VOC's own palette PNGs).

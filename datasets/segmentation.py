@@ -1,4 +1,4 @@
-"""Training and evaluation datasets for VOC and COCO (SPEC §1.4, §1.5).
+"""Training and evaluation datasets for VOC and COCO (docs/data.md#loading-rules).
 
 Both read through :mod:`datasets.readers`, so real and synthetic data, single-channel and palette
 masks, grayscale and RGB images take the same path.

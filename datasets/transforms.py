@@ -1,4 +1,4 @@
-"""Training-time augmentation of one sample (SPEC §1.4).
+"""Training-time augmentation of one sample (docs/data.md#loading-rules).
 
 Random rescale (0.5-2.0, PIL bilinear) -> horizontal flip -> pad with black and crop to
 ``crop_size`` (``img_box`` marks the real pixels) -> colour jitter (p 0.8), grayscale (p 0.2),
@@ -67,7 +67,7 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
     ``x * std + mean`` per channel with the ImageNet constants in 0-255 units, truncated towards
     zero and wrapped into 0..255 as the original's cast to uint8 does on CPU (values outside
-    0..255 wrap modulo 256), then divided by 255 (SPEC §3.5); bit-exact on CPU and CUDA.
+    0..255 wrap modulo 256), then divided by 255 (docs/method.md#par); bit-exact on CPU and CUDA.
     Truncation means a normalised uint8 image does not always come back exactly: a value landing
     a hair below its integer drops one level (about 4% of the 256 levels per channel), as in the
     original. The constants are Python scalars (no host-to-device copy, no synchronisation).
@@ -80,10 +80,10 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class TrainAugmentation:
-    """The per-sample training augmentation of SPEC §1.4.
+    """The per-sample training augmentation of docs/data.md#loading-rules.
 
     ``coco_flip``: COCO's loader flips the crop a second time during the photometric step. With
-    ``mirror_box_on_coco_flip=False`` (the original's behaviour, SPEC §8 quirk 2) ``img_box`` is
+    ``mirror_box_on_coco_flip=False`` (the original's behaviour, docs/method.md#quirks) ``img_box`` is
     left as it was; with True it is mirrored with the pixels.
     """
 

@@ -1,4 +1,4 @@
-"""ViT/DeiT backbone on timm 1.x (SPEC §2.1).
+"""ViT/DeiT backbone on timm 1.x (docs/method.md#network).
 
 A student's encoder is a plain timm ``VisionTransformer`` (so checkpoints keep timm's key names).
 :func:`vit_token_maps` runs it on any input size and returns the final patch-token map (after the
@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from datasets.errors import UserError
 
-# ImageNet weights of the paper's runs (SPEC §2.1); other names use timm's default tag.
+# ImageNet weights of the paper's runs (docs/method.md#network); other names use timm's default tag.
 PRETRAINED_TAGS = {
     "deit_base_patch16_224": "fb_in1k",
     "vit_base_patch16_224": "orig_in21k_ft_in1k",

@@ -1,4 +1,4 @@
-"""Multi-scale class activation maps of a student (SPEC §3.1)."""
+"""Multi-scale class activation maps of a student (docs/method.md#cams)."""
 from typing import Optional, Sequence, Tuple
 
 import torch

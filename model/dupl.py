@@ -1,4 +1,4 @@
-"""One DuPL training iteration, as the paper's algorithm box (SPEC §4).
+"""One DuPL training iteration, as the paper's algorithm box (docs/method.md#losses-and-phases).
 
     training forward of both students -> CAMs of both students (no grad; at scale 1.0 the
     forward's own token maps serve, only the mirror image goes through again)
@@ -10,7 +10,7 @@
     -> discrepancy loss between the two feature maps
 
 :class:`DuPLConfig` holds every number of the schedule; :func:`voc_config` and
-:func:`coco_config` give the paper's (SPEC §4.4, §4.5, §4.11). :func:`dupl_step` returns the
+:func:`coco_config` give the paper's (docs/method.md#losses-and-phases). :func:`dupl_step` returns the
 total loss and the detached terms for logging, without any host synchronisation.
 """
 import contextlib
@@ -42,7 +42,7 @@ class DuPLConfig:
     max_iters: int = 20000
     cam_iters: int = 2000          # seg pseudo labels from here (weights: n > cam_iters)
     gmm_iters: int = 8000          # GMM filtering + consistency from here
-    # progressive high threshold (SPEC §4.6)
+    # progressive high threshold (docs/method.md#thresholds)
     high_thre: float = 0.70
     high_targets: Sequence[float] = VOC_HIGH_TARGETS
     descent_start: int = 2000
@@ -58,19 +58,19 @@ class DuPLConfig:
     w_reg: float = 0.05
     reg_from_gmm_iter: bool = False  # COCO weights L_reg already at n == gmm_iters
     aux_seg_until: int = -1        # COCO: seg labels from the aux CAMs while n <= 12000
-    # GMM filter (SPEC §4.7)
+    # GMM filter (docs/method.md#gmm-filtering)
     gamma: float = 0.95
     gmm_valid_thre: float = 1.0
-    # consistency branch (SPEC §4.8)
+    # consistency branch (docs/method.md#consistency)
     aug_scale: float = 0.75
     conf_thre: float = 0.9
     cam_scales: Sequence[float] = CAM_SCALES
-    # quirk switch (SPEC §8 quirk 1): True applies img_box in pixels to the token map
+    # quirk switch (docs/method.md#quirks): True applies img_box in pixels to the token map
     ptc_box_in_pixels: bool = True
     ignore_index: int = 255
 
     def weights(self, n: int) -> Dict[str, float]:
-        """Loss weights at iteration ``n`` (SPEC §4.4/§4.5: weights switch with ``>``)."""
+        """Loss weights at iteration ``n`` (docs/method.md#losses-and-phases)."""
         reg_on = n >= self.gmm_iters if self.reg_from_gmm_iter else n > self.gmm_iters
         return {
             "cls": 1.0,
@@ -124,7 +124,7 @@ def per_pixel_ce(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 
 
 def filter_noisy_labels(logits, labels, cfg: DuPLConfig, stats: Dict[str, torch.Tensor]):
     """GMM filtering of each student's pseudo labels on the per-pixel losses of its **own**
-    logits (SPEC §4.7). ``logits``: two ``(B, C, H, W)``; ``labels``: two ``(B, H, W)``.
+    logits (docs/method.md#gmm-filtering). ``logits``: two ``(B, C, H, W)``; ``labels``: two ``(B, H, W)``.
     Records the fraction of valid fits and of dropped pixels in ``stats``."""
     filtered = []
     for k in range(2):

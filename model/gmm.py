@@ -1,4 +1,4 @@
-"""GMM-based noisy pseudo-label filtering (SPEC §4.7), batched on the tensors' device.
+"""GMM-based noisy pseudo-label filtering (docs/method.md#gmm-filtering), batched on the tensors' device.
 
 In the last training phase each student's per-pixel cross-entropy against its own pseudo label is
 modelled, per image, by a two-component 1-D Gaussian mixture fitted on the "candidate" pixels
@@ -148,7 +148,7 @@ def gmm_noisy_mask(loss: Tensor, label: Tensor, gamma: float = 0.95, valid_thre:
                    min_pixels: int = 1000, loss_floor: float = 0.1, ignore_index: int = 255,
                    max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4
                    ) -> Tuple[Tensor, Tensor]:
-    """Pixels whose pseudo label the GMM filter judges noisy (SPEC §4.7 steps 2-5), batched.
+    """Pixels whose pseudo label the GMM filter judges noisy (docs/method.md#gmm-filtering), batched.
 
     Per image: candidates are pseudo-label foreground pixels (label not 0, not ``ignore_index``)
     with loss above ``loss_floor``. An image is *valid* when it has more than ``min_pixels``
@@ -183,7 +183,7 @@ def gmm_noisy_mask(loss: Tensor, label: Tensor, gamma: float = 0.95, valid_thre:
 
 def gmm_filter(loss: Tensor, label: Tensor, ignore_index: int = 255, **kwargs
                ) -> Tuple[Tensor, Tensor]:
-    """Filtered pseudo labels (SPEC §4.7 step 5): ``label`` with the pixels :func:`gmm_noisy_mask`
+    """Filtered pseudo labels (docs/method.md#gmm-filtering): ``label`` with the pixels :func:`gmm_noisy_mask`
     flags set to ``ignore_index``. Returns ``(filtered (B, H, W), valid (B,))``; ``label`` itself
     is not modified. Keyword arguments go to :func:`gmm_noisy_mask`."""
     noisy, valid = gmm_noisy_mask(loss, label, ignore_index=ignore_index, **kwargs)

@@ -1,6 +1,6 @@
-"""Losses of DuPL: classification (SPEC §3.7), patch-token contrast (§3.3), class-balanced
-segmentation (§3.6), discrepancy between the two students (§4.3) and the consistency
-regularisation on discarded pixels (§4.8).
+"""Losses of DuPL: classification (docs/method.md#losses-and-phases), patch-token contrast (docs/method.md#patch-token-contrast), class-balanced
+segmentation (docs/method.md#cross-supervision), discrepancy between the two students (docs/method.md#discrepancy-loss) and the consistency
+regularisation on discarded pixels (docs/method.md#consistency).
 
 Every loss returns a 0-dim tensor and none synchronises with the host: counts stay tensors,
 empty selections are handled arithmetically.

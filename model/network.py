@@ -1,4 +1,4 @@
-"""The DuPL network: two independent students (SPEC §2.2–§2.5).
+"""The DuPL network: two independent students (docs/method.md#network).
 
 A student is a ViT encoder, a classifier and an auxiliary classifier (1x1 convs without bias on
 globally max-pooled tokens) and a LargeFOV decoder. Module names follow the original
@@ -38,7 +38,7 @@ class StudentOutput(NamedTuple):
 
 
 class Student(nn.Module):
-    """One DuPL student (SPEC §2.2, §2.3)."""
+    """One DuPL student (docs/method.md#network)."""
 
     def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
                  pretrained: bool = False, pretrained_path: Optional[str] = None):
@@ -84,7 +84,7 @@ class Student(nn.Module):
 
 
 class DualStudentNet(nn.Module):
-    """Two complete, independent students; no weight sharing (SPEC §2.4)."""
+    """Two complete, independent students; no weight sharing (docs/method.md#network)."""
 
     def __init__(self, backbone: str = "deit_base_patch16_224", num_classes: int = 21,
                  aux_layer: int = -3, pretrained: bool = False,
@@ -110,7 +110,7 @@ class DualStudentNet(nn.Module):
         return outs, [s.segment(x_aug) for s in self.students]
 
     def param_groups(self, lr: float, weight_decay: float = 0.01) -> List[dict]:
-        """The four optimiser groups of SPEC §2.5, both students pooled: backbone parameters
+        """The four optimiser groups of docs/method.md#optimisation, both students pooled: backbone parameters
         without / with "norm" in their name (base ``lr``), the four classifier weights and both
         decoders (``10 * lr``). Weight decay on every group, as in the original."""
         params: List[List[nn.Parameter]] = [[], [], [], []]

@@ -1,4 +1,4 @@
-"""Pixel-adaptive refinement (PAR), SPEC §3.4.
+"""Pixel-adaptive refinement (PAR), docs/method.md#par.
 
 PAR propagates soft class maps along an affinity built from the image: each pixel takes a
 weighted average of 48 neighbours (the 8 cells of a 3x3 window around it at dilations

@@ -1,5 +1,5 @@
-"""Pseudo labels from CAMs: CAM -> label (SPEC §3.2), PTC labels and affinity targets (§3.3),
-PAR-refined segmentation pseudo labels (§3.5).
+"""Pseudo labels from CAMs: CAM -> label (docs/method.md#cams), PTC labels and affinity targets (docs/method.md#patch-token-contrast),
+PAR-refined segmentation pseudo labels (docs/method.md#par).
 
 Label convention everywhere: 0 background, ``c + 1`` for foreground class ``c`` (0-based
 position in the image-label vector), ``ignore_index`` (255) for pixels without supervision.
@@ -30,7 +30,7 @@ def box_mask(img_box: torch.Tensor, size: Sequence[int], box_scale: float = 1.0,
     The box is half-open and used like slice indices ``[y0:y1, x0:x1]`` on an ``h x w`` map
     (ends beyond the map clip). With ``box_scale != 1`` the box is first multiplied by it, the
     start rounded down and the end rounded up (a cell is kept when it overlaps real pixels).
-    ``box_scale=1.0`` on a token map reproduces the original's quirk (SPEC §8 quirk 1);
+    ``box_scale=1.0`` on a token map reproduces the original's quirk (docs/method.md#quirks);
     ``token_size / crop_size`` (e.g. 1/16) is the corrected behaviour.
     """
     h, w = int(size[0]), int(size[1])
@@ -52,7 +52,7 @@ def box_mask(img_box: torch.Tensor, size: Sequence[int], box_scale: float = 1.0,
 def cam_to_label(cam: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[torch.Tensor] = None,
                  bkg_thre: Threshold = 0.5, high_thre: Threshold = 0.7, low_thre: Threshold = 0.25,
                  ignore_mid: bool = False, ignore_index: int = 255, box_scale: float = 1.0):
-    """Turn CAMs into pixel labels (SPEC §3.2).
+    """Turn CAMs into pixel labels (docs/method.md#cams).
 
     ``cam (B, K, H, W)`` in [0, 1], ``cls_label (B, K)`` -> ``valid_cam (B, K, H, W)`` (CAMs of
     absent classes zeroed) and ``label (B, H, W)`` long. With ``v = max_c valid_cam`` and
@@ -61,7 +61,7 @@ def cam_to_label(cam: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[t
     where ``v <= high_thre`` and back to 0 where ``v <= low_thre``: foreground above the high
     threshold, ignored in between, background below the low one (``bkg_thre`` has no effect
     as long as ``high_thre >= bkg_thre``). ``high_thre`` (and the other thresholds) may be a
-    float or a per-image tensor ``(B,)`` (dynamic threshold, §4.6). When ``img_box (B, 4)`` is
+    float or a per-image tensor ``(B,)`` (dynamic threshold, docs/method.md#thresholds). When ``img_box (B, 4)`` is
     given, everything outside it becomes ``ignore_index`` (see ``box_mask`` for ``box_scale``).
     """
     valid_cam = cam * cls_label[:, :, None, None].to(cam.dtype)
@@ -81,7 +81,7 @@ def cam_to_label(cam: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[t
 def ptc_labels(cam_aux: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[torch.Tensor],
                high_thre: Threshold, low_thre: Threshold, token_hw: Sequence[int],
                box_scale: float = 1.0, ignore_index: int = 255) -> torch.Tensor:
-    """Token-level labels for the patch-token contrast loss (SPEC §3.3).
+    """Token-level labels for the patch-token contrast loss (docs/method.md#patch-token-contrast).
 
     The aux CAM ``(B, K, H, W)`` is resized bilinearly (``align_corners=False``) to the token
     grid ``token_hw = (h, w)`` and three-way labelled with ``high_thre`` (float or ``(B,)``) and
@@ -97,7 +97,7 @@ def ptc_labels(cam_aux: torch.Tensor, cls_label: torch.Tensor, img_box: Optional
 
 def label_to_aff_mask(label: torch.Tensor, ignore_index: int = 255,
                       dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """Pairwise affinity target of the tokens (SPEC §3.3).
+    """Pairwise affinity target of the tokens (docs/method.md#patch-token-contrast).
 
     ``label (B, h, w)`` -> ``(B, hw, hw)``: 1 where the two tokens share a label (background
     pairs included), 0 where they differ, ``ignore_index`` where either token is ignored and on
@@ -123,7 +123,7 @@ def _threshold_map(thre: Threshold, batch: int, size: Sequence[int], like: torch
 
 
 def _combine_high_low(label_high: torch.Tensor, label_low: torch.Tensor, ignore_index: int):
-    """Final refined label (SPEC §3.5 step 5): the high-threshold label, its background turned
+    """Final refined label (docs/method.md#par): the high-threshold label, its background turned
     into ignore unless the low-threshold label is background too."""
     background = torch.where(label_low == 0, torch.zeros_like(label_high),
                              torch.full_like(label_high, ignore_index))
@@ -135,7 +135,7 @@ def refine_cams_with_par(image: torch.Tensor, cams: torch.Tensor, cls_label: tor
                          high_thre: Threshold, low_thre: Threshold, img_box: torch.Tensor, par,
                          ignore_index: int = 255, down_scale: int = 2,
                          max_channels: Optional[int] = None) -> torch.Tensor:
-    """Segmentation pseudo labels from CAMs refined by PAR (SPEC §3.5), batched.
+    """Segmentation pseudo labels from CAMs refined by PAR (docs/method.md#par), batched.
 
     ``image (B, 3, H, W)`` de-normalised in [0, 1], ``cams (B, K, H, W)`` (CAMs times the image
     labels), ``cls_label (B, K)``, ``high_thre`` a float, ``(B,)`` tensor or map ``(B, 1, H, W)``,

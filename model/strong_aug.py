@@ -1,4 +1,4 @@
-"""Strong view of the consistency branch (SPEC §4.1 step 2, §4.8), batched on the tensors' device.
+"""Strong view of the consistency branch (docs/method.md#losses-and-phases), batched on the tensors' device.
 
 Per image: RandAugment with ``num_ops`` operations drawn with replacement from seven photometric
 ops at one fixed magnitude, then ImageNet normalisation, then a horizontal flip. The original
@@ -8,7 +8,7 @@ lookup tables, the fixed-point RGB -> L conversion, ``Image.blend``'s single-pre
 interpolation with truncation, and the rounded 3x3 SMOOTH filter that leaves the border as is --
 so the result equals PIL's up to float rounding of the final normalisation.
 
-Magnitude ``m`` (0..30) maps to ``v = m / 30 * (max - min) + min`` per op (SPEC §4.1 table); at
+Magnitude ``m`` (0..30) maps to ``v = m / 30 * (max - min) + min`` per op (docs/method.md#losses-and-phases); at
 ``m = 10``: Posterize keeps 2 bits, Color / Contrast / Brightness / Sharpness use factor 0.7.
 AutoContrast and Equalize take no magnitude. No op moves pixels, so apart from the explicit flip
 the strong view is pixel-aligned with its input.
@@ -173,7 +173,7 @@ def strong_augment(images: Tensor, generator: Optional[torch.Generator] = None,
                    ) -> Union[Tensor, Tuple[Tensor, List[List[str]]]]:
     """Strongly augmented view of a batch: per image RandAugment(n = ``num_ops``, m =
     ``magnitude``) over AutoContrast, Equalize, Posterize, Color, Contrast, Brightness, Sharpness
-    with PIL semantics, then ImageNet normalisation, then a horizontal flip (SPEC §4.1 step 2).
+    with PIL semantics, then ImageNet normalisation, then a horizontal flip (docs/method.md#losses-and-phases).
 
     Args:
         images: ``(B, 3, H, W)`` float in [0, 1], uint8-quantised (the de-normalised training

@@ -1,4 +1,4 @@
-"""convert_voc_rgb.py: VOC test predictions -> evaluation-server PNGs and archive (SPEC §6.3)."""
+"""convert_voc_rgb.py: VOC test predictions -> evaluation-server PNGs and archive (docs/method.md#evaluation)."""
 import os
 import subprocess
 import sys
@@ -13,7 +13,7 @@ IDS = ("2008_000001", "2008_000007", "2009_000123")
 SIZES = {"2008_000001": (12, 17), "2008_000007": (9, 9), "2009_000123": (20, 6)}  # (H, W)
 SERVER = "results/VOC2012/Segmentation/comp6_test_cls"
 
-# SPEC §6.3, written out rather than computed.
+# docs/method.md#evaluation, written out rather than computed.
 VOC_COLOURS = [
     (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
     (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128),

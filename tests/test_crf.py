@@ -1,4 +1,4 @@
-"""Dense CRF post-processing (SPEC §6.1): parameters, unary, logits -> probabilities, parallel runner."""
+"""Dense CRF post-processing (docs/method.md#evaluation): parameters, unary, logits -> probabilities, parallel runner."""
 import numpy as np
 import pytest
 import torch

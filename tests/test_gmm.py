@@ -174,7 +174,7 @@ def test_background_never_dropped_and_posterior_on_all_pixels():
 
 
 def test_wide_noisy_component_flags_low_loss_pixels_like_the_original():
-    # SPEC §8 quirk 8: a noisy component much wider than the clean one also owns the far low tail,
+    # docs/method.md#quirks: a noisy component much wider than the clean one also owns the far low tail,
     # so foreground pixels with losses under the 0.1 fitting floor get flagged -- in both paths
     g = torch.Generator().manual_seed(19)
     label = torch.full((64, 64), 4, dtype=torch.long)

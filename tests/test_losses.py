@@ -1,4 +1,4 @@
-"""The losses of SPEC §3.3, §3.6, §3.7, §4.3 and §4.8 match the original and their definitions."""
+"""The losses of docs/method.md#patch-token-contrast match the original and their definitions."""
 import pytest
 import torch
 import torch.nn.functional as F

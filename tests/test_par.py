@@ -1,4 +1,4 @@
-"""PAR (SPEC §3.4) reproduces the original's refinement and its weights behave as specified."""
+"""PAR (docs/method.md#par) reproduces the original's refinement and its weights behave as specified."""
 import numpy as np
 import pytest
 import torch

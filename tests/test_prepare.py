@@ -1,4 +1,4 @@
-"""Split lists and image-level labels are derived from the dataset itself (SPEC §1.2, §1.3)."""
+"""Split lists and image-level labels are derived from the dataset itself (docs/data.md#split-lists-and-image-level-labels)."""
 import os
 import subprocess
 import sys

@@ -1,5 +1,5 @@
-"""CAM -> label (SPEC §3.2), PTC labels and affinity targets (§3.3), PAR-refined pseudo labels
-(§3.5) and the de-normalised image they use match the original implementation."""
+"""CAM -> label (docs/method.md#cams), PTC labels and affinity targets (docs/method.md#patch-token-contrast), PAR-refined pseudo labels
+(docs/method.md#par) and the de-normalised image they use match the original implementation."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The progressive threshold (SPEC §4.6) and the learning-rate schedule (§2.5) follow the
+"""The progressive threshold (docs/method.md#thresholds) and the learning-rate schedule (docs/method.md#optimisation) follow the
 original and the training logs."""
 import io
 import json

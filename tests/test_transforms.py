@@ -1,4 +1,4 @@
-"""The training augmentation of SPEC §1.4: sizes, img_box semantics, padding and normalisation."""
+"""The training augmentation of docs/data.md#loading-rules: sizes, img_box semantics, padding and normalisation."""
 import numpy as np
 import pytest
 import torch
@@ -86,4 +86,4 @@ def test_coco_flip_mirrors_the_box_only_when_asked(mirror):
     if mirror:
         assert mismatches == 0
     else:
-        assert mismatches > 5, "the original's COCO flip leaves img_box unmirrored (SPEC §8 quirk 2)"
+        assert mismatches > 5, "the original's COCO flip leaves img_box unmirrored (docs/method.md#quirks)"

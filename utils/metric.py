@@ -1,4 +1,4 @@
-"""Segmentation metric: a confusion matrix accumulated on the tensors' device (SPEC §5.2).
+"""Segmentation metric: a confusion matrix accumulated on the tensors' device (docs/method.md#evaluation).
 
 Rows are ground truth, columns predictions. Pixels whose ground truth is outside ``[0, C)``
 (255 = ignore) are skipped. A prediction outside ``[0, C)`` counts as a miss of its GT class

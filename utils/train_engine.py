@@ -154,7 +154,7 @@ def config_from_args(args, dataset: str) -> DuPLConfig:
                      ptc_box_in_pixels=args.ptc_box_in_pixels)
     cfg = make(**overrides)
     if dataset == "voc":
-        # the descent runs from cam_iters to the end (SPEC §4.6)
+        # the descent runs from cam_iters to the end (docs/method.md#thresholds)
         cfg.descent_start, cfg.descent_steps = args.cam_iters, args.max_iters - args.cam_iters
     else:
         # COCO's 8k/12k literals scale with a shortened schedule (cam_iters * 1.5 = 12k)

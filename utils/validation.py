@@ -1,4 +1,4 @@
-"""Validation during training (SPEC §5.1), sharded across ranks.
+"""Validation during training (docs/method.md#evaluation), sharded across ranks.
 
 Each rank scores every ``world_size``-th image (no padding, no duplicates); the six confusion
 matrices and the F1 sums are summed over ranks, so the numbers equal a one-process run's.
