@@ -1,0 +1,151 @@
+"""The documentation covers the code and points only at things that exist: every flag of every
+script appears in README.md or docs/, every relative link and docs anchor resolves, and the
+import layers that docs/development.md describes hold."""
+import ast
+import contextlib
+import io
+import os
+import re
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["train_final_voc.py", "train_final_coco.py", "eval_seg_voc.py", "eval_seg_coco_ddp.py",
+           "eval_cam_voc.py", "eval_cam_coco.py", "convert_voc_rgb.py", "visualize_cams.py", "infer.py",
+           "demo.py", "datasets/prepare.py", "datasets/synthetic.py", "benchmarks/bench_train.py",
+           "benchmarks/bench_eval.py", "benchmarks/bench_crf.py", "benchmarks/bench_data.py"]
+
+
+def _docs():
+    pages = ["README.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(REPO, "docs")))
+                             if f.endswith(".md")]
+    return {p: open(os.path.join(REPO, p), encoding="utf-8").read() for p in pages}
+
+
+def _help(script: str) -> str:
+    """``script --help`` run in this process (the modules are imported once for all scripts)."""
+    out = io.StringIO()
+    argv, path = sys.argv, list(sys.path)
+    sys.argv = [script, "--help"]
+    sys.path.insert(0, REPO)
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            if script.startswith("datasets/"):       # package modules: python -m datasets.x
+                runpy.run_module(script[:-3].replace("/", "."), run_name="__main__")
+            else:
+                runpy.run_path(os.path.join(REPO, script), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, path
+    return out.getvalue()
+
+
+def _flags(help_text: str):
+    flags = set()
+    for line in help_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("-"):
+            head = re.split(r"\s{2,}", stripped)[0]            # the option strings, not the help
+            flags.update(re.findall(r"--[A-Za-z][\w-]*", head))
+    return flags - {"--help"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_is_documented(script):
+    text = "\n".join(_docs().values())
+    flags = _flags(_help(script))
+    assert flags, f"no flags found in {script} --help"
+    missing = []
+    for flag in sorted(flags):
+        names = {flag} | ({"--" + flag[5:]} if flag.startswith("--no-") else set())
+        if not any(re.search(re.escape(n) + r"(?![\w-])", text) for n in names):
+            missing.append(flag)
+    assert not missing, f"{script}: flags not in README.md or docs/: {missing}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    s = heading.strip().lower()
+    s = re.sub(r"[^\w\- ]", "", s)
+    return s.replace(" ", "-")
+
+
+def _anchors(page_text: str):
+    return {_slug(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+)$", page_text, re.M)}
+
+
+def _check_target(source_dir: str, target: str, where: str, problems: list) -> None:
+    path, _, anchor = target.partition("#")
+    full = os.path.normpath(os.path.join(REPO, source_dir, path)) if path else None
+    if path and not os.path.exists(full):
+        problems.append(f"{where}: {target} does not exist")
+        return
+    if anchor:
+        page = full if path else None
+        if page and page.endswith(".md"):
+            if anchor not in _anchors(open(page, encoding="utf-8").read()):
+                problems.append(f"{where}: no heading for #{anchor} in {path}")
+
+
+def test_relative_links_and_anchors_resolve():
+    problems = []
+    for page, text in _docs().items():
+        for m in re.finditer(r"\]\(([^)\s]+)\)", text):
+            target = m.group(1)
+            if re.match(r"[a-z]+://", target) or target.startswith("mailto:"):
+                continue
+            if target.startswith("#"):
+                if target[1:] not in _anchors(text):
+                    problems.append(f"{page}: no heading for {target}")
+                continue
+            _check_target(os.path.dirname(page), target, page, problems)
+    assert not problems, problems
+
+
+def _tracked(*patterns):
+    out = subprocess.run(["git", "ls-files", *patterns], cwd=REPO, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [f for f in out.stdout.split() if os.path.exists(os.path.join(REPO, f))]
+
+
+def test_code_points_only_to_documents_that_exist():
+    problems = []
+    for f in _tracked("*.py"):
+        text = open(os.path.join(REPO, f), encoding="utf-8").read()
+        for m in re.finditer(r"\b(docs/[\w/.-]+\.md)(#[\w-]+)?", text):
+            _check_target("", m.group(1) + (m.group(2) or ""), f, problems)
+        if re.search(r"\bSPEC\b", text):
+            problems.append(f"{f}: cites a SPEC document the repository does not contain")
+    for page, text in _docs().items():
+        if re.search(r"\bSPEC\b", text):
+            problems.append(f"{page}: cites a SPEC document the repository does not contain")
+    assert not problems, problems
+
+
+def _project_imports(path: str):
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module.split(".")[0]
+
+
+@pytest.mark.parametrize("package,forbidden", [("datasets", {"model", "utils", "benchmarks"}),
+                                               ("model", {"utils", "benchmarks"})])
+def test_lower_layers_never_import_upper_ones(package, forbidden):
+    folder = os.path.join(REPO, package)
+    bad = [f"{package}/{f} imports {m}" for f in sorted(os.listdir(folder)) if f.endswith(".py")
+           for m in _project_imports(os.path.join(folder, f)) if m in forbidden]
+    assert not bad, bad
+
+
+def test_readme_stays_short_and_has_the_two_commands():
+    text = _docs()["README.md"]
+    assert len(text.splitlines()) <= 200
+    assert "make demo" in text and "make test" in text
+    assert "pytest -q -m \"not slow\"" in open(os.path.join(REPO, "Makefile")).read()
