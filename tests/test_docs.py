@@ -114,6 +114,8 @@ def _tracked(*patterns):
 def test_code_points_only_to_documents_that_exist():
     problems = []
     for f in _tracked("*.py"):
+        if f == "tests/test_docs.py":      # this file names the word it looks for
+            continue
         text = open(os.path.join(REPO, f), encoding="utf-8").read()
         for m in re.finditer(r"\b(docs/[\w/.-]+\.md)(#[\w-]+)?", text):
             _check_target("", m.group(1) + (m.group(2) or ""), f, problems)
