@@ -13,18 +13,16 @@ column, writes ``results.json`` / ``results.txt`` to ``--work_dir`` and, on requ
 present classes (``cams/<id>.npz``, float16 at the mask size) and the label PNGs.
 """
 import argparse
-import logging
 import os
 import sys
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from datasets.layout import dataset_layout
-from datasets.prepare import ensure_lists
+from datasets.errors import UserError
 from datasets.segmentation import EvalDataset
 from datasets.transforms import denormalize
 from model.cam import CAM_SCALES, multiscale_cam
@@ -33,9 +31,8 @@ from model.pseudo_labels import refine_cams_with_par
 
 from .crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
 from .distributed import barrier, cleanup, init_distributed
-from datasets.errors import UserError
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
-from .evaluation import DEFAULT_MODEL, add_model_flags, check_class_count
+from .evaluation import DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split
 from .inference import load_model, resolve_model_flags
 from .metric import ConfusionMatrix, format_table
 from .results import write_results
@@ -51,16 +48,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
         description=f"CAM and pseudo-label mIoU of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     B = argparse.BooleanOptionalAction
-    if voc:
-        p.add_argument("--data_folder", help="the VOC2012 folder")
-    else:
-        p.add_argument("--img_folder", "--data_folder", dest="img_folder",
-                       help="COCO image folder with train2014/ and val2014/")
-        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
-    p.add_argument("--infer_set", default="train", help="split to evaluate (needs masks and labels)")
-    p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
-    p.add_argument("--model_path", help="checkpoint (this project's or the original's)")
-    add_model_flags(p, dataset)
+    add_data_and_model_flags(p, dataset, "train", "split to evaluate (needs masks and labels)")
     p.add_argument("--size", type=int, default=448, help="side of the square CAM input (the training crop)")
     add_numbers(p, "--cam_scales", default=CAM_SCALES, help="CAM scales (with flips)")
     p.add_argument("--bkg_thre", type=float, default=0.5 if voc else 0.45,
@@ -112,19 +100,9 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     check_class_count(args, dataset, given_classes)
     info = init_distributed(cpu=args.cpu)
     backend = resolve_crf_backend(args.crf_backend, info.device)
-    log = logging.getLogger("dupl.cam_eval")
-    log.handlers.clear()
-    log.setLevel(logging.INFO if info.is_main else logging.WARNING)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
-    log.addHandler(handler)
+    log = eval_logger("dupl.cam_eval", info.is_main)
     try:
-        layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
-                                getattr(args, "label_folder", None), args.num_classes)
-        if info.is_main:
-            ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
-        barrier()
-        lists = ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+        layout, lists = eval_split(args, dataset, info.is_main, log)
         data = EvalDataset(layout, lists, args.infer_set)
         work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
                                              f"cam_{args.infer_set}")

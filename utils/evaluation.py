@@ -61,17 +61,8 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
         description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     B = argparse.BooleanOptionalAction
-    if voc:
-        p.add_argument("--data_folder", help="the VOC2012 folder")
-        p.add_argument("--infer_set", default="val", help="split to evaluate: val, or test (no masks)")
-    else:
-        p.add_argument("--img_folder", "--data_folder", dest="img_folder",
-                       help="COCO image folder with train2014/ and val2014/")
-        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
-        p.add_argument("--infer_set", default="val_part", help="val_part (5,000 images) or val")
-    p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
-    p.add_argument("--model_path", required=False, help="checkpoint (this project's or the original's)")
-    add_model_flags(p, dataset)
+    add_data_and_model_flags(p, dataset, *(("val", "split to evaluate: val, or test (no masks)") if voc
+                                           else ("val_part", "val_part (5,000 images) or val")))
     add_numbers(p, "--scales", default=VOC_EVAL_SCALES if voc else COCO_EVAL_SCALES,
                 help="inference scales (with flips)")
     p.add_argument("--branch", default="ensemble", choices=BRANCHES + (BEST_ON_GT,),
@@ -91,6 +82,42 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
     add_launcher_flags(p)
     return p
+
+
+def add_data_and_model_flags(p, dataset: str, infer_default: str, infer_help: str) -> None:
+    """The dataset, split, list folder, checkpoint and model flags every evaluation script takes."""
+    if dataset == "voc":
+        p.add_argument("--data_folder", help="the VOC2012 folder")
+    else:
+        p.add_argument("--img_folder", "--data_folder", dest="img_folder",
+                       help="COCO image folder with train2014/ and val2014/")
+        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
+    p.add_argument("--infer_set", default=infer_default, help=infer_help)
+    p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
+    p.add_argument("--model_path", help="checkpoint (this project's or the original's)")
+    add_model_flags(p, dataset)
+
+
+def eval_logger(name: str, is_main: bool) -> logging.Logger:
+    """A logger printing timestamped lines to stdout on the main rank (warnings only elsewhere)."""
+    log = logging.getLogger(name)
+    log.handlers.clear()
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
+    log.addHandler(handler)
+    return log
+
+
+def eval_split(args, dataset: str, is_main: bool, log: logging.Logger):
+    """The dataset layout and the split lists of ``args.infer_set`` (derived by the main rank
+    first when they are missing)."""
+    layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
+                            getattr(args, "label_folder", None), args.num_classes)
+    if is_main:
+        ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+    barrier()
+    return layout, ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
 
 
 DEFAULT_MODEL = {"voc": {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3},
@@ -191,20 +218,9 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
     info = init_distributed(cpu=args.cpu)
-    log = logging.getLogger("dupl.eval")
-    log.handlers.clear()
-    log.setLevel(logging.INFO if info.is_main else logging.WARNING)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
-    log.addHandler(handler)
+    log = eval_logger("dupl.eval", info.is_main)
     try:
-        layout = dataset_layout(dataset, getattr(args, "data_folder", None),
-                                getattr(args, "img_folder", None), getattr(args, "label_folder", None),
-                                args.num_classes)
-        if info.is_main:
-            ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
-        barrier()
-        lists = ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
+        layout, lists = eval_split(args, dataset, info.is_main, log)
         with_masks = not (dataset == "voc" and args.infer_set == "test")
         deferred = args.branch == BEST_ON_GT
         if deferred and not with_masks:
