@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from datasets.classes import VOC_CLASSES, voc_server_palette
 from datasets.layout import voc_layout
 from datasets.prepare import read_list
-from datasets.readers import check_image_size
+from datasets.readers import open_image
 from utils.cli import ArgumentParser
 from datasets.errors import UserError, exit_on_user_error
 
@@ -65,16 +65,8 @@ def _test_ids(args) -> List[str]:
 
 
 def _read_prediction(path: str, img_id: str) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            check_image_size(img, path, f"prediction of test id {img_id}")
-            arr = np.asarray(img)
-    except Image.DecompressionBombError:
-        raise UserError(f"refused prediction {path} of test id {img_id}: it declares more pixels "
-                        "than PIL's limit; write it again") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"cannot read prediction {path} of test id {img_id} ({exc}); the file is "
-                        "corrupt or truncated: write it again") from None
+    with open_image(path, f"prediction of test id {img_id}", fix="write it again") as img:
+        arr = np.asarray(img)
     if arr.ndim != 2:
         raise UserError(f"prediction {path} of test id {img_id} has shape {arr.shape}, not a "
                         "single-channel index PNG; save class indices (0..20) as a mode L or P PNG, "

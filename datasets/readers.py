@@ -20,35 +20,37 @@ from .classes import IGNORE_INDEX
 MAX_IMAGE_PIXELS = 1 << 26
 
 
-def check_image_size(img: Image.Image, path: str, what: str = "image") -> None:
+def check_image_size(img: Image.Image, path: str, what: str = "image",
+                     fix: str = "replace it or remove its id from the list") -> None:
     """Refuse an opened (not yet decoded) image whose header declares more than MAX_IMAGE_PIXELS."""
     w, h = img.size
     if w * h > MAX_IMAGE_PIXELS:
         raise UserError(f"refused {what} {path}: it declares {w}x{h} pixels, more than "
                         f"{MAX_IMAGE_PIXELS >> 20} M (a decompression bomb or not a dataset image); "
-                        "replace it or remove its id from the list")
+                        f"{fix}")
 
 
-def _open(path: str, what: str) -> Image.Image:
+def open_image(path: str, what: str, fix: str = "replace it or remove its id from the list") -> Image.Image:
+    """Open and decode ``path`` after checking its declared size; a missing, oversized, corrupt or
+    truncated file is a one-line :class:`UserError` naming ``what``, the path and ``fix``."""
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} does not exist; check the dataset folder and the list file")
     try:
         img = Image.open(path)   # reads the header only
-        check_image_size(img, path, what)
+        check_image_size(img, path, what, fix)
         img.load()
     except Image.DecompressionBombError:
         raise UserError(f"refused {what} {path}: it declares more pixels than PIL's limit (a "
-                        "decompression bomb or not a dataset image); replace it or remove its id "
-                        "from the list") from None
+                        f"decompression bomb or not a dataset image); {fix}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"cannot read {what} {path} ({exc}); the file is corrupt or truncated: "
-                        "replace it or remove its id from the list") from None
+                        f"{fix}") from None
     return img
 
 
 def read_image(path: str) -> np.ndarray:
     """Read an image file as RGB uint8 ``(H, W, 3)`` whatever its mode (L, RGBA, CMYK, P, I;16)."""
-    img = _open(path, "image")
+    img = open_image(path, "image")
     if img.mode == "I;16" or img.mode == "I":
         arr = np.asarray(img, dtype=np.float64)
         arr = np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8)
@@ -63,7 +65,7 @@ def read_mask(path: str, num_classes: int) -> np.ndarray:
 
     Single-channel and palette PNGs are both read as indices. Any other value is a user error.
     """
-    img = _open(path, "mask")
+    img = open_image(path, "mask")
     if img.mode in ("P", "L"):
         mask = np.array(img, dtype=np.uint8)
     elif img.mode in ("I", "I;16", "I;16B", "I;16L"):

@@ -281,9 +281,10 @@ class TorchCRFStream:
         except torch.OutOfMemoryError:
             raise UserError(f"{self.device.type} memory ran out in the dense CRF of {len(images)} "
                             "image(s); lower --crf_batch or set --crf_class_chunk (e.g. 21)") from None
-        # keep the backlog of PNG writes bounded
-        while len(self.futures) > 0 and sum(not f.done() for f in self.futures) > 4 * self.batch:
-            next(f for f in self.futures if not f.done()).result()
+        # keep the backlog of PNG writes bounded: the writer runs jobs in order, so waiting for the
+        # one submitted 4 batches ago leaves at most about 4 batches queued
+        if len(self.futures) > 4 * self.batch:
+            self.futures[-4 * self.batch].result()
         for job, label in zip(jobs, labels):
             self.futures.append(self.writer.submit(self.finish, job, label.numpy()))
 

@@ -31,7 +31,7 @@ from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
 
-from .crf import CRFStream, add_crf_backend_flags, dense_crf, probs_from_logits, resolve_crf_backend
+from .crf import CRFStream, add_crf_backend_flags, probs_from_logits, refine_labels, resolve_crf_backend
 from .crf_torch import TorchCRFStream
 from .distributed import barrier, cleanup, init_distributed
 from datasets.errors import UserError
@@ -184,10 +184,7 @@ def crf_outputs(job, label: np.ndarray) -> Optional[np.ndarray]:
 
 def crf_job(job) -> Optional[np.ndarray]:
     """CRF of one job with ``pydensecrf`` (runs in a worker process): see :func:`crf_inputs`."""
-    image, probs = crf_inputs(job)
-    if isinstance(probs, torch.Tensor):
-        probs = probs.cpu().numpy()
-    return crf_outputs(job, dense_crf(image, probs))
+    return crf_outputs(job, refine_labels(*crf_inputs(job), "pydensecrf"))
 
 
 def crf_stream(args, device: torch.device):
