@@ -30,12 +30,11 @@ VOC_TEST_SIZE = 1456
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", help="folder of <id>.png single-channel class-index predictions "
-                   "(values 0..20) of the test split")
+                   "(values 0..20) of the test split (required)")
     p.add_argument("--output", help="folder to write results/VOC2012/Segmentation/comp6_test_cls/ "
-                   "and results.tar.gz into")
+                   "and results.tar.gz into (required)")
     p.add_argument("--data_folder", help="the VOC2012 folder: default list "
                    "ImageSets/Segmentation/test.txt, and each prediction is checked against the "
                    "size of its JPEGImages/<id>.jpg")

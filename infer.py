@@ -133,7 +133,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
                    help="run on the CPU even when a GPU exists")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="bfloat16 autocast, as in training and evaluation")
+                   help="bf16 autocast on GPU")
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False,
                    help="refine the prediction with the evaluation's dense CRF")
     add_crf_backend_flags(p, batch=False)

@@ -182,13 +182,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_path", required=True, help="checkpoint (this project's or the original's)")
     p.add_argument("--out", "--work_dir", dest="out", required=True, help="output folder for the PNG grids (created)")
     src = p.add_argument_group("images: a dataset split, or --images")
-    src.add_argument("--dataset", default="voc", choices=("voc", "coco"))
+    src.add_argument("--dataset", default="voc", choices=("voc", "coco"),
+                     help="dataset of --data_folder or --img_folder")
     src.add_argument("--data_folder", help="VOC: the VOC2012 folder")
     src.add_argument("--img_folder", help="COCO: folder with train2014/ and val2014/")
     src.add_argument("--label_folder", help="COCO: mask folder (default: found next to --img_folder)")
     src.add_argument("--list_folder",
                      help="split lists (default: <dataset folder>_lists, derived when missing)")
-    src.add_argument("--split", default="val")
+    src.add_argument("--split", default="val", help="split to draw")
     src.add_argument("--num_images", type=int, default=20, help="first N images of the split (0: all)")
     src.add_argument("--images", nargs="+", help="image files and/or folders of images (not searched "
                      "recursively) instead of a dataset split")

@@ -30,6 +30,7 @@ from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
 from utils.crf_torch import dense_crf_batch  # noqa: E402
 
 from benchmarks.common import sync  # noqa: E402
+from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
 
 SIZES = {"voc": ((375, 500), 21), "coco": ((480, 640), 81)}
 
@@ -123,9 +124,11 @@ def bench_size(kind: str, n: int, batches, devices, workers: int, size=None) -> 
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["voc", "coco"], choices=sorted(SIZES))
-    p.add_argument("--num_images", type=int, default=8)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["voc", "coco"], choices=sorted(SIZES),
+                   help="image sizes and class counts to time")
+    p.add_argument("--num_images", type=int, default=8, help="synthetic scenes per size")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 16],
                    help="images per torch CRF batch on the GPU")
     p.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")

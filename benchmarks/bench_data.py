@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmarks.common import voc_folder  # noqa: E402
+from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
@@ -26,12 +27,13 @@ DEFAULT = os.path.join("demo_data", "VOC2012")  # written when missing
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="training data-loader throughput")
+    p = argparse.ArgumentParser(description="training data-loader throughput",
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", default=DEFAULT, help="VOC2012-layout folder")
-    p.add_argument("--crop_size", type=int, default=448)
-    p.add_argument("--batch_size", type=int, default=2)
+    p.add_argument("--crop_size", type=int, default=448, help="training crop")
+    p.add_argument("--batch_size", type=int, default=2, help="images per batch")
     p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts to time")
     p.add_argument("--json", help="write the numbers to this file")
     args = p.parse_args()
     layout = voc_layout(voc_folder(None if args.data_folder == DEFAULT else args.data_folder))

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.common import sync, voc_folder  # noqa: E402
+from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
@@ -38,15 +39,16 @@ from utils.inference import (VOC_EVAL_SCALES, load_logits, load_model, merge_voc
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="DuPL evaluation benchmark")
+    p = argparse.ArgumentParser(description="DuPL evaluation benchmark",
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
     p.add_argument("--model_path", help="checkpoint (default: random weights)")
-    p.add_argument("--backbone", default="deit_base_patch16_224")
-    p.add_argument("--num_images", type=int, default=20)
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--backbone", default="deit_base_patch16_224", help="timm ViT/DeiT name")
+    p.add_argument("--num_images", type=int, default=20, help="images to evaluate")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on GPU")
     p.add_argument("--crf_workers", type=int, nargs="+", default=[1, 2],
                    help="worker counts to time against the one-core loop; 0 skips the CRF part")
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
 

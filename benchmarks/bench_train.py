@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmarks.common import sync, voc_folder  # noqa: E402
+from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
@@ -75,17 +76,18 @@ def peak_tflops(name: str, amp: bool) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="DuPL training-step benchmark")
+    p = argparse.ArgumentParser(description="DuPL training-step benchmark",
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
-    p.add_argument("--backbone", default="deit_base_patch16_224")
-    p.add_argument("--crop_size", type=int, default=448)
-    p.add_argument("--samples_per_gpu", type=int, default=2)
+    p.add_argument("--backbone", default="deit_base_patch16_224", help="timm ViT/DeiT name")
+    p.add_argument("--crop_size", type=int, default=448, help="training crop")
+    p.add_argument("--samples_per_gpu", type=int, default=2, help="images per step")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per phase")
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase")
-    p.add_argument("--phases", default="ABC")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--num_workers", type=int, default=4)
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--phases", default="ABC", help="phases to time (A, B, C)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on GPU")
+    p.add_argument("--num_workers", type=int, default=4, help="data loader workers")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
 

@@ -38,6 +38,7 @@ from datasets.errors import UserError, exit_on_user_error
 from .classes import VOC_CLASSES
 from .layout import DatasetLayout, coco_layout, voc_layout
 from .readers import read_mask
+from .help_format import DefaultsHelpFormatter
 
 LABELS_FILE = "cls_labels.npz"                  # written by this project, no pickle
 ORIGINAL_LABELS_FILE = "cls_labels_onehot.npy"  # the original's pickled dict, read safely
@@ -427,7 +428,7 @@ def _warn_if_labels_disagree(layout: DatasetLayout, list_folder: str, splits: Se
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--dataset", choices=("voc", "coco"), required=True, help="dataset kind")
     p.add_argument("--data_folder", help="VOC: the VOC2012 folder; COCO: alias of --img_folder")
     p.add_argument("--img_folder", help="COCO: folder with train2014/ and val2014/ images")

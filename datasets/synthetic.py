@@ -73,6 +73,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.classes import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_colormap
+from datasets.help_format import DefaultsHelpFormatter
 
 # (VOC name, COCO name) of the five foreground classes; the position in this tuple is the
 # "synthetic class id" used by ``make_sample``.
@@ -937,6 +938,7 @@ def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m datasets.synthetic",
+        formatter_class=DefaultsHelpFormatter,
         description="Write the synthetic segmentation dataset in the PASCAL VOC 2012 layout "
                     "(OUT/VOC2012) and the COCO 2014 layout (OUT/coco).")
     p.add_argument("--out", required=True, help="output folder; VOC2012/ and coco/ are created inside it")

@@ -45,8 +45,7 @@ DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     voc = dataset == "voc"
     p = ArgumentParser(
-        description=f"CAM and pseudo-label mIoU of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=f"CAM and pseudo-label mIoU of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}")
     B = argparse.BooleanOptionalAction
     add_data_and_model_flags(p, dataset, "train", "split to evaluate (needs masks and labels)")
     p.add_argument("--size", type=int, default=448, help="side of the square CAM input (the training crop)")

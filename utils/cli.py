@@ -5,11 +5,13 @@
 * ``--local-rank`` / ``--local_rank`` from ``python -m torch.distributed.launch`` is accepted
   everywhere (:func:`add_launcher_flags`); the rank itself is read from the environment.
 * Bad values become one-line errors that name the flag and the rule (:func:`check`).
+* ``--help`` prints each default once (:class:`datasets.help_format.DefaultsHelpFormatter`).
 """
 import argparse
 from typing import Callable, Optional, Sequence
 
 from datasets.errors import UserError
+from datasets.help_format import DefaultsHelpFormatter
 
 
 def _numbers(text: str) -> list:
@@ -70,7 +72,11 @@ def check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = F
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (``error: <prog>: <message>``, exit 2) instead of the usage
-    block; ``--help`` still shows everything."""
+    block; ``--help`` still shows everything, each default once (:class:`DefaultsHelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         import sys

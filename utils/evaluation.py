@@ -58,8 +58,7 @@ def best_student_on_gt(scores: Dict[str, dict]) -> str:
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     voc = dataset == "voc"
     p = ArgumentParser(
-        description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}")
     B = argparse.BooleanOptionalAction
     add_data_and_model_flags(p, dataset, *(("val", "split to evaluate: val, or test (no masks)") if voc
                                            else ("val_part", "val_part (5,000 images) or val")))
@@ -87,14 +86,14 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
 def add_data_and_model_flags(p, dataset: str, infer_default: str, infer_help: str) -> None:
     """The dataset, split, list folder, checkpoint and model flags every evaluation script takes."""
     if dataset == "voc":
-        p.add_argument("--data_folder", help="the VOC2012 folder")
+        p.add_argument("--data_folder", help="the VOC2012 folder (required)")
     else:
         p.add_argument("--img_folder", "--data_folder", dest="img_folder",
-                       help="COCO image folder with train2014/ and val2014/")
+                       help="COCO image folder with train2014/ and val2014/ (required)")
         p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
     p.add_argument("--infer_set", default=infer_default, help=infer_help)
     p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
-    p.add_argument("--model_path", help="checkpoint (this project's or the original's)")
+    p.add_argument("--model_path", help="checkpoint (this project's or the original's; required)")
     add_model_flags(p, dataset)
 
 

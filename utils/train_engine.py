@@ -65,15 +65,15 @@ DEFAULTS = {
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     """The training flags; defaults reproduce the paper's run on ``dataset`` (voc or coco)."""
     d = DEFAULTS[dataset]
-    p = ArgumentParser(description=f"Train DuPL on {'PASCAL VOC 2012' if dataset == 'voc' else 'MS COCO 2014'}",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=f"Train DuPL on {'PASCAL VOC 2012' if dataset == 'voc' else 'MS COCO 2014'}")
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("data")
     if dataset == "voc":
-        g.add_argument("--data_folder", help="the VOC2012 folder (JPEGImages/, SegmentationClassAug/, ...)")
+        g.add_argument("--data_folder",
+                       help="the VOC2012 folder (JPEGImages/, SegmentationClassAug/, ...; required)")
     else:
         g.add_argument("--img_folder", "--data_folder", dest="img_folder",
-                       help="COCO image folder holding train2014/ and val2014/")
+                       help="COCO image folder holding train2014/ and val2014/ (required)")
         g.add_argument("--label_folder", help="COCO mask folder holding train2014/ and val2014/ "
                        "(default: SegmentationClass inside or next to --img_folder)")
     g.add_argument("--list_folder", help="split lists and labels (default: <data>_lists, derived "
