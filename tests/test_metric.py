@@ -96,15 +96,18 @@ def test_reduce_without_process_group_is_a_no_op():
     assert torch.equal(cm.mat, before)
 
 
-def test_table_lists_every_class_and_the_mean_of_present_classes():
+def test_table_lists_the_classes_present_in_the_ground_truth_and_their_mean():
     iou = np.full(21, np.nan)
-    iou[0], iou[15] = 0.9, 0.5
+    iou[0], iou[15], iou[3] = 0.9, 0.5, 0.0          # bird: predicted, but absent from the ground truth
     present = np.zeros(21, bool)
     present[[0, 15]] = True
     table = format_table({"Seg_1": iou, "CAM_1": iou}, VOC_DISPLAY_NAMES, present)
     lines = table.splitlines()
-    assert len(lines) == 23 and lines[0].split() == ["Class", "Seg_1", "CAM_1"]
+    assert lines[0].split() == ["Class", "Seg_1", "CAM_1"]
     assert lines[1].split() == ["bg", "90.000", "90.000"]
-    assert lines[16].split() == ["person", "50.000", "50.000"]
-    assert lines[2].split() == ["aeroplane", "-", "-"]
-    assert lines[-1].split() == ["mIoU", "70.000", "70.000"]
+    assert lines[2].split() == ["person", "50.000", "50.000"]
+    assert lines[3].split() == ["mIoU", "70.000", "70.000"]
+    assert lines[4] == "(19 of 21 classes have no ground truth in this split and are not listed)"
+    assert len(lines) == 5 and "bird" not in table and "aeroplane" not in table
+    full = format_table({"Seg_1": np.linspace(0, 1, 21)}, VOC_DISPLAY_NAMES).splitlines()
+    assert len(full) == 23 and full[-1].split() == ["mIoU", "50.000"]

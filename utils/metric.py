@@ -68,8 +68,9 @@ class ConfusionMatrix:
 def format_table(columns: Mapping[str, np.ndarray], class_names: Sequence[str],
                  present: Optional[np.ndarray] = None) -> str:
     """A per-class IoU table (x100, 3 decimals): one column per name in ``columns``, one row per
-    class, last row the mIoU over classes present in the ground truth (``present``; all classes
-    when None). Classes without ground truth print ``-`` and are left out of the mean."""
+    class present in the ground truth (``present``; all classes when None), then the mIoU over
+    those classes and, when some are absent, a line saying how many are not listed (their IoU is
+    undefined and left out of the mean; ``results.json`` keeps every class)."""
     names = list(columns)
     width = max(len("Class"), *(len(n) for n in class_names)) + 2
     colw = max(9, *(len(n) + 2 for n in names))
@@ -77,14 +78,19 @@ def format_table(columns: Mapping[str, np.ndarray], class_names: Sequence[str],
     present = np.ones(num, dtype=bool) if present is None else np.asarray(present, dtype=bool)
     lines = ["Class".ljust(width) + "".join(n.rjust(colw) for n in names)]
     for i, cname in enumerate(class_names):
+        if not present[i]:
+            continue
         cells = []
         for n in names:
             v = columns[n][i]
-            cells.append(("-" if (not present[i] or np.isnan(v)) else f"{100 * v:.3f}").rjust(colw))
+            cells.append(("-" if np.isnan(v) else f"{100 * v:.3f}").rjust(colw))
         lines.append(cname.ljust(width) + "".join(cells))
     means = []
     for n in names:
         vals = np.asarray(columns[n], dtype=np.float64)[present]
         means.append((f"{100 * np.nanmean(vals):.3f}" if vals.size else "-").rjust(colw))
     lines.append("mIoU".ljust(width) + "".join(means))
+    absent = int(num - present.sum())
+    if absent:
+        lines.append(f"({absent} of {num} classes have no ground truth in this split and are not listed)")
     return "\n".join(lines)
