@@ -15,12 +15,13 @@ import tarfile
 from typing import List, Optional, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from datasets.classes import VOC_CLASSES, voc_server_palette
 from datasets.layout import voc_layout
 from datasets.prepare import read_list
-from datasets.readers import open_image
+from datasets.untrusted import output_path, write_atomically
+from datasets.readers import image_size, open_image
 from utils.cli import ArgumentParser
 from datasets.errors import UserError, exit_on_user_error
 
@@ -64,7 +65,8 @@ def _test_ids(args) -> List[str]:
 
 
 def _read_prediction(path: str, img_id: str) -> np.ndarray:
-    with open_image(path, f"prediction of test id {img_id}", fix="write it again") as img:
+    with open_image(path, f"prediction of test id {img_id}", fix="write it again",
+                    formats=("PNG",)) as img:
         arr = np.asarray(img)
     if arr.ndim != 2:
         raise UserError(f"prediction {path} of test id {img_id} has shape {arr.shape}, not a "
@@ -103,11 +105,7 @@ def check_predictions(ids: Sequence[str], input_dir: str, data_folder: Optional[
             if not os.path.isfile(jpg):
                 raise UserError(f"image {jpg} of test id {img_id} does not exist; check "
                                 "--data_folder and the test list")
-            try:
-                with Image.open(jpg) as img:  # reads the header only
-                    width, height = img.size
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise UserError(f"cannot read image {jpg} of test id {img_id} ({exc})") from None
+            width, height = image_size(jpg, f"image of test id {img_id}", fix="replace it")
             if arr.shape != (height, width):
                 raise UserError(f"prediction {path} of test id {img_id} is {arr.shape[1]}x"
                                 f"{arr.shape[0]} but its image {jpg} is {width}x{height}; predict "
@@ -124,25 +122,26 @@ def write_server_pngs(ids: Sequence[str], input_dir: str, out_dir: str) -> str:
         arr = _read_prediction(os.path.join(input_dir, img_id + ".png"), img_id).astype(np.uint8)
         img = Image.fromarray(arr)  # mode L
         img.putpalette(palette)  # becomes mode P with the same indices
-        tmp = os.path.join(dst, img_id + ".png.tmp")
-        img.save(tmp, format="PNG")
-        os.replace(tmp, os.path.join(dst, img_id + ".png"))
+        write_atomically(output_path(dst, img_id + ".png"), lambda f: img.save(f, format="PNG"),
+                         binary=True)
     return dst
 
 
 def write_tar(ids: Sequence[str], out_dir: str) -> str:
     """Write ``out_dir/results.tar.gz`` with the results/ folders and the PNGs of ``ids`` only."""
     path = os.path.join(out_dir, "results.tar.gz")
-    tmp = path + ".tmp"
-    with tarfile.open(tmp, "w:gz") as tar:
-        for depth in range(1, len(SERVER_SUBDIR) + 1):
-            name = "/".join(SERVER_SUBDIR[:depth])
-            tar.add(os.path.join(out_dir, *SERVER_SUBDIR[:depth]), arcname=name, recursive=False)
-        for img_id in ids:
-            name = "/".join(SERVER_SUBDIR + (img_id + ".png",))
-            tar.add(os.path.join(out_dir, *SERVER_SUBDIR, img_id + ".png"), arcname=name,
-                    recursive=False)
-    os.replace(tmp, path)
+    dst = os.path.join(out_dir, *SERVER_SUBDIR)
+
+    def write(f):
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:
+            for depth in range(1, len(SERVER_SUBDIR) + 1):
+                name = "/".join(SERVER_SUBDIR[:depth])
+                tar.add(os.path.join(out_dir, *SERVER_SUBDIR[:depth]), arcname=name, recursive=False)
+            for img_id in ids:
+                name = "/".join(SERVER_SUBDIR + (img_id + ".png",))
+                tar.add(output_path(dst, img_id + ".png"), arcname=name, recursive=False)
+
+    write_atomically(path, write, binary=True)
     return path
 
 

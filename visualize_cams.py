@@ -33,6 +33,7 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
+from datasets.untrusted import output_path
 from datasets.transforms import denormalize, normalize
 from infer import class_names, collect_inputs, output_names, pick_device, segment_logits
 from model.cam import multiscale_cam
@@ -242,7 +243,7 @@ def main(argv=None) -> None:
     start = time.time()
     for n, item in enumerate(items, 1):
         grid, drawn = draw(net, par, item, dataset, args, device, names)
-        path = os.path.join(args.out, item[0] + ".png")
+        path = output_path(args.out, item[0] + ".png")
         Image.fromarray(grid).save(path)
         print(f"[{n}/{count}] {path}: {', '.join(drawn)}", flush=True)
     print(f"drew {count} grid(s) into {args.out} in {time.time() - start:.1f} s on {device.type}")

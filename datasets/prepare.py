@@ -19,9 +19,11 @@ the masks, ``val_part`` = the first 5,000 ids of ``val``.
 Training ids without any foreground class are dropped (the dynamic threshold needs one).
 """
 import argparse
+import io
 import os
 import pickle
 import sys
+import zipfile
 from xml.parsers import expat
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -36,32 +38,46 @@ except ImportError:  # numpy 1.x
 from datasets.errors import UserError, exit_on_user_error
 
 from .classes import VOC_CLASSES
+from .help_format import DefaultsHelpFormatter
 from .layout import DatasetLayout, coco_layout, voc_layout
 from .readers import read_mask
-from .help_format import DefaultsHelpFormatter
+from .untrusted import (Refused, check_id, check_pickle_memo, check_zip, check_tree, id_problem,
+                        probe_writable, write_atomically)
 
 LABELS_FILE = "cls_labels.npz"                  # written by this project, no pickle
 ORIGINAL_LABELS_FILE = "cls_labels_onehot.npy"  # the original's pickled dict, read safely
-MAX_LABELS_BYTES = 1 << 30
+MAX_LABELS_BYTES = 256 << 20   # COCO's labels are about 50-90 MiB in the original's format
+MAX_LABEL_CLASSES = 1024       # a label vector has 20 (VOC) or 80 (COCO) values
+MAX_LABEL_ENTRIES = 2_000_000  # ids in one labels file (COCO 2014 has 123,287 images)
+MAX_LIST_BYTES = 64 << 20      # a split list of COCO's 82,783 training ids is 2.3 MiB
 COCO_VAL_PART = 5000
 SPLITS = {"voc": ("train_aug", "val", "train", "test"), "coco": ("train", "val", "val_part")}
 
 
 # ---------------------------------------------------------------- list and label files
 def read_list(path: str) -> List[str]:
-    """Ids of a split list (one per line; blank lines and a missing final newline are fine)."""
+    """Ids of a split list (one per line; blank lines and a missing final newline are fine; text
+    after the first space is ignored). Every id must be a bare file name: an absolute path, a
+    ``..`` or a path separator (an id that would read or write outside its folder) is refused."""
     if not os.path.isfile(path):
         raise UserError(f"split list {path} does not exist; run `python -m datasets.prepare` or "
                         "pass a --list_folder that holds it")
-    with open(path) as f:
-        return [line.strip().split()[0] for line in f if line.strip()]
+    if os.path.getsize(path) > MAX_LIST_BYTES:
+        raise UserError(f"refused split list {path}: {os.path.getsize(path) >> 20} MiB, more than "
+                        f"the {MAX_LIST_BYTES >> 20} MiB a list of ids needs; replace it")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"cannot read split list {path} ({exc}); a list is a UTF-8 text file of "
+                        "ids, one per line") from None
+    return [check_id(line.split()[0], f"{path} line {n}")
+            for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def write_list(path: str, ids: Iterable[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(i + "\n" for i in ids)
-    os.replace(tmp, path)
+    """Write a split list through a private temporary file (never through a planted link)."""
+    write_atomically(path, lambda f: f.writelines(i + "\n" for i in ids))
 
 
 def labels_path(list_folder: str) -> str:
@@ -72,49 +88,123 @@ def labels_path(list_folder: str) -> str:
     return original if not os.path.isfile(own) and os.path.isfile(original) else own
 
 
+LABELS_FIX = "; delete it and run `python -m datasets.prepare` to derive the labels from the dataset"
+
+
 def load_labels(list_folder: str) -> Dict[str, np.ndarray]:
-    """Image-level labels of a list folder: id -> float32 ``(K,)``. Neither format can run code:
-    ``cls_labels.npz`` is read without pickle and the original's pickled ``cls_labels_onehot.npy``
-    through :class:`_ArrayDictUnpickler`."""
+    """Image-level labels of a list folder: id -> float32 ``(K,)``. Neither format can run code
+    or exceed its budget (docs/data.md#untrusted-files): ``cls_labels.npz`` is read without
+    pickle after its records and array headers are checked, the original's pickled
+    ``cls_labels_onehot.npy`` through :class:`_ArrayDictUnpickler` after a pass over its opcodes."""
     path = labels_path(list_folder)
     if not os.path.isfile(path):
         raise UserError(f"image-level labels {path} do not exist; run `python -m datasets.prepare`")
     if os.path.getsize(path) > MAX_LABELS_BYTES:
-        raise UserError(f"image-level labels {path} are {os.path.getsize(path) >> 20} MiB, far more "
-                        "than any dataset's; delete it and run `python -m datasets.prepare`")
+        raise UserError(f"refused image-level labels {path}: {os.path.getsize(path) >> 20} MiB, more "
+                        f"than the {MAX_LABELS_BYTES >> 20} MiB any dataset's labels need{LABELS_FIX}")
     read = _read_original_labels if path.endswith(".npy") else _read_own_labels
     try:
         labels = read(path)
     except UserError:
         raise
+    except Refused as exc:
+        raise UserError(f"refused image-level labels {path}: it holds {exc}{LABELS_FIX}") from None
     except Exception as exc:  # any other failure is a damaged file
-        raise UserError(f"cannot read image-level labels {path} ({type(exc).__name__}: {exc}); "
-                        "delete it and run `python -m datasets.prepare` again") from None
-    bad = [k for k, v in labels.items() if not isinstance(k, str) or np.ndim(v) != 1]
-    if bad:
-        raise UserError(f"{path} is not a dict of id -> label vector (entry {bad[0]!r}); delete it "
-                        "and re-run `python -m datasets.prepare`")
-    return {k: np.asarray(v, dtype=np.float32) for k, v in labels.items()}
+        raise UserError(f"cannot read image-level labels {path} ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}){LABELS_FIX}") from None
+    if not isinstance(labels, dict):
+        raise UserError(f"refused image-level labels {path}: it holds a {type(labels).__name__}, "
+                        f"not a dict of id -> label vector{LABELS_FIX}")
+    if len(labels) > MAX_LABEL_ENTRIES:
+        raise UserError(f"refused image-level labels {path}: {len(labels)} entries, more than "
+                        f"{MAX_LABEL_ENTRIES}{LABELS_FIX}")
+    out = {}
+    for k, v in labels.items():   # values are checked as arrays before numpy looks into them
+        if not isinstance(k, str) or len(k) > 1024 or not isinstance(v, np.ndarray) or v.ndim != 1 \
+                or v.size > MAX_LABEL_CLASSES or v.dtype.kind not in "biuf":
+            raise UserError(f"refused image-level labels {path}: entry {str(k)[:80]!r} is not an id "
+                            f"with a vector of at most {MAX_LABEL_CLASSES} numbers{LABELS_FIX}")
+        out[k] = np.array(v, dtype=np.float32)
+    return out
 
 
 def _read_own_labels(path: str) -> Dict[str, np.ndarray]:
+    members = check_zip(path, "image-level labels", MAX_LABELS_BYTES, max_members=2, fix=LABELS_FIX)
+    if set(members) != {"names.npy", "labels.npy"}:
+        raise Refused(f"records {sorted(members)[:4]}, not names.npy and labels.npy")
+    with zipfile.ZipFile(path) as zf:
+        for name, kinds in (("names.npy", "US"), ("labels.npy", "biuf")):
+            with zf.open(name) as f:
+                major, _ = np.lib.format.read_magic(f)
+                header = (np.lib.format.read_array_header_1_0 if major == 1
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = header(f)
+                if dtype.kind not in kinds or dtype.hasobject or dtype.fields is not None:
+                    raise Refused(f"{name} of dtype {dtype}")
+                if len(shape) > 2 or int(np.prod(shape)) * dtype.itemsize > members[name].file_size:
+                    raise Refused(f"{name} declaring {shape} x {dtype}, more than its record holds")
     with np.load(path, allow_pickle=False) as f:
         names, matrix = f["names"], f["labels"]
     if names.ndim != 1 or matrix.ndim != 2 or len(names) != len(matrix):
-        raise ValueError(f"names {names.shape} and labels {matrix.shape} do not pair up")
+        raise Refused(f"names {names.shape} and labels {matrix.shape} that do not pair up")
     return {str(n): row for n, row in zip(names.tolist(), matrix)}
+
+
+MAX_LABEL_ARRAY_BYTES = MAX_LABEL_CLASSES * 16
+
+
+class _CheckedArray(np.ndarray):
+    """What ``numpy.ndarray`` means inside a labels pickle: arrays are rebuilt only through
+    ``_reconstruct`` + their state, which is checked (numeric, at most a label vector's bytes;
+    objects only as the 0-d wrapper of the pickled dict) before numpy allocates anything."""
+
+    def __new__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray called directly (only rebuilt arrays are read)")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5 or not isinstance(state[1], tuple) \
+                or not isinstance(state[2], np.dtype) or len(state[1]) > 2 \
+                or not all(isinstance(d, int) and 0 <= d <= MAX_LABEL_ENTRIES for d in state[1]):
+            raise pickle.UnpicklingError("an array with an odd state")
+        shape, dtype = state[1], state[2]
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise pickle.UnpicklingError(f"an array of records ({dtype})")
+        if dtype.hasobject and shape != ():
+            raise pickle.UnpicklingError("a numpy object array (only numeric arrays are read)")
+        if not dtype.hasobject and (dtype.kind not in "biufUS"
+                                    or int(np.prod(shape)) * dtype.itemsize > MAX_LABEL_ARRAY_BYTES):
+            raise pickle.UnpicklingError(f"an array of {shape} x {dtype}, more than a label vector")
+        super().__setstate__(state)
+
+
+def _checked_reconstruct(subtype, shape, dtype):
+    if subtype is not _CheckedArray or not isinstance(shape, tuple) or \
+            not all(isinstance(d, int) and 0 <= d <= 1 for d in shape) or len(shape) > 2:
+        raise pickle.UnpicklingError("_reconstruct used for something other than an empty array")
+    return _reconstruct(subtype, shape, dtype)
+
+
+def _checked_dtype(spec, align=False, copy=False):
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise pickle.UnpicklingError("a dtype that is not a short type code")
+    dtype = np.dtype(spec)
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufUSO":
+        raise pickle.UnpicklingError(f"dtype {spec!r}")
+    return dtype
 
 
 class _ArrayDictUnpickler(pickle.Unpickler):
     """Unpickles what the original's ``np.save(path, dict)`` writes (numpy arrays, dtypes, a dict
     of names) and nothing else: any other global, the door a crafted file runs code through, is
-    refused."""
+    refused, and the three it needs are replaced by checked versions."""
 
     def find_class(self, module, name):
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-            return _reconstruct
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
+            return _checked_reconstruct
+        if module == "numpy" and name == "ndarray":
+            return _CheckedArray
+        if module == "numpy" and name == "dtype":
+            return _checked_dtype
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a labels file")
 
 
@@ -125,27 +215,27 @@ def _read_original_labels(path: str) -> Dict[str, np.ndarray]:
         shape, _, dtype = header(f)
         if dtype != np.dtype(object) or shape != ():
             raise ValueError(f"a {dtype} array of shape {shape}, not a pickled dict")
-        try:
-            obj = _ArrayDictUnpickler(f).load()
-        except pickle.UnpicklingError as exc:
-            raise UserError(f"refused image-level labels {path}: {exc}; such a file could run code "
-                            "when loaded. Delete it and run `python -m datasets.prepare` to derive "
-                            "the labels from the dataset") from None
-    labels = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0 else obj
-    if not isinstance(labels, dict):
-        raise ValueError(f"holds a {type(labels).__name__}, not a dict")
-    return labels
+        data = f.read()
+    check_pickle_memo(data)
+    try:
+        obj = _ArrayDictUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"refused image-level labels {path}: {exc}; such a file could run code or "
+                        "take the machine's memory when loaded. Delete it and run `python -m "
+                        "datasets.prepare` to derive the labels from the dataset") from None
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
+        obj = obj.item()
+    return obj
 
 
 def save_labels(path: str, labels: Dict[str, np.ndarray]) -> None:
-    """Write ``cls_labels.npz`` (arrays ``names`` and ``labels``, no pickle), atomically."""
+    """Write ``cls_labels.npz`` (arrays ``names`` and ``labels``, no pickle), atomically and
+    never through a planted link."""
     names = sorted(labels)
     matrix = np.stack([np.asarray(labels[n], np.float32).reshape(-1) for n in names]) if names \
         else np.zeros((0, 0), np.float32)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, names=np.array(names, dtype=str), labels=matrix)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: np.savez(f, names=np.array(names, dtype=str), labels=matrix),
+                     binary=True)
 
 
 MAX_XML_BYTES = 1 << 20   # a VOC annotation is about 1 KB
@@ -237,7 +327,12 @@ def _labels_from_masks(paths: Sequence[str], num_classes: int, workers: int) -> 
 def _stems(folder: str, ext: str) -> List[str]:
     if not os.path.isdir(folder):
         return []
-    return sorted(f[: -len(ext)] for f in os.listdir(folder) if f.endswith(ext))
+    stems = sorted(f[: -len(ext)] for f in os.listdir(folder) if f.endswith(ext))
+    for stem in stems:
+        if id_problem(stem) is not None:
+            raise UserError(f"{os.path.join(folder, stem + ext)}: the name {id_problem(stem)}; "
+                            "rename or remove the file")
+    return stems
 
 
 def _check_images(layout: DatasetLayout, split: str, ids: Sequence[str]) -> None:
@@ -250,12 +345,13 @@ def _check_images(layout: DatasetLayout, split: str, ids: Sequence[str]) -> None
 def _make_list_folder(list_folder: str) -> None:
     try:
         os.makedirs(list_folder, exist_ok=True)
-        probe = os.path.join(list_folder, ".write_test")
-        open(probe, "w").close()
-        os.remove(probe)
     except OSError:
+        writable = False
+    else:
+        writable = probe_writable(list_folder)
+    if not writable:
         raise UserError(f"cannot write split lists to {list_folder}; pass --list_folder with a "
-                        "writable folder") from None
+                        "writable folder")
 
 
 def _write_derived(list_folder: str, splits: Dict[str, List[str]], labels: Dict[str, np.ndarray],
@@ -274,6 +370,11 @@ def _write_derived(list_folder: str, splits: Dict[str, List[str]], labels: Dict[
     write_labels = overwrite or not os.path.exists(existing)
     if not todo and not write_labels:
         return
+    for path in [*todo, *([os.path.join(list_folder, LABELS_FILE)] if write_labels else [])]:
+        if os.path.islink(path):   # checked for all before the first write
+            raise UserError(f"refused to write {path}: it is a symbolic link (to "
+                            f"{os.readlink(path)!r}) where a derived file goes; the project never "
+                            "writes through links: remove it or pass another --list_folder")
     _make_list_folder(list_folder)
     for path, ids in todo.items():
         write_list(path, ids)

@@ -30,21 +30,55 @@ def check_image_size(img: Image.Image, path: str, what: str = "image",
                         f"{fix}")
 
 
-def open_image(path: str, what: str, fix: str = "replace it or remove its id from the list") -> Image.Image:
-    """Open and decode ``path`` after checking its declared size; a missing, oversized, corrupt or
-    truncated file is a one-line :class:`UserError` naming ``what``, the path and ``fix``."""
+# the formats a dataset holds; nothing else is handed to a decoder (Pillow can identify dozens,
+# some through external programs: EPS goes to Ghostscript)
+IMAGE_FORMATS = ("JPEG", "PNG")
+
+
+def _open_header(path: str, what: str, fix: str, formats) -> Image.Image:
+    """Open ``path`` reading its header only, as one of ``formats``, and check its declared size."""
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} does not exist; check the dataset folder and the list file")
     try:
-        img = Image.open(path)   # reads the header only
+        img = Image.open(path, formats=list(formats))
+    except Image.DecompressionBombError:
+        raise UserError(f"refused {what} {path}: it declares more pixels than PIL's limit (a "
+                        f"decompression bomb or not a dataset image); {fix}") from None
+    except UnidentifiedImageError:
+        raise UserError(f"refused {what} {path}: it is not a {' or '.join(formats)} file (only "
+                        f"those formats are decoded); {fix}") from None
+    except Exception as exc:   # any decoder failure is the file's
+        raise UserError(f"cannot read {what} {path} ({type(exc).__name__}: {str(exc)[:120]}); the "
+                        f"file is corrupt or truncated: {fix}") from None
+    try:
         check_image_size(img, path, what, fix)
+    except UserError:
+        img.close()
+        raise
+    return img
+
+
+def image_size(path: str, what: str = "image", fix: str = "replace it or remove its id from the list",
+               formats=IMAGE_FORMATS):
+    """``(width, height)`` of a JPEG/PNG file from its header, without decoding its pixels."""
+    with _open_header(path, what, fix, formats) as img:
+        return img.size
+
+
+def open_image(path: str, what: str, fix: str = "replace it or remove its id from the list",
+               formats=IMAGE_FORMATS) -> Image.Image:
+    """Open and decode ``path`` as one of ``formats`` (JPEG and PNG: what datasets hold) after
+    checking its declared size; a missing, oversized, corrupt, truncated or other-format file is a
+    one-line :class:`UserError` naming ``what``, the path and ``fix``."""
+    img = _open_header(path, what, fix, formats)
+    try:
         img.load()
     except Image.DecompressionBombError:
         raise UserError(f"refused {what} {path}: it declares more pixels than PIL's limit (a "
                         f"decompression bomb or not a dataset image); {fix}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"cannot read {what} {path} ({exc}); the file is corrupt or truncated: "
-                        f"{fix}") from None
+    except Exception as exc:   # any decoder failure is the file's
+        raise UserError(f"cannot read {what} {path} ({type(exc).__name__}: {str(exc)[:120]}); the "
+                        f"file is corrupt or truncated: {fix}") from None
     return img
 
 

@@ -12,7 +12,6 @@ from typing import Tuple
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from torchvision import transforms as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,6 +92,7 @@ class TrainAugmentation:
         self.scale_range = scale_range
         self.coco_flip = coco_flip
         self.mirror_box_on_coco_flip = mirror_box_on_coco_flip
+        from torchvision import transforms as T   # imported here: evaluation needs none of it
         self.jitter = T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
         self.grayscale = T.RandomGrayscale(p=0.2)
 

@@ -8,6 +8,7 @@ one-line error that says which.
 import os
 import pickle
 import re
+import zipfile
 from typing import Dict
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from datasets.errors import UserError
+from datasets.untrusted import CHECKPOINT_GLOBALS, Refused, check_tree, check_zip, scan_pickle
 
 VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
@@ -30,28 +32,68 @@ NUMPY_ARRAY_GLOBALS.append(_reconstruct)
 UNSAFE_HINT = ("only tensors, numbers, strings, lists, dicts and numpy arrays are read, so that a "
                "checkpoint cannot run code when it is opened; re-save the weights alone "
                "(torch.save(obj['model'], path)) where the file comes from a source you trust")
+# budgets of a checkpoint (docs/data.md#untrusted-files): its pickle (the structure, without the
+# tensors' bytes) is a few hundred KB for a ViT-L network with its optimiser state
+MAX_PICKLE_BYTES = 64 << 20
+MAX_DEPTH = 16            # a training checkpoint nests 5 deep (optimizer -> state -> id -> name)
+MAX_NODES = 2_000_000     # entries, a shared one counted each time it is reached
+SLACK_BYTES = 16 << 20    # tensors may declare their records' bytes, plus this
 
 
 def read_checkpoint(path: str) -> dict:
-    """The object of a checkpoint file, read with ``torch.load(weights_only=True)``: tensors,
-    numbers, strings, containers and plain numpy arrays only. A file that holds anything else
-    (a class, a function: what a crafted file uses to run code) is refused in one line."""
+    """The object of a checkpoint file: tensors, numbers, strings, containers and plain numpy
+    arrays only, within budgets. Before ``torch.load(weights_only=True)`` reads it, its zip
+    records are checked (stored, fitting the file) and its pickle is walked without building
+    anything (:func:`datasets.untrusted.scan_pickle`); after, the object's depth, entry count and
+    bytes are bounded counting shared entries each time. Anything else is refused in one line."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; check --model_path / --resume")
+    size = os.path.getsize(path)
+    fix = "; re-save it with torch.save in a current PyTorch where the file comes from a source you trust"
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint in zip format (the "
+                        "format torch.save writes since PyTorch 1.6); the file is incomplete or of "
+                        "another kind" + fix)
+    members = check_zip(path, "checkpoint", max_member=size, fix=fix)
+    pickles = [n for n in members if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(pickles) != 1:
+        raise UserError(f"cannot read checkpoint {path}: it holds {len(pickles)} data.pkl records, "
+                        "not one; the file is incomplete or not a PyTorch checkpoint")
+    prefix = pickles[0][: -len("data.pkl")]
+    if members[pickles[0]].file_size > MAX_PICKLE_BYTES:
+        raise UserError(f"refused checkpoint {path}: its structure is {members[pickles[0]].file_size >> 20} "
+                        f"MiB, more than the {MAX_PICKLE_BYTES >> 20} MiB a network's needs{fix}")
+    storages = {n[len(prefix) + 5:]: i.file_size for n, i in members.items()
+                if n.startswith(prefix + "data/")}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = zf.read(pickles[0])
+        scan_pickle(data, CHECKPOINT_GLOBALS, max_bytes=size + SLACK_BYTES, storages=storages)
+    except Refused as exc:
+        raise UserError(f"refused checkpoint {path}: it holds {exc}; {UNSAFE_HINT}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise UserError(f"cannot read checkpoint {path} ({str(exc)[:200]}); the file is incomplete "
+                        "or not a PyTorch checkpoint") from None
     try:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported" not in str(exc):   # a damaged file, not a refused one
             raise UserError(f"cannot read checkpoint {path} ({str(exc).splitlines()[0][:200]}); the "
                             "file is incomplete or not a PyTorch checkpoint") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise UserError(f"refused checkpoint {path}: it holds Python objects other than "
-                        f"weights{what}; {UNSAFE_HINT}") from None
+        what = (f"Python objects other than weights ({found.group(1)})" if found else
+                f"pickle instructions the weights-only reader refuses ({str(exc).splitlines()[0][:120]})")
+        raise UserError(f"refused checkpoint {path}: it holds {what}; {UNSAFE_HINT}") from None
     except Exception as exc:
-        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); the file "
-                        "is incomplete or not a PyTorch checkpoint") from None
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); "
+                        "the file is incomplete or not a PyTorch checkpoint") from None
+    try:
+        check_tree(obj, MAX_DEPTH, MAX_NODES, size + SLACK_BYTES)
+    except Refused as exc:
+        raise UserError(f"refused checkpoint {path}: it holds {exc}; a checkpoint holds tensors "
+                        "and shallow dicts/lists of settings" + fix) from None
+    return obj
 
 
 def network_state(obj: dict) -> Dict[str, torch.Tensor]:

@@ -1,0 +1,548 @@
+"""Budgets and boxes for files that come from elsewhere (docs/data.md#untrusted-files).
+
+Datasets, list folders and checkpoints are downloaded; a crafted file of a few hundred bytes must
+not run code, take gigabytes or hours, or make the project read or write outside its folders.
+Everything here is refused *before* the expensive step, in one line (:class:`UserError`):
+
+- :func:`check_id`: a list id is a bare file name (no separator, not absolute, not ``.``/``..``).
+- :func:`output_path`: a path built from an id stays inside its output folder.
+- :func:`write_atomically` / :func:`probe_writable`: derived files are written through a private
+  temporary file made with exclusive creation and renamed over the target; an existing target
+  that is a symbolic link or not a regular file is refused, so no write follows a planted link.
+- :func:`check_zip`: members of a zip (a checkpoint, ``cls_labels.npz``) are stored, fit the
+  file (declared sizes add up to at most its size: no deflate or overlap bombs) and stay within a
+  per-member budget.
+- :func:`scan_pickle`: walks a pickle's opcodes without building anything: only listed globals,
+  a bounded memo, numeric numpy arrays of bounded declared size (no object arrays but the 0-d
+  wrapper of a pickled dict), tensors inside their storage, a bounded sum of declared bytes.
+- :func:`check_tree`: the loaded object has bounded depth, node count and bytes, where a shared
+  sub-object counts each time it is reached (a small DAG that expands exponentially, or one array
+  under 40 keys that later code would copy 40 times, is refused).
+"""
+import math
+import os
+import pickletools
+import tempfile
+import zipfile
+from typing import Callable, Dict, Iterable, Optional
+
+import numpy as np
+
+from datasets.errors import UserError
+
+# ------------------------------------------------------------------------------ ids and paths
+ID_SEPARATORS = {"/", "\\"}
+
+
+def id_problem(img_id: str) -> Optional[str]:
+    """Why ``img_id`` is not a bare file name, or None when it is one."""
+    if not img_id:
+        return "is empty"
+    if os.path.isabs(img_id) or img_id.startswith("~"):
+        return "is an absolute path"
+    if img_id in (".", "..") or img_id.startswith(".."):
+        return "starts with '..'"
+    if any(c in ID_SEPARATORS for c in img_id):
+        return "holds a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in img_id):
+        return "holds control characters"
+    if len(img_id) > 255:
+        return "is longer than a file name can be"
+    return None
+
+
+def check_id(img_id: str, where: str) -> str:
+    """``img_id`` when it is a bare name; else a one-line error naming ``where`` (file and line)."""
+    problem = id_problem(img_id)
+    if problem is not None:
+        raise UserError(f"{where}: id {img_id[:80]!r} {problem}; a list holds bare image ids "
+                        "(such as 2007_000032), never paths: fix or replace the list file")
+    return img_id
+
+
+def output_path(folder: str, name: str) -> str:
+    """``folder/name``, refused when ``name`` would leave ``folder`` (ids are checked when lists
+    are read; this is the second line of defence at every write)."""
+    problem = id_problem(name)
+    if problem is None:
+        return os.path.join(folder, name)
+    raise UserError(f"refused to write {name[:80]!r} under {folder}: the name "
+                    f"{problem}; outputs are written only inside their folder")
+
+
+# ------------------------------------------------------------------------------ writes
+def _refuse_link(path: str) -> None:
+    if os.path.islink(path):
+        raise UserError(f"refused to write {path}: it is a symbolic link (to "
+                        f"{os.readlink(path)!r}); the project never writes through links it did "
+                        "not create: remove the link or pass another folder")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UserError(f"refused to write {path}: it exists and is not a regular file; remove it "
+                        "or pass another folder")
+
+
+def write_atomically(path: str, write: Callable, binary: bool = False) -> None:
+    """Write ``path`` as ``write(f)`` into a private temporary file of the same folder (exclusive
+    creation, so no planted file or link is opened), then rename it over ``path``. An existing
+    ``path`` that is a symbolic link or not a regular file is refused in one line."""
+    folder, name = os.path.split(os.path.abspath(path))
+    _refuse_link(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror}); pass a writable folder") from None
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        _refuse_link(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def probe_writable(folder: str) -> bool:
+    """Whether a file can be created in ``folder`` (a private temporary file, removed again)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+# ------------------------------------------------------------------------------ zip files
+def check_zip(path: str, what: str, max_member: int, max_members: int = 100_000,
+              fix: str = "") -> Dict[str, zipfile.ZipInfo]:
+    """The members of the zip file ``path`` by name, after checking that each is stored (not
+    compressed), at most ``max_member`` bytes, and that their sizes add up to at most the file's
+    size (so no record expands and no two records share bytes)."""
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read {what} {path} ({exc}); the file is incomplete or not of "
+                        f"this kind{fix}") from None
+    if len(infos) > max_members:
+        raise UserError(f"refused {what} {path}: {len(infos)} records, more than {max_members}{fix}")
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise UserError(f"refused {what} {path}: record {info.filename[:80]!r} is compressed "
+                            f"({info.compress_size} -> {info.file_size} bytes); such files are "
+                            f"written uncompressed{fix}")
+        if info.file_size > max_member:
+            raise UserError(f"refused {what} {path}: record {info.filename[:80]!r} declares "
+                            f"{info.file_size} bytes, more than the {max_member} such a file "
+                            f"needs{fix}")
+        total += info.file_size
+    if total > size:
+        raise UserError(f"refused {what} {path}: its records declare {total} bytes in a file of "
+                        f"{size} (overlapping records){fix}")
+    return {i.filename: i for i in infos}
+
+
+# ------------------------------------------------------------------------------ pickles
+class Refused(Exception):
+    """A pickle outside its budget; the message says why (the caller names the file)."""
+
+
+class _Global:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _Container:
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+
+class _Array:
+    """An array or tensor of ``nbytes`` declared bytes (counted again at each re-use)."""
+    __slots__ = ("kind", "nbytes", "built")
+
+    def __init__(self, kind: str, nbytes: int = 0):
+        self.kind, self.nbytes, self.built = kind, nbytes, False
+
+
+class _DType:
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _Storage:
+    __slots__ = ("numel", "itemsize")
+
+    def __init__(self, numel: int, itemsize: int):
+        self.numel, self.itemsize = numel, itemsize
+
+
+class _Other:
+    """A value built by an allowed call (a scalar tuple, bytes) that needs no further check."""
+
+
+NUMPY_RECONSTRUCT = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct")
+TORCH_STORAGE_ITEMSIZE = {
+    "torch.DoubleStorage": 8, "torch.FloatStorage": 4, "torch.HalfStorage": 2,
+    "torch.BFloat16Storage": 2, "torch.LongStorage": 8, "torch.IntStorage": 4,
+    "torch.ShortStorage": 2, "torch.CharStorage": 1, "torch.ByteStorage": 1,
+    "torch.BoolStorage": 1, "torch.UntypedStorage": 1,
+}
+CHECKPOINT_GLOBALS = frozenset({
+    "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+    "collections.OrderedDict", "_codecs.encode", "torch.Size",
+    *TORCH_STORAGE_ITEMSIZE, *NUMPY_RECONSTRUCT, "numpy.ndarray", "numpy.dtype",
+})
+LABEL_GLOBALS = frozenset({*NUMPY_RECONSTRUCT, "numpy.ndarray", "numpy.dtype"})
+
+
+_PUSH_ARG = frozenset({
+    "BININT", "BININT1", "BININT2", "INT", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "STRING",
+    "BINSTRING", "SHORT_BINSTRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "UNICODE",
+    "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "BYTEARRAY8"})
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+_MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_TUPLE_N = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3, "EMPTY_TUPLE": 0}
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+
+
+def _int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise Refused(f"{what} is not an integer")
+    return v
+
+
+def _shape(v, what: str):
+    if not isinstance(v, tuple) or len(v) > 8:
+        raise Refused(f"{what} is not a short tuple of sizes")
+    dims = [_int(d, what) for d in v]
+    if any(d < 0 for d in dims):
+        raise Refused(f"{what} has a negative size")
+    return dims
+
+
+def _simple_dtype(spec, allow_object: bool):
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise Refused("a numpy dtype that is not a short type code")
+    try:
+        dtype = np.dtype(spec)
+    except TypeError:
+        raise Refused(f"numpy dtype {spec!r} is not a type code") from None
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufcUSO" or \
+            (dtype.kind == "O" and not allow_object):
+        raise Refused(f"numpy dtype {spec!r} (objects, records and sub-arrays are not data)")
+    return dtype
+
+
+_FLAGS = {"LONG_BINPUT": 1, "PUT": 2, "MEMOIZE": 3, "STOP": 4}
+
+
+def _opcode_table():
+    """Per opcode byte: (argument kind, flag): kind >= 0 a fixed length, -1 one text line, -6 two
+    lines, -2..-5 a length prefix of 1, 4 (signed), 4 or 8 bytes; flag marks memo ops and STOP."""
+    table = [None] * 256
+    for op in pickletools.opcodes:
+        kind = 0 if op.arg is None else (-6 if op.arg.name == "stringnl_noescape_pair" else op.arg.n)
+        table[op.code.encode("latin-1")[0]] = (kind, _FLAGS.get(op.name, 0))
+    return table
+
+
+_OPCODES = _opcode_table()
+_LENGTH_BYTES = {-2: 1, -3: 4, -4: 4, -5: 8}
+
+
+def check_pickle_memo(data: bytes, max_memo: int = 1 << 22) -> None:
+    """Check every opcode of the pickle ``data`` is known and every memo index is at most
+    ``max_memo``, without building anything (a fast pass before the C unpickler, whose memo
+    grows to the largest index: one 5-byte opcode could otherwise take gigabytes)."""
+    i, n, memo = 0, len(data), 0
+    table, lengths, from_bytes = _OPCODES, _LENGTH_BYTES, int.from_bytes
+    while i < n:
+        entry = table[data[i]]
+        if entry is None:
+            raise Refused(f"an unknown pickle opcode {data[i]} at byte {i}")
+        kind, flag = entry
+        i += 1
+        if kind > 0:
+            if flag == 1 and from_bytes(data[i:i + 4], "little") > max_memo:
+                raise Refused(f"a memo index of {from_bytes(data[i:i + 4], 'little')}, more than "
+                              f"{max_memo}")
+            i += kind
+        elif kind == 0:
+            if flag == 3:
+                memo += 1
+                if memo > max_memo:
+                    raise Refused(f"more than {max_memo} memo entries")
+            elif flag == 4:
+                return
+        elif kind == -1 or kind == -6:
+            end = data.find(b"\n", i)
+            if kind == -6 and end >= 0:
+                end = data.find(b"\n", end + 1)
+            if end < 0:
+                raise Refused("a malformed pickle (unterminated text)")
+            if flag == 2 and int(data[i:end] or b"0") > max_memo:
+                raise Refused(f"a memo index of {int(data[i:end])}, more than {max_memo}")
+            i = end + 1
+        else:
+            width = lengths[kind]
+            length = from_bytes(data[i:i + width], "little", signed=kind == -3)
+            if length < 0:
+                raise Refused("a malformed pickle (negative length)")
+            i += width + length
+    raise Refused("a malformed pickle (no STOP)")
+
+
+def scan_pickle(data: bytes, allowed: Iterable[str], max_bytes: int, max_memo: int = 1 << 20,
+                storages: Optional[Dict[str, int]] = None, allow_object_scalar: bool = False) -> None:
+    """Check the pickle ``data`` without building it; raise :class:`Refused` when it uses a global
+    outside ``allowed``, an opcode that calls or imports other code, a memo index above
+    ``max_memo``, a numpy array that is not numeric (``allow_object_scalar``: a 0-d object
+    array, the wrapper of the original's pickled dict) or a tensor/storage that does not fit, or
+    when the arrays and tensors it builds declare more than ``max_bytes`` (re-uses are counted by
+    :func:`check_tree` on the loaded object). ``storages``: record key -> bytes of a checkpoint's storage records."""
+    allowed = frozenset(allowed)
+    stack: list = []
+    marks: list = []
+    memo: dict = {}
+    total = 0
+
+    def count(v):
+        nonlocal total
+        if isinstance(v, _Array):
+            total += v.nbytes
+            if total > max_bytes:
+                raise Refused(f"arrays and tensors declaring more than {max_bytes} bytes")
+
+    def pop_mark():
+        if not marks:
+            raise Refused("a malformed pickle (no mark)")
+        start = marks.pop()
+        items = stack[start:]
+        del stack[start:]
+        return items
+
+    def pop():
+        if not stack:
+            raise Refused("a malformed pickle (empty stack)")
+        return stack.pop()
+
+    def call(func, args):
+        if not isinstance(func, _Global):
+            raise Refused("a call of something that is not an allowed global")
+        name = func.name
+        if not isinstance(args, tuple):
+            raise Refused(f"a call of {name} without an argument tuple")
+        if name in NUMPY_RECONSTRUCT:
+            if len(args) != 3 or not (isinstance(args[0], _Global) and args[0].name == "numpy.ndarray"):
+                raise Refused(f"{name} used for something other than a numpy array")
+            dims = _shape(args[1], "an array's initial shape")
+            if math.prod(dims) > 1:
+                raise Refused(f"{name} allocating {math.prod(dims)} elements before its data")
+            return _Array("ndarray")
+        if name == "numpy.dtype":
+            if not 1 <= len(args) <= 3:
+                raise Refused("numpy.dtype called with odd arguments")
+            return _DType(_simple_dtype(args[0], allow_object_scalar))
+        if name == "torch._utils._rebuild_tensor_v2":
+            if len(args) < 4 or not isinstance(args[0], _Storage):
+                raise Refused("a tensor without its storage")
+            storage = args[0]
+            offset = _int(args[1], "a tensor's offset")
+            size, stride = _shape(args[2], "a tensor's size"), _shape(args[3], "a tensor's stride")
+            if len(size) != len(stride):
+                raise Refused("a tensor whose size and stride differ in length")
+            numel = math.prod(size)
+            last = offset + sum((s - 1) * st for s, st in zip(size, stride)) if numel else offset
+            if offset < 0 or (numel and last >= storage.numel):
+                raise Refused("a tensor that reaches past its storage")
+            tensor = _Array("tensor", numel * storage.itemsize)
+            count(tensor)
+            return tensor
+        if name == "torch._utils._rebuild_parameter":
+            if not args or not isinstance(args[0], _Array):
+                raise Refused("a parameter without a tensor")
+            return args[0]
+        if name == "collections.OrderedDict":
+            if args:
+                raise Refused("OrderedDict called with arguments")
+            return _Container("dict")
+        if name == "_codecs.encode":
+            if len(args) != 2 or not all(isinstance(a, str) for a in args):
+                raise Refused("_codecs.encode with odd arguments")
+            return _Other()
+        if name == "torch.Size":
+            return _Other()
+        raise Refused(f"a call of {name}")
+
+    def build(inst, state):
+        if isinstance(inst, _Array) and inst.kind == "ndarray":
+            if inst.built or not isinstance(state, tuple) or len(state) != 5:
+                raise Refused("a numpy array with an odd state")
+            dims = _shape(state[1], "an array's shape")
+            if not isinstance(state[2], _DType):
+                raise Refused("a numpy array without a checked dtype")
+            dtype, numel = state[2].dtype, math.prod(dims)
+            if dtype.kind == "O" and dims:
+                raise Refused("a numpy object array (only data arrays are read)")
+            raw = state[4]
+            if dtype.kind != "O" and not (isinstance(raw, (bytes, str, _Other))):
+                raise Refused("a numpy array whose data is not bytes")
+            if isinstance(raw, (bytes, str)) and len(raw) != numel * dtype.itemsize:
+                raise Refused("a numpy array whose data does not match its shape")
+            inst.nbytes, inst.built = numel * dtype.itemsize, True
+            count(inst)
+            return
+        if isinstance(inst, _DType):
+            if not isinstance(state, tuple) or len(state) < 8 or any(s is not None for s in state[2:5]):
+                raise Refused("a numpy dtype with fields or sub-arrays")
+            return
+        if isinstance(inst, _Container) and inst.kind == "dict":   # OrderedDict's attributes
+            if not isinstance(state, (_Container, dict)) and state is not None:
+                raise Refused("an OrderedDict with an odd state")
+            return
+        if isinstance(inst, _Array) and inst.kind == "tensor":
+            return   # torch sets the parameter's or tensor's attributes (hooks)
+        raise Refused("state set on an object that is not an array, dtype or dict")
+
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name in _PUSH_ARG:
+                stack.append(arg)
+            elif name in _MEMO_PUT:
+                index = len(memo) if name == "MEMOIZE" else arg
+                if not isinstance(index, int) or not 0 <= index <= max_memo:
+                    raise Refused(f"a memo index of {index}, more than {max_memo}")
+                if not stack:
+                    raise Refused("a malformed pickle (empty stack)")
+                memo[index] = stack[-1]
+            elif name in _MEMO_GET:
+                if arg not in memo:
+                    raise Refused("a malformed pickle (unknown memo entry)")
+                stack.append(memo[arg])
+            elif name in _TUPLE_N:
+                n = _TUPLE_N[name]
+                if len(stack) < n:
+                    raise Refused("a malformed pickle (short stack)")
+                items = tuple(stack[len(stack) - n:])
+                del stack[len(stack) - n:]
+                stack.append(items)
+            elif name in _CONSTANTS:
+                stack.append(_CONSTANTS[name])
+            elif name in ("PROTO", "FRAME"):
+                continue
+            elif name == "STOP":
+                break
+            elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
+                stack.append(_Container(name[6:].lower()))
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name == "TUPLE":
+                stack.append(tuple(pop_mark()))
+            elif name in ("LIST", "DICT", "FROZENSET"):
+                pop_mark()
+                stack.append(_Container(name.lower()))
+            elif name in ("APPEND", "SETITEM"):
+                pop()
+                if name == "SETITEM":
+                    pop()
+                if not stack or not isinstance(stack[-1], _Container):
+                    raise Refused("items added to something that is not a list or dict")
+            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
+                pop_mark()
+                if not stack or not isinstance(stack[-1], _Container):
+                    raise Refused("items added to something that is not a list or dict")
+            elif name == "POP":
+                pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                stack.append(stack[-1] if stack else pop())
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                if name == "GLOBAL":
+                    module, _, attr = arg.partition(" ")
+                else:
+                    attr, module = pop(), pop()
+                    if not isinstance(module, str) or not isinstance(attr, str):
+                        raise Refused("a malformed pickle (global without names)")
+                full = f"{module}.{attr}"
+                if full not in allowed:
+                    raise Refused(f"Python objects other than data ({full[:100]})")
+                stack.append(_Global(full))
+            elif name == "REDUCE":
+                args = pop()
+                stack.append(call(pop(), args))
+            elif name == "NEWOBJ":
+                args, cls = pop(), pop()
+                stack.append(call(cls, args))
+            elif name == "BUILD":
+                state = pop()
+                if not stack:
+                    raise Refused("a malformed pickle (empty stack)")
+                build(stack[-1], state)
+            elif name in ("PERSID", "BINPERSID"):
+                pid = pop() if name == "BINPERSID" else arg
+                if storages is None or not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+                    raise Refused("a reference to data outside the pickle")
+                kind, key, _loc, numel = pid[1:]
+                if not isinstance(kind, _Global) or kind.name not in TORCH_STORAGE_ITEMSIZE:
+                    raise Refused("a storage of an unknown type")
+                itemsize = TORCH_STORAGE_ITEMSIZE[kind.name]
+                numel = _int(numel, "a storage's size")
+                if not isinstance(key, str) or key not in storages:
+                    raise Refused(f"a storage record {str(key)[:40]!r} that the file does not hold")
+                if numel < 0 or numel * itemsize > storages[key]:
+                    raise Refused(f"storage {key} declares {numel * itemsize} bytes in a record of "
+                                  f"{storages[key]}")
+                stack.append(_Storage(numel, itemsize))
+            else:
+                raise Refused(f"pickle opcode {name} (it imports or calls code)")
+        else:
+            raise Refused("a malformed pickle (no STOP)")
+    except Refused:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, EOFError, OverflowError,
+            UnicodeDecodeError, RecursionError) as exc:
+        raise Refused(f"a malformed pickle ({type(exc).__name__})") from None
+    if len(stack) != 1:
+        raise Refused("a malformed pickle (stack left over)")
+
+
+# ------------------------------------------------------------------------------ loaded objects
+def check_tree(obj, max_depth: int, max_nodes: int, max_bytes: int) -> None:
+    """Raise :class:`Refused` when ``obj`` nests deeper than ``max_depth``, or holds more than
+    ``max_nodes`` nodes or ``max_bytes`` bytes of arrays and tensors, counting a shared
+    sub-object every time it is reached; numpy arrays of objects are refused wherever they are."""
+    nodes, nbytes = max_nodes, max_bytes
+    todo = [(obj, 0)]
+    while todo:
+        value, depth = todo.pop()
+        nodes -= 1
+        if nodes < 0:
+            raise Refused(f"more than {max_nodes} entries (a shared one counts each time)")
+        if isinstance(value, (dict, list, tuple, set, frozenset)):
+            if depth >= max_depth:
+                raise Refused(f"containers nested more than {max_depth} deep")
+            if len(value) > nodes:
+                raise Refused(f"more than {max_nodes} entries (a shared one counts each time)")
+            if isinstance(value, dict):
+                todo.extend((v, depth + 1) for item in value.items() for v in item)
+            else:
+                todo.extend((v, depth + 1) for v in value)
+        elif isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise Refused("a numpy object array (only data arrays are read)")
+            nbytes -= value.nbytes
+        elif hasattr(value, "element_size") and hasattr(value, "numel"):   # a tensor
+            nbytes -= value.numel() * value.element_size()
+        if nbytes < 0:
+            raise Refused(f"arrays and tensors of more than {max_bytes} bytes (a shared one counts "
+                          "each time)")
