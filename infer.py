@@ -10,11 +10,13 @@ constants and segmented at its own size with the VOC multi-scale + flip rule (do
 * ``<name>_color.png``    the same indices as a palette (mode "P") PNG with the VOC colours
 * ``<name>_overlay.png``  the image blended 50 % with the colour prediction
 
-``--crf`` refines the prediction with the dense CRF of the evaluation (``--crf_backend``).
+``--crf`` refines the prediction with the dense CRF of the evaluation (``--crf_backend``; the
+torch CRF refines ``--crf_batch`` images at once, ``--crf_class_chunk`` classes at a time).
 
 Files without an image extension are skipped with a note.
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -29,7 +31,7 @@ from PIL import Image
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import read_image
 from datasets.transforms import normalize
-from utils.crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
+from utils.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from datasets.errors import UserError, exit_on_user_error
 from utils.evaluation import DEFAULT_MODEL, add_model_flags
@@ -136,12 +138,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast on GPU")
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False,
                    help="refine the prediction with the evaluation's dense CRF")
-    add_crf_backend_flags(p, batch=False)
+    add_crf_backend_flags(p)
     return p
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
+    check_crf_flags(args)
     args = get_args_parser().parse_args(argv)
     check_scales("--scales", args.scales)
     images, skipped = collect_inputs(args.input)
@@ -158,6 +161,19 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
 
     start = time.time()
+    crf = CRFQueue(backend, device, crf_batch_size(args, device), args.crf_class_chunk or None)
+
+    def write(path: str, name: str, rgb: np.ndarray, pred: np.ndarray) -> None:
+        color = label_image(pred, palette=True)
+        label_image(pred).save(os.path.join(args.out, name + ".png"))
+        color.save(os.path.join(args.out, name + "_color.png"))
+        overlay = blend(rgb, np.asarray(color.convert("RGB")))
+        Image.fromarray(overlay).save(os.path.join(args.out, name + "_overlay.png"))
+        present = [int(c) for c in np.unique(pred) if c != 0]
+        found[present] += 1
+        shown = ", ".join(names[c] for c in present) or "background only"
+        print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}) -> {name}.png: {shown}", flush=True)
+
     found = np.zeros(args.num_classes, dtype=np.int64)
     corrupt = []
     for path, name in zip(images, output_names(images)):
@@ -169,18 +185,10 @@ def main(argv=None) -> None:
             continue
         logits = segment_logits(net, rgb, device, args.branch, args.scales, args.amp)
         if args.crf:
-            pred = refine_labels(rgb, logits[0].softmax(0), backend, device)
+            crf.add(rgb, logits[0].softmax(0), functools.partial(write, path, name, rgb))
         else:
-            pred = logits[0].argmax(0).byte().cpu().numpy()
-        color = label_image(pred, palette=True)
-        label_image(pred).save(os.path.join(args.out, name + ".png"))
-        color.save(os.path.join(args.out, name + "_color.png"))
-        overlay = blend(rgb, np.asarray(color.convert("RGB")))
-        Image.fromarray(overlay).save(os.path.join(args.out, name + "_overlay.png"))
-        present = [int(c) for c in np.unique(pred) if c != 0]
-        found[present] += 1
-        shown = ", ".join(names[c] for c in present) or "background only"
-        print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}) -> {name}.png: {shown}", flush=True)
+            write(path, name, rgb, logits[0].argmax(0).byte().cpu().numpy())
+    crf.flush()
     if len(corrupt) == len(images):
         raise UserError(f"none of the images of --input could be read (e.g. {corrupt[0]})")
     elapsed = time.time() - start

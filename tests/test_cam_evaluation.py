@@ -99,13 +99,20 @@ def test_bad_values_are_one_line_errors(voc_copy, checkpoint, one_line_error):
     assert "--thresholds" in one_line_error(eval_cam_voc.run, base + ["--thresholds", "0,1.5"])
     assert "--size" in one_line_error(eval_cam_voc.run, base + ["--size", "50"])
     assert "--model_path" in one_line_error(eval_cam_voc.run, ["--data_folder", str(voc_copy)])
+    assert "--crf_batch" in one_line_error(eval_cam_voc.run, base + ["--crf", "--crf_batch", "0"])
+    assert "--crf_class_chunk" in one_line_error(eval_cam_voc.run, base + ["--crf", "--crf_class_chunk", "-1"])
 
 
-def test_crf_columns_agree_between_backends(voc_copy, checkpoint, tmp_path):
+def test_crf_columns_agree_between_backends_and_torch_batches(voc_copy, checkpoint, tmp_path):
     res = {}
-    for backend in ("pydensecrf", "torch"):
-        res[backend] = eval_cam_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoint),
-                                         "--infer_set", "val", "--work_dir", str(tmp_path / backend), "--crf",
-                                         "--crf_backend", backend, "--no-par", *TINY])
+    for name, flags in (("pydensecrf", ["--crf_backend", "pydensecrf"]), ("torch", ["--crf_backend", "torch"]),
+                        ("batched", ["--crf_backend", "torch", "--crf_batch", "3", "--crf_class_chunk", "2"])):
+        res[name] = eval_cam_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoint),
+                                      "--infer_set", "val", "--work_dir", str(tmp_path / name), "--crf",
+                                      *flags, "--no-par", *TINY])
     for k in ("CRF_1", "CRF_2"):
         assert abs(res["torch"]["scores"][k]["miou"] - res["pydensecrf"]["scores"][k]["miou"]) <= 0.001
+        # batches of images with the same classes, classes filtered two at a time: the same labels
+        assert res["batched"]["scores"][k]["miou"] == pytest.approx(res["torch"]["scores"][k]["miou"], abs=1e-4)
+        torch_mat, batched_mat = (np.asarray(res[n]["scores"][k]["iou"]) for n in ("torch", "batched"))
+        np.testing.assert_allclose(batched_mat, torch_mat, atol=1e-3)

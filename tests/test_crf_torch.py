@@ -149,6 +149,38 @@ def test_stream_returns_results_in_job_order_and_reports_memory(voc_scenes, monk
         stream.submit(0)
 
 
+def test_queue_batches_images_of_one_class_count_and_hands_each_its_labels(voc_scenes, monkeypatch):
+    few = [(im, p[:6] / p[:6].sum(0, keepdims=True)) for im, p, _ in voc_scenes[:2]]      # 6 classes
+    items = [voc_scenes[0][:2], few[0], voc_scenes[1][:2], voc_scenes[2][:2], few[1]]
+    expected = [dense_crf_torch(image, probs) for image, probs in items]
+    calls, got = [], {}
+    import utils.crf_torch as ct
+    real = ct.dense_crf_batch
+
+    def counting(images, probs, **kw):
+        calls.append((len(images), probs[0].shape[0], kw["class_chunk"]))
+        return real(images, probs, **kw)
+    monkeypatch.setattr(ct, "dense_crf_batch", counting)
+    queue = crf_module.CRFQueue("torch", "cpu", batch=2, class_chunk=4)
+    for i, (image, probs) in enumerate(items):
+        queue.add(image, torch.from_numpy(probs), lambda label, i=i: got.setdefault(i, label))
+    assert sorted(got) == [0, 1, 2, 4] and calls == [(2, 21, 4), (2, 6, 4)]     # full batches only
+    queue.flush()
+    assert sorted(got) == [0, 1, 2, 3, 4] and calls[-1] == (1, 21, 4)
+    for i in range(len(items)):
+        assert got[i].dtype == np.uint8 and (got[i] == expected[i]).mean() >= 0.9999
+
+    direct = []
+    crf_module.CRFQueue("pydensecrf", batch=8).add(*items[1], direct.append)
+    assert len(direct) == 1 and np.array_equal(direct[0], dense_crf(*items[1]))
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(ct, "dense_crf_batch", oom)
+    with pytest.raises(UserError, match="--crf_batch or set --crf_class_chunk"):
+        crf_module.CRFQueue("torch", "cpu").add(*items[0], direct.append)
+
+
 TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu", "--scales", "1.0"]
 
 

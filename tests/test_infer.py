@@ -130,3 +130,25 @@ def test_crf_refines_the_prediction_with_either_backend(tiny_ckpt, image_folder,
     expected = dense_crf(rgb, probs.numpy())
     got = np.array(Image.open(out / "odd.png"))
     assert (got == expected).mean() >= 0.995
+
+
+def test_torch_crf_batches_and_class_chunks_give_the_labels_of_one_image_at_a_time(tiny_ckpt, image_folder,
+                                                                                   tmp_path, capsys):
+    base = ["--model_path", tiny_ckpt, "--input", str(image_folder), "--scales", "1.0", "--crf",
+            "--crf_backend", "torch", *BACKBONE]
+    infer.main(base + ["--out", str(tmp_path / "one")])
+    capsys.readouterr()
+    infer.main(base + ["--out", str(tmp_path / "batched"), "--crf_batch", "2", "--crf_class_chunk", "7"])
+    printed = capsys.readouterr().out
+    assert printed.index("gray.jpg") < printed.index("odd.JPG") < printed.index("segmented 3 image(s)")
+    for name in SIZES:
+        one = np.array(Image.open(tmp_path / "one" / f"{name}.png"))
+        batched = np.array(Image.open(tmp_path / "batched" / f"{name}.png"))
+        assert (one == batched).mean() >= 0.999, name
+
+
+def test_bad_crf_batch_values_are_one_line(tiny_ckpt, image_folder, tmp_path, one_line_error):
+    base = ["--model_path", tiny_ckpt, "--input", str(image_folder), "--out", str(tmp_path / "o"), "--crf"]
+    assert "--crf_batch" in one_line_error(infer.main, base + ["--crf_batch", "0"])
+    assert "--crf_class_chunk" in one_line_error(infer.main, base + ["--crf_class_chunk", "-2"])
+    assert not (tmp_path / "o").exists()

@@ -6,13 +6,15 @@ training and validation), resized to the mask size and labelled with the ground-
 at every background threshold of ``--thresholds`` (the plain labelling of validation); the
 PAR-refined pseudo labels of the CAM at ``--bkg_thre`` (:func:`model.pseudo_labels.refine_cams_with_par`
 with one threshold, so no pixel is left uncertain) and, with ``--crf``, the CAM label refined by
-dense CRF. Shards over ranks by stride; the confusion matrices are reduced over all ranks.
+dense CRF (``--crf_backend``; the torch CRF refines ``--crf_batch`` images with the same classes
+at once, ``--crf_class_chunk`` classes filtered at a time). Shards over ranks by stride; the confusion matrices are reduced over all ranks.
 
 Prints the mIoU at ``--bkg_thre`` (the training threshold) and the best threshold of the sweep per
 column, writes ``results.json`` / ``results.txt`` to ``--work_dir`` and, on request, the CAMs of the
 present classes (``cams/<id>.npz``, float16 at the mask size) and the label PNGs.
 """
 import argparse
+import functools
 import os
 import sys
 from typing import Dict
@@ -29,7 +31,7 @@ from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 
-from .crf import add_crf_backend_flags, refine_labels, resolve_crf_backend
+from .crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from .distributed import barrier, cleanup, init_distributed
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
 from .evaluation import DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split
@@ -55,7 +57,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     add_numbers(p, "--thresholds", default=DEFAULT_THRESHOLDS, help="background thresholds of the sweep")
     p.add_argument("--par", action=B, default=True, help="score the PAR-refined pseudo labels")
     p.add_argument("--crf", action=B, default=False, help="score CAM labels refined by dense CRF")
-    add_crf_backend_flags(p, batch=False)
+    add_crf_backend_flags(p)
     p.add_argument("--save_cams", action=B, default=False,
                    help="write cams/<id>.npz: present classes' CAMs (float16, mask size) of both students")
     p.add_argument("--save_labels", action=B, default=False, help="write label PNGs per column")
@@ -79,6 +81,7 @@ def _check(args) -> None:
         raise UserError(f"--bkg_thre {args.bkg_thre} must be strictly between 0 and 1")
     if not args.cam_scales or any(s <= 0 for s in args.cam_scales):
         raise UserError("--cam_scales must be positive numbers, e.g. 1.0,0.5,1.5")
+    check_crf_flags(args)
 
 
 def cam_labels(cam: torch.Tensor, label: torch.Tensor, thresholds) -> torch.Tensor:
@@ -122,6 +125,12 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
                                                           if args.save_labels else []):
             os.makedirs(os.path.join(work, sub), exist_ok=True)
         at = thresholds.index(args.bkg_thre)
+        crf = CRFQueue(backend, info.device, crf_batch_size(args, info.device), args.crf_class_chunk or None)
+
+        def crf_done(column: str, img_id: str, classes: torch.Tensor, gt: torch.Tensor, refined: np.ndarray):
+            label = classes[torch.from_numpy(refined.astype(np.int64))].to(info.device)
+            mats[column].update(gt, label)
+            _maybe_save(args, work, column, img_id, label)
         part = shard(data, info.rank, info.world_size)
         iterator = DataLoader(part, batch_size=None, num_workers=args.num_workers)
         if info.is_main:
@@ -155,13 +164,11 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
                     full = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)[0]
                     scores = torch.cat([torch.full_like(full[:1], args.bkg_thre), full[present]])
                     probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).float()
-                    refined = torch.from_numpy(refine_labels(rgb, probs, backend, info.device).astype(np.int64))
                     classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
-                    crf_label = classes[refined].to(info.device)
-                    mats[f"CRF_{k}"].update(gt, crf_label)
-                    _maybe_save(args, work, f"CRF_{k}", img_id, crf_label)
+                    crf.add(rgb, probs, functools.partial(crf_done, f"CRF_{k}", img_id, classes, gt))
             if args.save_cams:
                 np.savez(os.path.join(work, "cams", img_id + ".npz"), classes=present.cpu().numpy() + 1, **saved)
+        crf.flush()
         for cms in sweep.values():
             for cm in cms:
                 cm.reduce_from_all_processes()

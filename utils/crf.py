@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from datasets.errors import UserError
+
 CRF_PARAMS = {
     "gauss_sxy": 1,
     "gauss_compat": 1,
@@ -33,20 +35,37 @@ CRF_PARAMS = {
 CRF_BACKENDS = ("auto", "torch", "pydensecrf")
 
 
-def add_crf_backend_flags(p, batch: bool = True) -> None:
-    """``--crf_backend`` (and with ``batch``, ``--crf_batch`` and ``--crf_class_chunk``)."""
+def add_crf_backend_flags(p) -> None:
+    """``--crf_backend``, ``--crf_batch`` and ``--crf_class_chunk``: every script that runs the
+    dense CRF takes all three (check them with :func:`check_crf_flags`)."""
     p.add_argument("--crf_backend", default="auto", choices=CRF_BACKENDS,
                    help="dense CRF implementation: torch (batched PyTorch, on the evaluation's "
                    "device), pydensecrf (C++, CPU worker processes) or auto: torch on a GPU, "
                    "pydensecrf on the CPU (where it is faster); both give the same labels on "
                    ">= 99.5%% of pixels")
-    if batch:
-        p.add_argument("--crf_batch", type=int, default=None,
-                       help="images per torch CRF batch (default 8 on a GPU, 1 on the CPU); lower "
-                       "it if the GPU runs out of memory")
-        p.add_argument("--crf_class_chunk", type=int, default=0,
-                       help="classes filtered at once by the torch CRF (0: all); fewer saves memory, "
-                       "same labels")
+    p.add_argument("--crf_batch", type=int, default=None,
+                   help="images per torch CRF batch (default 8 on a GPU, 1 on the CPU); lower "
+                   "it if the GPU runs out of memory")
+    p.add_argument("--crf_class_chunk", type=int, default=0,
+                   help="classes filtered at once by the torch CRF (0: all); fewer saves memory, "
+                   "same labels")
+
+
+def check_crf_flags(args) -> None:
+    if args.crf_batch is not None and args.crf_batch < 1:
+        raise UserError("--crf_batch must be >= 1")
+    if args.crf_class_chunk < 0:
+        raise UserError("--crf_class_chunk must be >= 0 (0: all classes at once)")
+
+
+def crf_batch_size(args, device) -> int:
+    """``--crf_batch``, else 8 images on a GPU and 1 on the CPU."""
+    return args.crf_batch or (8 if torch.device(device).type == "cuda" else 1)
+
+
+def crf_out_of_memory(device, count: int) -> UserError:
+    return UserError(f"{torch.device(device).type} memory ran out in the dense CRF of {count} "
+                     "image(s); lower --crf_batch or set --crf_class_chunk (e.g. 21)")
 
 
 def pydensecrf_available() -> bool:
@@ -76,6 +95,51 @@ def refine_labels(image: np.ndarray, probs, backend: str, device=None) -> np.nda
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().float().cpu().numpy()
     return dense_crf(image, np.asarray(probs, dtype=np.float32))
+
+
+class CRFQueue:
+    """Dense CRF of images handed over one at a time, in the caller's thread.
+
+    ``add(image, probs, done)`` takes a uint8 ``(H, W, 3)`` image and its ``(C, H, W)``
+    probabilities. With the torch backend the image waits until ``batch`` images with the same
+    class count ``C`` are queued, and they are refined together on ``device``, ``class_chunk``
+    classes filtered at once; with pydensecrf it is refined at once. ``done(labels)`` then gets
+    the uint8 ``(H, W)`` labels (in the order of ``add`` among images of one class count);
+    ``flush()`` refines the images still waiting. ``batch`` and ``class_chunk`` change the speed
+    and memory, not the labels (up to float rounding)."""
+
+    def __init__(self, backend: str, device=None, batch: int = 1, class_chunk=None):
+        if batch < 1:
+            raise ValueError("the CRF batch must hold at least one image")
+        self.backend, self.device, self.batch, self.class_chunk = backend, device, int(batch), class_chunk
+        self.waiting = {}
+
+    def add(self, image: np.ndarray, probs, done: Callable[[np.ndarray], None]) -> None:
+        if self.backend != "torch":
+            done(refine_labels(image, probs, self.backend))
+            return
+        queue = self.waiting.setdefault(int(probs.shape[0]), [])
+        queue.append((image, probs, done))
+        if len(queue) >= self.batch:
+            self._refine(int(probs.shape[0]))
+
+    def _refine(self, classes: int) -> None:
+        from .crf_torch import dense_crf_batch
+        items = self.waiting.pop(classes, [])
+        if not items:
+            return
+        images, probs, dones = zip(*items)
+        device = self.device if self.device is not None else torch.as_tensor(probs[0]).device
+        try:
+            labels = dense_crf_batch(images, probs, device=device, class_chunk=self.class_chunk)
+        except torch.OutOfMemoryError:
+            raise crf_out_of_memory(device, len(images)) from None
+        for done, label in zip(dones, labels):
+            done(label.numpy())
+
+    def flush(self) -> None:
+        for classes in list(self.waiting):
+            self._refine(classes)
 
 
 def unary_from_probs(probs: np.ndarray, clip: float = CRF_PARAMS["clip"]) -> np.ndarray:

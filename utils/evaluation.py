@@ -31,7 +31,8 @@ from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
 
-from .crf import CRFStream, add_crf_backend_flags, probs_from_logits, refine_labels, resolve_crf_backend
+from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
+                  refine_labels, resolve_crf_backend)
 from .crf_torch import TorchCRFStream
 from .distributed import barrier, cleanup, init_distributed
 from datasets.errors import UserError
@@ -190,7 +191,7 @@ def crf_stream(args, device: torch.device):
     """The CRF stream of ``--crf_backend`` on ``device`` (``args.crf_backend`` is resolved)."""
     args.crf_backend = resolve_crf_backend(args.crf_backend, device)
     if args.crf_backend == "torch":
-        batch = args.crf_batch or (8 if device.type == "cuda" else 1)
+        batch = crf_batch_size(args, device)
         return TorchCRFStream(crf_inputs, crf_outputs, device, batch, args.crf_class_chunk or None)
     return CRFStream(crf_job, args.crf_workers)
 
@@ -206,10 +207,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         args.crf_workers = max(1, usable_cores() // local_ranks)
     if args.crf_workers < 1:
         raise UserError("--crf_workers must be >= 1")
-    if args.crf_batch is not None and args.crf_batch < 1:
-        raise UserError("--crf_batch must be >= 1")
-    if args.crf_class_chunk < 0:
-        raise UserError("--crf_class_chunk must be >= 0 (0: all classes at once)")
+    check_crf_flags(args)
     given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
