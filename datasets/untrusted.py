@@ -500,7 +500,7 @@ def scan_pickle(data: bytes, allowed: Iterable[str], max_bytes: int, max_memo: i
                 if not isinstance(key, str) or key not in storages:
                     raise Refused(f"a storage record {str(key)[:40]!r} that the file does not hold")
                 if numel < 0 or numel * itemsize > storages[key]:
-                    raise Refused(f"storage {key} declares {numel * itemsize} bytes in a record of "
+                    raise Refused(f"a storage declaring {numel * itemsize} bytes in a record of "
                                   f"{storages[key]}")
                 stack.append(_Storage(numel, itemsize))
             else:
