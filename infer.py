@@ -116,10 +116,8 @@ def output_names(paths: Sequence[str]) -> List[str]:
 
 
 def read_input_image(path: str) -> np.ndarray:
-    try:
-        return read_image(path)
-    except UserError:
-        raise UserError(f"cannot read image {path}: the file is corrupt or not an image") from None
+    """The RGB image of an input file (JPEG or PNG only; anything else is a one-line error)."""
+    return read_image(path)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from datasets.errors import UserError
 from datasets.segmentation import EvalDataset
+from datasets.untrusted import output_path
 from datasets.transforms import denormalize
 from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
@@ -167,7 +168,7 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
                     classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
                     crf.add(rgb, probs, functools.partial(crf_done, f"CRF_{k}", img_id, classes, gt))
             if args.save_cams:
-                np.savez(os.path.join(work, "cams", img_id + ".npz"), classes=present.cpu().numpy() + 1, **saved)
+                np.savez(output_path(os.path.join(work, "cams"), img_id + ".npz"), classes=present.cpu().numpy() + 1, **saved)
         crf.flush()
         for cms in sweep.values():
             for cm in cms:
@@ -204,4 +205,4 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
 def _maybe_save(args, work: str, column: str, img_id: str, label: torch.Tensor) -> None:
     if args.save_labels:
         label_image(label.byte().cpu().numpy(), palette=True).save(
-            os.path.join(work, "labels", column, img_id + ".png"))
+            output_path(os.path.join(work, "labels", column), img_id + ".png"))

@@ -30,6 +30,7 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
+from datasets.untrusted import output_path
 
 from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
                   refine_labels, resolve_crf_backend)
@@ -172,8 +173,8 @@ def crf_outputs(job, label: np.ndarray) -> Optional[np.ndarray]:
     """Write a job's CRF labels as index and colour PNGs; the flattened confusion counts
     (``C*C``) when the job has a mask."""
     img_id, _, _, mask_path, num_classes, out_dir, color_dir = job
-    save_png(os.path.join(out_dir, img_id + ".png"), label)
-    save_png(os.path.join(color_dir, img_id + ".png"), label, palette=True)
+    save_png(output_path(out_dir, img_id + ".png"), label)
+    save_png(output_path(color_dir, img_id + ".png"), label, palette=True)
     if mask_path is None:
         return None
     gt = read_mask(mask_path, num_classes).astype(np.int64).ravel()
@@ -246,8 +247,8 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
         del ckpt
 
         def save_prediction(dirs, img_id: str, pred: np.ndarray) -> None:
-            save_png(os.path.join(dirs["prediction"], img_id + ".png"), pred)
-            save_png(os.path.join(dirs["prediction_color"], img_id + ".png"), pred, palette=True)
+            save_png(output_path(dirs["prediction"], img_id + ".png"), pred)
+            save_png(output_path(dirs["prediction_color"], img_id + ".png"), pred, palette=True)
 
         def crf_args(img_id: str, probs):
             mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
@@ -277,7 +278,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                 gt = mask.to(info.device)
                 for k, pred in zip(COLUMNS, preds):
                     mats[k].update(gt, pred)
-            save_logits(os.path.join(dirs["logits"], img_id + ".npz"), dataset, raw, size, args.scales)
+            save_logits(output_path(dirs["logits"], img_id + ".npz"), dataset, raw, size, args.scales)
             if deferred:
                 continue   # the student is chosen once all ranks have scored both
             chosen_pred = {"1": preds[0], "2": preds[1], "ensemble": preds[2]}[args.branch]
@@ -307,7 +308,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
                      "the labels it is scored on, as the paper's evaluation does")
             for idx in part.indices:
                 img_id = data.ids[idx]
-                path = os.path.join(dirs["logits"], img_id + ".npz")
+                path = output_path(dirs["logits"], img_id + ".npz")
                 logits = load_logits(path, branch)
                 save_prediction(dirs, img_id, logits.argmax(0).astype(np.uint8))
                 if stream is not None:
