@@ -101,7 +101,7 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
-    info = init_distributed(cpu=args.cpu)
+    info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
     backend = resolve_crf_backend(args.crf_backend, info.device)
     log = eval_logger("dupl.cam_eval", info.is_main)
     try:

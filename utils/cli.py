@@ -4,6 +4,7 @@
   ``--scales 1.0,1.5`` (or quoted ``"1.0 1.5"``); :func:`add_numbers` parses all of them.
 * ``--local-rank`` / ``--local_rank`` from ``python -m torch.distributed.launch`` is accepted
   everywhere (:func:`add_launcher_flags`); the rank itself is read from the environment.
+  ``--join_timeout`` bounds the wait for the other ranks when the process group is joined.
 * Bad values become one-line errors that name the flag and the rule (:func:`check`).
 * ``--help`` prints each default once (:class:`datasets.help_format.DefaultsHelpFormatter`).
 """
@@ -39,10 +40,25 @@ def add_numbers(parser, *names: str, default: Sequence[float], help: str, **kwar
                         default=tuple(default), metavar="N", help=help, **kwargs)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def add_launcher_flags(parser) -> None:
+    from .distributed import JOIN_TIMEOUT_S
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                         help="set by python -m torch.distributed.launch; the rank is read from the "
                              "environment (LOCAL_RANK), so this value is only accepted")
+    parser.add_argument("--join_timeout", type=_positive_seconds, default=JOIN_TIMEOUT_S, metavar="SECONDS",
+                        help="with several processes: a rank that has not joined the process group "
+                             "after this many seconds prints one line and exits (status 1), so that "
+                             "torchrun can restart the workers (docs/usage.md#restarts-and-joining)")
 
 
 def check(condition: bool, message: str) -> None:

@@ -212,7 +212,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
     given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
-    info = init_distributed(cpu=args.cpu)
+    info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
     log = eval_logger("dupl.eval", info.is_main)
     try:
         layout, lists = eval_split(args, dataset, info.is_main, log)

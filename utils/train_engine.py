@@ -547,7 +547,7 @@ def resolve_resume(args) -> None:
 def main(args, dataset: str) -> Dict[str, object]:
     check_args(args, dataset)
     resolve_resume(args)
-    info = init_distributed(cpu=args.cpu, require_gpu=True)
+    info = init_distributed(cpu=args.cpu, require_gpu=True, join_timeout_s=args.join_timeout)
     created = False
     try:
         if not args.work_dir:
