@@ -3,8 +3,9 @@ allowed); in the first attempt rank 1 kills itself, in the second rank 0 joins `
 seconds late (a loaded machine), so rank 1 may read what the first attempt left in torchrun's
 store before rank 0 rewrites it.
 
-    python benchmarks/repro_restart.py --join torch --trials 6      # plain init_process_group
-    python benchmarks/repro_restart.py --join project --trials 6    # utils.distributed
+    python benchmarks/repro_restart.py --join torch project --trials 10 --json out.json
+
+``--join torch``: a plain ``init_process_group``; ``--join project``: utils.distributed's join.
 
 Each trial is ``joined`` (the second attempt all-reduced and exited 0), ``refused`` (gloo:
 Connection refused), ``stuck`` (gloo's connect timeout, or still waiting at ``--trial_timeout``)
@@ -66,10 +67,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def trial(args) -> dict:
+def trial(args, join: str) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts", "1",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", os.path.abspath(__file__),
-           "--worker", "--join", args.join, "--delay", str(args.delay), "--pg_timeout", str(args.pg_timeout),
+           "--worker", "--join", join, "--delay", str(args.delay), "--pg_timeout", str(args.pg_timeout),
            "--join_timeout", str(args.join_timeout)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     start = time.time()
@@ -95,7 +96,7 @@ def trial(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description="torchrun restart: does the second attempt join?",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--join", choices=("torch", "project"), default="project",
+    p.add_argument("--join", choices=("torch", "project"), nargs="+", default=["torch", "project"],
                    help="torch: plain init_process_group; project: utils.distributed.join_process_group")
     p.add_argument("--trials", type=int, default=6, help="torchrun launches")
     p.add_argument("--delay", type=float, default=0.3, help="seconds rank 0 joins late in the second attempt")
@@ -106,21 +107,25 @@ def main() -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        args.join = args.join[0]
         return worker(args)
     import torch
-    trials = []
-    for i in range(args.trials):
-        trials.append(trial(args))
-        print(f"trial {i + 1}: {trials[-1]}", flush=True)
-    counts = {k: sum(t["outcome"] == k for t in trials) for k in ("joined", "refused", "stuck", "join_timeout")}
-    print(f"--join {args.join}: {counts}")
+    results = {}
+    for join in args.join:
+        trials = []
+        for i in range(args.trials):
+            trials.append(trial(args, join))
+            print(f"--join {join} trial {i + 1}: {trials[-1]}", flush=True)
+        counts = {k: sum(t["outcome"] == k for t in trials) for k in ("joined", "refused", "stuck", "join_timeout")}
+        print(f"--join {join}: {counts}", flush=True)
+        results[join] = {"counts": counts, "trials": trials}
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         data = {"date": datetime.date.today().isoformat(), "commit": commit,
                 "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "torch": torch.__version__,
                 "command": "python benchmarks/repro_restart.py " + " ".join(sys.argv[1:]),
                 "settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
-                "counts": counts, "trials": trials}
+                "results": results}
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
 

@@ -110,7 +110,7 @@ def test_torchrun_restart_rejoins_when_rank_0_comes_back_late(tmp_path):
                           "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     import json
-    trial = json.loads(out.read_text())["trials"][0]
+    trial = json.loads(out.read_text())["results"]["project"]["trials"][0]
     assert trial["outcome"] == "joined" and trial["stale_key"], (trial, res.stdout[-2000:])
 
 
