@@ -5,8 +5,13 @@ PY := $(VENV)/bin/python
 
 .PHONY: install demo test clean-demo
 
+# TORCH_INDEX: a PyTorch wheel index (e.g. https://download.pytorch.org/whl/cu126) whose torch and
+# torchvision go into the venv before the other requirements, which then keep them
+TORCH_INDEX ?=
+
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(PY) -m pip install torch torchvision --index-url $(TORCH_INDEX))
 	$(PY) -m pip install -r requirements.txt
 	touch $@
 

@@ -107,10 +107,19 @@ def main(argv=None) -> None:
     Image.fromarray(demo_figure(net, val, voc.display_names, torch.device("cpu"),
                                 crop_size=args.crop_size)).save(figure, optimize=True)
     print(f"picture of {len(pick_images(val, 5))} val images: {figure}")
-    print(f"demo finished in {time.time() - start:.0f} s: segmentation mIoU "
-          f"{miou['Seg_1']:.2f} / {miou['Seg_2']:.2f} (students 1 / 2), CAM mIoU "
-          f"{miou['CAM_1']:.2f} / {miou['CAM_2']:.2f}, all-background baseline {baseline:.2f}; "
-          f"log and checkpoint in {args.work_dir}")
+    summary = (f"demo finished in {time.time() - start:.0f} s: segmentation mIoU "
+               f"{miou['Seg_1']:.2f} / {miou['Seg_2']:.2f} (students 1 / 2), CAM mIoU "
+               f"{miou['CAM_1']:.2f} / {miou['CAM_2']:.2f}, all-background baseline {baseline:.2f}")
+    print(f"{summary}; log and checkpoint in {args.work_dir}")
+    log_summary(os.path.join(args.work_dir, "train.log"), summary)
+
+
+def log_summary(log_path: str, summary: str) -> None:
+    """Append the demo's summary (its whole time and the baseline) to the run's ``train.log``, in
+    the engine's line format, so that one file holds every number the demo reports."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(f"{stamp} - demo.py - INFO: {summary}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,200 @@
+"""Numbers in README.md and docs/ equal their sources, so they cannot drift from them.
+
+* The demo's numbers quoted next to ``logs/demo/train.log`` (date, training time, the whole run's
+  time, segmentation and CAM mIoU, baseline, the "about N min" of ``make demo``) are read from the
+  documents and compared with the log; nothing here repeats a number.
+* The tables of docs/performance.md equal the ``benchmarks/results/`` JSON files they cite, and each
+  JSON file names its date, machine, command and commit.
+"""
+import datetime
+import glob
+import json
+import os
+import re
+
+import pytest
+
+import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_LOG = "logs/demo/train.log"
+
+
+def _read(path: str) -> str:
+    return open(os.path.join(REPO, path), encoding="utf-8").read()
+
+
+def _flat(text: str) -> str:
+    """Markdown as one line: no line breaks, no bold markers."""
+    return " ".join(text.replace("**", "").split())
+
+
+def parse_demo_log(text: str) -> dict:
+    """What a demo's ``train.log`` says: ``date``, ``training_s``, the final table's mIoU row
+    (``miou``: column -> value) and, when the demo appended its summary, ``total_s``,
+    ``summary`` (Seg_1, Seg_2, CAM_1, CAM_2 as printed) and ``baseline``."""
+    out = {"date": re.match(r"(\d{4}-\d{2}-\d{2}) ", text).group(1)}
+    times = re.findall(r"Training finished in (\d+):(\d\d):(\d\d)", text)
+    if times:
+        h, m, s = (int(v) for v in times[-1])
+        out["training_s"] = 3600 * h + 60 * m + s
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.split()[:1] == ["Class"]]
+    if heads:
+        columns = lines[heads[-1]].split()[1:]
+        row = next(line for line in lines[heads[-1]:] if line.startswith("mIoU"))
+        out["miou"] = dict(zip(columns, (float(v) for v in row.split()[1:])))
+    m = re.search(r"demo finished in (\d+) s: segmentation mIoU ([\d.]+) / ([\d.]+) \(students 1 / 2\), "
+                  r"CAM mIoU ([\d.]+) / ([\d.]+), all-background baseline ([\d.]+)", text)
+    if m:
+        out["total_s"] = int(m.group(1))
+        out["summary"] = dict(zip(("Seg_1", "Seg_2", "CAM_1", "CAM_2"), (float(v) for v in m.groups()[1:5])))
+        out["baseline"] = float(m.group(6))
+    return out
+
+
+def quoted_demo_numbers(text: str) -> dict:
+    """The demo's numbers a document quotes (as written: mIoU with 2 decimals, times in min + s)."""
+    flat = _flat(text)
+    out = {}
+    m = re.search(r"segmentation mIoU ([\d.]+) / ([\d.]+) \(students 1 / 2\),? CAM mIoU ([\d.]+) / ([\d.]+)", flat)
+    if m:
+        out["miou"] = dict(zip(("Seg_1", "Seg_2", "CAM_1", "CAM_2"), m.groups()))
+    m = re.search(r"training (\d+) min (\d+) s", flat)
+    if m:
+        out["training_s"] = 60 * int(m.group(1)) + int(m.group(2))
+    m = re.search(r"(\d+) min (\d+) s end to end", flat)
+    if m:
+        out["total_s"] = 60 * int(m.group(1)) + int(m.group(2))
+    m = re.search(r"all-background baseline ([\d.]+)", flat)
+    if m:
+        out["baseline"] = m.group(1)
+    m = re.search(r"\((\d{4}-\d{2}-\d{2})[,;][^)]*" + re.escape(DEMO_LOG), flat)
+    if m:
+        out["date"] = m.group(1)
+    m = re.search(r"make demo .*?\(about (\d+) min on 2 CPU cores\)", flat)
+    if m:
+        out["about_min"] = int(m.group(1))
+    return out
+
+
+def _check(quoted: dict, log: dict) -> list:
+    problems = []
+    if "miou" in quoted:
+        for column, value in quoted["miou"].items():
+            actual = log["summary"][column] if "summary" in log else round(log["miou"][column], 2)
+            if float(value) != actual or len(value.split(".")[-1]) != 2:
+                problems.append(f"{column} {value} but the log says {actual:.2f}")
+    if "training_s" in quoted and quoted["training_s"] != log.get("training_s"):
+        problems.append(f"training {quoted['training_s']} s but the log says {log.get('training_s')} s")
+    if "total_s" in quoted and quoted["total_s"] != log.get("total_s"):
+        problems.append(f"whole demo {quoted['total_s']} s but the log says {log.get('total_s')} s")
+    if "baseline" in quoted and ("baseline" not in log or float(quoted["baseline"]) != log["baseline"]):
+        problems.append(f"baseline {quoted['baseline']} but the log says {log.get('baseline')}")
+    if "date" in quoted and quoted["date"] != log["date"]:
+        problems.append(f"date {quoted['date']} but the log is of {log['date']}")
+    if "about_min" in quoted:
+        seconds = log.get("total_s", log.get("training_s"))
+        if seconds is None or quoted["about_min"] != round(seconds / 60):
+            problems.append(f"about {quoted['about_min']} min but the log says {seconds} s")
+    return problems
+
+
+def test_the_readme_quotes_the_demo_log():
+    log = parse_demo_log(_read(DEMO_LOG))
+    quoted = quoted_demo_numbers(_read("README.md"))
+    # the README does quote the scores, the time and the date of the log (so this test can fail)
+    assert {"miou", "date", "about_min"} <= set(quoted) and ("training_s" in quoted or "total_s" in quoted)
+    assert not _check(quoted, log), _check(quoted, log)
+
+
+def test_every_page_citing_the_demo_log_agrees_with_it():
+    log = parse_demo_log(_read(DEMO_LOG))
+    pages = ["README.md"] + sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
+    for page in pages:
+        text = _read(page)
+        if DEMO_LOG in text:
+            assert not _check(quoted_demo_numbers(text), log), (page, _check(quoted_demo_numbers(text), log))
+
+
+def test_the_check_fails_on_numbers_that_drifted():
+    log = parse_demo_log(_read(DEMO_LOG))
+    good = quoted_demo_numbers(_read("README.md"))
+    assert not _check(good, log)
+    for key, bad in (("training_s", good.get("training_s", 0) + 60), ("date", "2020-01-01"),
+                     ("about_min", good["about_min"] + 3), ("baseline", "99.99")):
+        assert _check({**good, key: bad}, log), key
+    seg = dict(good["miou"], Seg_1=f"{float(good['miou']['Seg_1']) + 0.01:.2f}")
+    assert _check({**good, "miou": seg}, log)
+
+
+def test_the_demo_summary_line_is_what_the_check_reads(tmp_path):
+    """The line demo.py appends to its log carries the whole time and the baseline."""
+    log_path = tmp_path / "train.log"
+    log_path.write_text("2026-12-02 11:51:24,791 - train_engine.py - INFO: Pytorch version\n"
+                        "2026-12-02 12:02:00,685 - train_engine.py - INFO: Training finished in 0:10:35\n")
+    demo.log_summary(str(log_path), "demo finished in 651 s: segmentation mIoU 61.81 / 60.45 (students 1 / 2), "
+                                    "CAM mIoU 71.12 / 71.42, all-background baseline 14.08")
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 3 and re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - demo.py - INFO: demo", lines[-1])
+    log = parse_demo_log(log_path.read_text())
+    assert log["total_s"] == 651 and log["training_s"] == 635 and log["baseline"] == 14.08
+    quoted = quoted_demo_numbers("make demo # trains it (about 11 min on 2 CPU cores)\nMeasured (2026-12-02, "
+                                 f"`{DEMO_LOG}`): 10 min 51 s end to end, segmentation mIoU 61.81 / 60.45 "
+                                 "(students 1 / 2), CAM mIoU 71.12 / 71.42, all-background baseline 14.08")
+    assert not _check(quoted, log)
+
+
+def _results(name: str) -> dict:
+    data = json.load(open(os.path.join(REPO, "benchmarks", "results", name)))
+    for key in ("date", "machine", "command", "commit"):
+        assert data.get(key), f"{name} has no {key}"
+    datetime.date.fromisoformat(data["date"])
+    assert re.fullmatch(r"[0-9a-f]{40}", data["commit"])
+    return data
+
+
+def test_every_cited_result_file_exists_and_names_its_date_machine_command_and_commit():
+    cited = set()
+    for page in ["README.md"] + glob.glob(os.path.join(REPO, "docs", "*.md")):
+        cited |= set(re.findall(r"benchmarks/results/([\w.-]+\.json)", _read(page)))
+    assert cited
+    for name in sorted(cited):
+        _results(name)
+
+
+def _table(text: str, first_header: str):
+    lines = [l for l in text.splitlines() if l.startswith("|")]
+    start = next(i for i, l in enumerate(lines) if l.split("|")[1].strip() == first_header)
+    rows = []
+    for line in lines[start + 2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(lines[start].strip("|").split("|")):
+            break
+        rows.append(cells)
+    return rows
+
+
+def test_performance_tables_equal_their_json_files():
+    text = _read("docs/performance.md")
+    train = _results("2026-12-03_train_cpu.json")["phases"]
+    for cells in _table(text, "phase"):
+        phase = train[cells[0][0]]
+        assert float(cells[1]) == round(phase["s_per_iter"], 3), cells
+        assert float(cells[2]) == round(phase["images_per_s"], 1), cells
+        assert float(cells[3]) == round(1000 * phase["tflop_per_iter"], 1), cells
+        stages = {"cams": "cams", "backward": "backward", "forward": "forward", "par": "par_refine", "gmm": "gmm"}
+        for name, ms in re.findall(r"(\w+) (\d+)", cells[4]):
+            assert int(ms) == round(1000 * phase["breakdown_s"][stages[name.lower()]]), (cells[0], name)
+    crf = _results("2026-12-03_crf_cpu.json")
+    keys = {"pydensecrf, one core": ("pydensecrf", "images_per_s_one_core"),
+            "pydensecrf, 2 worker processes": ("pydensecrf", "images_per_s_all_cores"),
+            "torch CRF on the CPU, 1 thread": ("torch_cpu_1threads", "images_per_s"),
+            "torch CRF on the CPU, 2 threads": ("torch_cpu_2threads", "images_per_s")}
+    rows = _table(text, "images/s")
+    assert [r[0] for r in rows] == list(keys)
+    for cells in rows:
+        group, key = keys[cells[0]]
+        for value, dataset in zip(cells[1:], ("voc", "coco")):
+            digits = len(value.split(".")[1])
+            assert float(value) == pytest.approx(round(crf[dataset][group][key], digits)), (cells[0], dataset)
