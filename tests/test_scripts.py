@@ -24,3 +24,18 @@ def test_demo_writes_data_derives_lists_and_prints_the_baseline(tmp_path):
     assert again.returncode == 0 and "kept existing" in again.stdout
 
 
+
+
+def test_make_install_puts_the_torch_of_torch_index_into_the_venv_first(tmp_path):
+    venv = str(tmp_path / "venv")
+    plain = subprocess.run(["make", "-n", "install", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True)
+    cuda = subprocess.run(["make", "-n", "install", f"VENV={venv}", "TORCH_INDEX=https://example.org/whl/cu126"],
+                          cwd=REPO, capture_output=True, text=True)
+    if plain.returncode != 0:
+        pytest.skip("make is not available")
+    lines = cuda.stdout.splitlines()
+    torch_line = next(i for i, l in enumerate(lines) if "--index-url https://example.org/whl/cu126" in l)
+    requirements = next(i for i, l in enumerate(lines) if "-r requirements.txt" in l)
+    assert lines[0].endswith(f"-m venv {venv}") and 0 < torch_line < requirements
+    assert f"{venv}/bin/python -m pip install torch torchvision" in lines[torch_line]
+    assert "--index-url" not in plain.stdout and "-r requirements.txt" in plain.stdout
