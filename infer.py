@@ -142,9 +142,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv=None) -> None:
-    check_crf_flags(args)
     args = get_args_parser().parse_args(argv)
     check_scales("--scales", args.scales)
+    check_crf_flags(args)
     images, skipped = collect_inputs(args.input)
     for f in skipped:
         print(f"note: skipping {f} (not a .jpg/.jpeg/.png image)")
@@ -159,6 +159,8 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
 
     start = time.time()
+    found = np.zeros(args.num_classes, dtype=np.int64)
+    corrupt = []
     crf = CRFQueue(backend, device, crf_batch_size(args, device), args.crf_class_chunk or None)
 
     def write(path: str, name: str, rgb: np.ndarray, pred: np.ndarray) -> None:
@@ -172,8 +174,6 @@ def main(argv=None) -> None:
         shown = ", ".join(names[c] for c in present) or "background only"
         print(f"{path} ({rgb.shape[1]}x{rgb.shape[0]}) -> {name}.png: {shown}", flush=True)
 
-    found = np.zeros(args.num_classes, dtype=np.int64)
-    corrupt = []
     for path, name in zip(images, output_names(images)):
         try:
             rgb = read_input_image(path)

@@ -28,9 +28,12 @@ def test_demo_writes_data_derives_lists_and_prints_the_baseline(tmp_path):
 
 def test_make_install_puts_the_torch_of_torch_index_into_the_venv_first(tmp_path):
     venv = str(tmp_path / "venv")
-    plain = subprocess.run(["make", "-n", "install", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True)
-    cuda = subprocess.run(["make", "-n", "install", f"VENV={venv}", "TORCH_INDEX=https://example.org/whl/cu126"],
-                          cwd=REPO, capture_output=True, text=True)
+    # run as a top-level make even when the tests themselves run under `make test`
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    make = ["make", "--no-print-directory", "-n", "install", f"VENV={venv}"]
+    plain = subprocess.run(make, cwd=REPO, capture_output=True, text=True, env=env)
+    cuda = subprocess.run(make + ["TORCH_INDEX=https://example.org/whl/cu126"], cwd=REPO,
+                          capture_output=True, text=True, env=env)
     if plain.returncode != 0:
         pytest.skip("make is not available")
     lines = cuda.stdout.splitlines()

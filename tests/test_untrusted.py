@@ -23,7 +23,7 @@ from PIL import Image
 from datasets.errors import UserError
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists, load_labels, read_list
-from datasets.untrusted import (Refused, check_pickle_memo, check_tree, output_path, scan_pickle,
+from datasets.untrusted import (Refused, check_pickle_memo, check_tree, check_zip, output_path, scan_pickle,
                                 write_atomically)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -353,6 +353,28 @@ def test_a_deflate_bomb_checkpoint_is_refused_within_budget(tmp_path, junk):
                                                     "archive/version": "3\n"})
     assert os.path.getsize(path) < 8 << 20
     refused_reading("checkpoint", path, junk / "junk.pth", tmp_path, "compressed")
+
+
+@pytest.mark.parametrize("attack", ["nested memo list", "object array called", "bytearray"])
+def test_a_crafted_pretrained_pth_is_refused_by_the_checkpoint_reader(attack, tmp_path, junk):
+    body, records = CKPT_ATTACKS[attack]
+    path = tmp_path / "weights.pth"
+    torch_zip(path, body, records)
+    refused_reading("pretrained", path, junk / "junk.pth", tmp_path, "refused checkpoint", str(path))
+
+
+def test_a_deflate_bomb_pretrained_npz_is_refused_within_budget(tmp_path, junk):
+    path = tmp_path / "weights.npz"
+    deflate_bomb_zip(path, "Transformer/encoder_norm/scale.npy")
+    refused_reading("pretrained", path, junk / "junk.pth", tmp_path, "--pretrained_path", "declares")
+
+
+def test_a_compressed_npz_within_its_ratio_passes_the_zip_check(tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez_compressed(path, a=np.random.default_rng(0).standard_normal(10_000).astype(np.float32))
+    assert set(check_zip(str(path), "npz", max_member=4 * os.path.getsize(path), max_ratio=4)) == {"a.npy"}
+    with pytest.raises(UserError, match="compressed"):
+        check_zip(str(path), "npz", max_member=4 * os.path.getsize(path))
 
 
 def test_deeply_nested_saved_arguments_are_refused_by_the_evaluation(tmp_path, junk, synthetic_root):

@@ -43,6 +43,11 @@ def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux
         theirs = saved.get(key)
         if key == "num_classes" and theirs is None and "branch1.decoder.conv8.weight" in state:
             theirs = int(state["branch1.decoder.conv8.weight"].shape[0])
+        if theirs is not None and not isinstance(theirs, int if key != "backbone" else str) \
+                or isinstance(theirs, bool) or isinstance(theirs, str) and len(theirs) > 200:
+            raise UserError(f"refused checkpoint {source}: its saved {key} is a "
+                            f"{type(theirs).__name__}, not a {'name' if key == 'backbone' else 'number'}; "
+                            "the file is damaged or crafted")
         if value is not None and theirs is not None and not same[key](value, theirs):
             raise UserError(f"--{key} {value} contradicts {source}, trained with {key} {theirs}; "
                             f"leave --{key} out to use the checkpoint's")
