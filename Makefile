@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-slow clean-demo
 
 # TORCH_INDEX: a PyTorch wheel index (e.g. https://download.pytorch.org/whl/cu126) whose torch and
 # torchvision go into the venv before the other requirements, which then keep them
@@ -22,6 +22,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 clean-demo:
 	rm -rf demo_data work_dirs/demo

@@ -1,12 +1,13 @@
 """The demo: DuPL trained from scratch on synthetic VOC-format data, on a laptop CPU.
 
-    python demo.py [--out demo_data] [--work_dir work_dirs/demo]
+    python demo.py [--out demo_data] [--work_dir work_dirs/demo] [--backbone NAME [--backbone_args ...]]
 
 Writes the synthetic dataset (VOC and COCO layouts) if it is missing, derives its split lists
 and image-level labels, scores the all-background prediction on the synthetic val split as a
 floor, then trains a small randomly initialised ViT (deit_tiny, 128-pixel crops, 4 images per
 step) through the same engine and all three phases as ``train_final_voc.py`` with a shortened
-schedule, prints the per-class validation table of both students and draws a few val images
+schedule (``--backbone`` tries another ViT family, randomly initialised too), prints the
+per-class validation table of both students and draws a few val images
 (image, CAM, pseudo label, both students' predictions, ground truth) into
 ``<work_dir>/demo_figure.png``.
 """
@@ -45,6 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="backbone learning rate (heads x10)")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                    help="train after preparing the data")
+    p.add_argument("--backbone", default=DEMO_BACKBONE,
+                   help="timm encoder to train (random weights), e.g. vit_small_patch14_reg4_dinov2")
+    p.add_argument("--backbone_args",
+                   help="timm architecture overrides, e.g. depth=6,embed_dim=192,num_heads=3 (a smaller, "
+                   "faster model of the family)")
     return p
 
 
@@ -53,12 +59,14 @@ DEMO_SCHEDULE = dict(max_iters=400, cam_iters=100, gmm_iters=250, warmup_iters=3
 
 
 def demo_train_args(data_folder: str, work_dir: str, crop_size: int, max_iters: int,
-                    lr: float = DEMO_SCHEDULE["lr"]):
+                    lr: float = DEMO_SCHEDULE["lr"], backbone: str = DEMO_BACKBONE,
+                    backbone_args: str = None):
     """Flags of ``train_final_voc.py`` for the demo: the paper's method on a shortened schedule."""
     scale = max_iters / DEMO_SCHEDULE["max_iters"]
     it = lambda k: str(max(1, int(round(DEMO_SCHEDULE[k] * scale))))
+    extra = ["--backbone_args", backbone_args] if backbone_args else []
     return ["--data_folder", data_folder, "--work_dir", work_dir, "--backbone",
-            DEMO_BACKBONE, "--no-pretrained", "--crop_size", str(crop_size),
+            backbone, *extra, "--no-pretrained", "--crop_size", str(crop_size),
             "--samples_per_gpu", "4", "--max_iters", str(max_iters), "--cam_iters", it("cam_iters"),
             "--gmm_iters", it("gmm_iters"), "--warmup_iters", it("warmup_iters"),
             "--lr", str(lr), "--log_iters", str(max(1, max_iters // 16)),
@@ -97,12 +105,13 @@ def main(argv=None) -> None:
         return
     import train_final_voc
     result = train_final_voc.run(demo_train_args(voc.image_root, args.work_dir, args.crop_size,
-                                                 args.max_iters, args.lr))
+                                                 args.max_iters, args.lr, args.backbone,
+                                                 args.backbone_args))
     miou = {k: 100 * v["miou"] for k, v in result["scores"].items()}
     print("per-class IoU on synthetic val (%):")
     print(result_table(result, voc.display_names))
-    net = load_model(os.path.join(args.work_dir, CHECKPOINT), DEMO_BACKBONE, voc.num_classes, -3,
-                     torch.device("cpu"))
+    net = load_model(os.path.join(args.work_dir, CHECKPOINT), None, voc.num_classes, None,
+                     torch.device("cpu"))   # backbone and aux block from the checkpoint
     figure = os.path.join(args.work_dir, "demo_figure.png")
     Image.fromarray(demo_figure(net, val, voc.display_names, torch.device("cpu"),
                                 crop_size=args.crop_size)).save(figure, optimize=True)

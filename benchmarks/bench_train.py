@@ -1,7 +1,10 @@
 """Training-iteration speed and memory of each DuPL phase.
 
     python benchmarks/bench_train.py --backbone deit_base_patch16_224 --crop_size 448 \
-        --samples_per_gpu 2 --iters 30 [--amp] [--json out.json]
+        --samples_per_gpu 2 --iters 30 [--amp] [--grad_checkpointing] [--json out.json]
+
+Any supported encoder family: ``--backbone vit_base_patch14_reg4_dinov2`` (DINOv2), ``..._dinov3``,
+``..._clip_224``, ``..._siglip_224``, ``eva02_...``; ``--backbone_args depth=2,...`` shrinks it.
 
 Runs the real training step (``model.dupl.dupl_step`` + backward + AdamW step) on synthetic
 VOC-format data (written to ``demo_data`` when ``--data_folder`` is not given) with random
@@ -79,7 +82,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description="DuPL training-step benchmark",
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
-    p.add_argument("--backbone", default="deit_base_patch16_224", help="timm ViT/DeiT name")
+    p.add_argument("--backbone", default="deit_base_patch16_224",
+                   help="timm encoder of any supported family (ViT/DeiT, DINOv2, DINOv3, CLIP, SigLIP, EVA-02)")
+    p.add_argument("--backbone_args", help="timm architecture overrides, e.g. depth=2,embed_dim=64,num_heads=2")
+    p.add_argument("--grad_checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="recompute each encoder block in the backward pass")
     p.add_argument("--crop_size", type=int, default=448, help="training crop")
     p.add_argument("--samples_per_gpu", type=int, default=2, help="images per step")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per phase")
@@ -102,7 +109,8 @@ def main() -> None:
                         pin_memory=device.type == "cuda")
 
     torch.manual_seed(0)
-    net = DualStudentNet(args.backbone, 21).to(device)
+    net = DualStudentNet(args.backbone, 21, backbone_args=args.backbone_args,
+                         grad_checkpointing=args.grad_checkpointing).to(device)
     opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
     cfg = voc_config()
     par = PAR().to(device)
@@ -163,7 +171,8 @@ def main() -> None:
               f"{flops / 1e9:.1f} GFLOP/iter = {achieved:.2f} TFLOP/s ({share})\n"
               f"  breakdown: {stages}", flush=True)
     print(f"device {name}, backbone {args.backbone}, crop {args.crop_size}, "
-          f"{args.samples_per_gpu} images per step, amp {args.amp}")
+          f"{args.samples_per_gpu} images per step, amp {args.amp}, "
+          f"grad_checkpointing {args.grad_checkpointing}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "args": vars(args), "phases": results}, f, indent=1)

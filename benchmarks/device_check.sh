@@ -11,7 +11,9 @@
 # 5. eval_seg_voc.py end to end (multi-scale + CRF with the default backend: torch on a GPU) on
 #    the N_VAL images, fp32;
 # 6. a short train_final_voc.py run under torch.distributed.run (NCCL on a GPU, gloo on the CPU);
-# 7. summary.json: every number above with the date, GPU, torch version and COMMIT (the
+# 7. bench_families.py: one phase-C step of a DINOv2-B and a CLIP-B student pair at crop CROP,
+#    2 images, fp32 and --amp, with and without --grad_checkpointing (s/step, peak memory);
+# 8. summary.json: every number above with the date, GPU, torch version and COMMIT (the
 #    environment variable, else git's HEAD), to be copied to benchmarks/results/.
 #
 # pydensecrf is built from its source archive when it is missing and .whl/pydensecrf2-*.tar.gz is
@@ -21,7 +23,9 @@
 # Environment overrides (defaults in brackets) keep a CPU rehearsal short: PYTHON [python3],
 # BACKBONE [deit_base_patch16_224], CROP [448], ITERS [20], WARMUP [5], N_EVAL [20], N_VAL [1449],
 # H [375], W [500], N_CRF [16], CRF_SIZE [the real sizes; "H W" for a rehearsal],
-# NPROC [GPUs, at least 1], DDP_BACKBONE [deit_tiny_patch16_224].
+# NPROC [GPUs, at least 1], DDP_BACKBONE [deit_tiny_patch16_224],
+# FAMILY_BACKBONES ["vit_base_patch14_reg4_dinov2 vit_base_patch16_clip_224"], FAMILY_ITERS [10],
+# FAMILY_WARMUP [3], FAMILY_ARGS [none; e.g. "depth=1,embed_dim=32,num_heads=1" for a rehearsal].
 set -euo pipefail
 OUT=${1:?usage: bash benchmarks/device_check.sh OUT_DIR}
 mkdir -p "$OUT"
@@ -40,6 +44,10 @@ CORES=$(nproc)
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
 NPROC=${NPROC:-$(( GPUS > 0 ? GPUS : 1 ))}
 DDP_BACKBONE=${DDP_BACKBONE:-deit_tiny_patch16_224}
+FAMILY_BACKBONES=${FAMILY_BACKBONES:-vit_base_patch14_reg4_dinov2 vit_base_patch16_clip_224}
+FAMILY_ITERS=${FAMILY_ITERS:-10}
+FAMILY_WARMUP=${FAMILY_WARMUP:-3}
+FAMILY_ARGS=${FAMILY_ARGS:-}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -105,7 +113,14 @@ timed ddp $PY -m torch.distributed.run --standalone --nproc_per_node="$NPROC" tr
     --warmup_iters 5 --log_iters 10 --eval_iters 30 --num_workers 2 \
     $($PY -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
 
-stamp "7. summary"
+stamp "7. encoder families: $FAMILY_BACKBONES, phase C, crop $CROP, 2 images"
+# shellcheck disable=SC2086
+timed families $PY benchmarks/bench_families.py --backbones $FAMILY_BACKBONES --crop_size "$CROP" \
+    --samples_per_gpu 2 --iters "$FAMILY_ITERS" --warmup "$FAMILY_WARMUP" --amp off on \
+    --grad_checkpointing off on --data_folder "$VOC" ${FAMILY_ARGS:+--backbone_args "$FAMILY_ARGS"} \
+    --json "$OUT/families.json"
+
+stamp "8. summary"
 COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 $PY - "$OUT" "$COMMIT" <<'EOF'
 import datetime, json, os, sys, torch

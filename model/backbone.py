@@ -1,69 +1,231 @@
-"""ViT/DeiT backbone on timm 1.x (docs/method.md#network).
+"""ViT-family encoders on timm 1.x (docs/method.md#network, docs/method.md#backbones).
 
-A student's encoder is a plain timm ``VisionTransformer`` (so checkpoints keep timm's key names).
-:func:`vit_token_maps` runs it on any input size and returns the final patch-token map (after the
-final LayerNorm) and the map of the auxiliary block (no LayerNorm), as ``(B, D, h, w)``.
-The 14x14 position embedding is resized with bicubic interpolation, ``align_corners=False`` and no
-antialiasing (timm's own dynamic-size path antialiases, which gives different numbers).
+A student's encoder is a timm model (so checkpoints keep timm's key names): a plain
+``VisionTransformer`` (ViT/DeiT, the paper's), any other ``VisionTransformer`` (DINOv2 with or
+without registers, CLIP, SigLIP, ...) or an ``Eva`` (EVA-02, DINOv3: RoPE). :func:`token_maps`
+runs it on any input size and returns the final patch-token map (after the final LayerNorm) and
+the map of the auxiliary block (no LayerNorm), as ``(B, D, h, w)``; prefix tokens (class token,
+registers) are dropped.
+
+* Plain ViT/DeiT (one class token, learned position embedding with a class slot, no pre-norm, no
+  LayerScale) run the paper's path, :func:`vit_token_maps`: the 14x14 position embedding is
+  resized with bicubic interpolation, ``align_corners=False`` and no antialiasing (timm's own
+  dynamic-size path antialiases when it shrinks the grid, which gives different numbers).
+* Every other encoder runs timm's ``forward_intermediates`` with ``dynamic_img_size``: timm
+  resamples a learned position embedding or builds the RoPE grid for the input size, as each
+  family does in timm.
+* The grid is ``floor(H / p) x floor(W / p)`` for the model's patch ``p``: the bottom rows and right
+  columns that do not fill a patch are dropped (what the paper's stride-p patch convolution does).
 """
 import os
-from typing import Optional, Tuple
+import sys
+from typing import Dict, Optional, Tuple, Union
 
 import timm
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 from datasets.errors import UserError
+from datasets.untrusted import check_zip
 
-# ImageNet weights of the paper's runs (docs/method.md#network); other names use timm's default tag.
+from .checkpoint import read_checkpoint
+
+Encoder = Union[VisionTransformer, Eva]
+
+# an .npz of float weights deflates to about its size; a record declaring more is refused
+NPZ_MAX_RATIO = 4
+# ImageNet weights of the paper's runs (docs/method.md#network)
 PRETRAINED_TAGS = {
     "deit_base_patch16_224": "fb_in1k",
     "vit_base_patch16_224": "orig_in21k_ft_in1k",
 }
+# the weights a name without a tag loads, per family, where timm has them for that model
+# (docs/method.md#backbones); other names load timm's default tag
+FAMILY_TAGS = {
+    "dinov2": "lvd142m",
+    "dinov3": "lvd1689m",
+    "clip": "openai",
+    "siglip": "v2_webli",
+    "eva02": "mim_in22k",
+}
+FAMILY_NAMES = {"vit": "ViT/DeiT", "dinov2": "DINOv2", "dinov3": "DINOv3", "clip": "CLIP",
+                "siglip": "SigLIP", "eva02": "EVA-02", "vit-other": "timm ViT", "eva-other": "timm EVA"}
 PLAIN_VITS = tuple(
     f"{family}_{size}_patch16_224"
     for family in ("deit", "vit") for size in ("tiny", "small", "base", "large")
     if not (family == "deit" and size == "large")
 )
+EXAMPLES = ("vit_base_patch14_reg4_dinov2", "vit_base_patch16_dinov3", "vit_base_patch16_clip_224",
+            "vit_base_patch16_siglip_224", "eva02_base_patch14_224")
+# architecture overrides --backbone_args accepts (random weights only)
+BACKBONE_ARG_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio")
 
 
-def _create_empty(name: str) -> VisionTransformer:
+def parse_backbone_args(text: Union[None, str, Dict[str, float]]) -> Dict[str, Union[int, float]]:
+    """``"depth=4,embed_dim=192,num_heads=3"`` (or a dict, or None) -> timm keyword arguments."""
+    if not text:
+        return {}
+    items = text.items() if isinstance(text, dict) else (
+        part.split("=", 1) if "=" in part else (part, None) for part in str(text).split(",") if part.strip())
+    out: Dict[str, Union[int, float]] = {}
+    for key, value in items:
+        key = key.strip()
+        if key not in BACKBONE_ARG_KEYS or value is None:
+            raise UserError(f"--backbone_args {text}: give KEY=VALUE pairs separated by commas with "
+                            f"KEY one of {', '.join(BACKBONE_ARG_KEYS)}, e.g. depth=4,embed_dim=192,num_heads=3")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"--backbone_args {text}: {key}={value} is not a number") from None
+        out[key] = int(number) if key != "mlp_ratio" else number
+        if out[key] <= 0 or (key != "mlp_ratio" and number != int(number)):
+            raise UserError(f"--backbone_args {text}: {key} must be a positive "
+                            f"{'number' if key == 'mlp_ratio' else 'integer'}")
+    return out
+
+
+def default_aux_layer(depth: int) -> int:
+    """The auxiliary classifier's block for an encoder of ``depth`` blocks (0-based):
+    ``floor(3 * depth / 4)``, at least one block before the last: 9 of 12 (the paper's -3),
+    18 of 24, 30 of 40; 2 of 4, 0 of 2."""
+    return max(0, min(depth - 2, (3 * depth) // 4))
+
+
+def is_plain_vit(model: nn.Module) -> bool:
+    """ViT/DeiT as in the paper: one class token, a learned position embedding with a class slot,
+    no pre-norm and no LayerScale. These run :func:`vit_token_maps`."""
+    if type(model) is not VisionTransformer:
+        return False
+    ls = getattr(model.blocks[0], "ls1", None) if len(model.blocks) else None
+    return (model.num_prefix_tokens == 1 and model.has_class_token and model.pos_embed is not None
+            and not model.no_embed_class and isinstance(model.norm_pre, nn.Identity)
+            and (ls is None or isinstance(ls, nn.Identity)))
+
+
+def backbone_family(name: str, model: nn.Module) -> str:
+    """``vit`` (the paper's path), ``dinov2``, ``dinov3``, ``clip``, ``siglip``, ``eva02``, or
+    ``vit-other`` / ``eva-other`` for other timm ViTs."""
     base = name.split(".")[0]
+    if isinstance(model, Eva):
+        return "dinov3" if "dinov3" in base else ("eva02" if "eva02" in base else "eva-other")
+    if "dinov2" in base:
+        return "dinov2"
+    if "siglip" in base:
+        return "siglip"
+    if "clip" in base:
+        return "clip"
+    return "vit" if is_plain_vit(model) else "vit-other"
+
+
+def _timm_kwargs(model_args: Dict[str, Union[int, float]]) -> dict:
+    """Keyword arguments of every non-plain encoder: any input size, no classifier head, no
+    dropout / drop-path."""
+    return dict(model_args, dynamic_img_size=True, num_classes=0, drop_rate=0.0, drop_path_rate=0.0)
+
+
+def _create_empty(name: str, model_args: Optional[Dict[str, Union[int, float]]] = None) -> Tuple[Encoder, dict]:
+    """The randomly initialised encoder of ``name`` and the timm keyword arguments it was built with."""
+    base = name.split(".")[0]
+    model_args = dict(model_args or {})
     if base not in timm.list_models():
-        raise UserError(f"--backbone {name} is not a timm model; use one of {', '.join(PLAIN_VITS)}")
-    vit = timm.create_model(base, pretrained=False)  # plain ViTs default to no dropout/drop-path
-    if (not isinstance(vit, VisionTransformer) or vit.num_prefix_tokens != 1
-            or not vit.has_class_token or vit.pos_embed is None or vit.no_embed_class):
-        raise UserError(f"--backbone {name} is not a plain ViT/DeiT with one class token; use one "
-                        f"of {', '.join(PLAIN_VITS)}")
-    return vit
+        raise UserError(f"--backbone {name} is not a timm model; use e.g. one of "
+                        f"{', '.join(PLAIN_VITS[:3] + EXAMPLES)}")
+
+    def build(**kwargs):
+        try:
+            return timm.create_model(base, pretrained=False, **kwargs)
+        except (TypeError, AssertionError, ValueError, RuntimeError) as exc:
+            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            raise UserError(f"timm cannot build --backbone {name} with --backbone_args "
+                            f"{model_args} ({msg})") from None
+
+    try:
+        with torch.device("meta"):   # which path the model takes, without initialising weights
+            probe = build(**model_args)
+    except UserError:
+        raise
+    except Exception:
+        probe = build(**model_args)
+    if not isinstance(probe, (VisionTransformer, Eva)) or not hasattr(probe, "forward_intermediates"):
+        raise UserError(f"--backbone {name} is not a ViT-family encoder with a patch-token grid (timm "
+                        f"VisionTransformer or Eva: ViT/DeiT, DINOv2, DINOv3, CLIP, SigLIP, EVA-02); "
+                        f"use e.g. one of {', '.join(EXAMPLES)}")
+    if is_plain_vit(probe):
+        return build(**model_args), model_args   # plain ViTs default to no dropout/drop-path
+    kwargs = _timm_kwargs(model_args)
+    return build(**kwargs), kwargs
 
 
-def load_vit_weights(vit: VisionTransformer, path: str) -> None:
-    """Load ImageNet weights from a local file: a timm/DeiT ``.pth`` (bare state dict or under
-    ``model``/``state_dict``), a ``.safetensors`` file or a timm/JAX ``.npz``."""
+def _patch_kernel(state: Dict[str, torch.Tensor]) -> Optional[Tuple[int, ...]]:
+    """Kernel size of the patch embedding in a state dict of any known layout, if there is one."""
+    for key, value in state.items():
+        if (key.endswith("patch_embed.proj.weight") or key.endswith("conv1.weight")) and value.dim() == 4:
+            return tuple(value.shape[-2:])
+    return None
+
+
+def load_vit_weights(vit: Encoder, path: str) -> None:
+    """Load pretrained weights from a local file: a timm ``.safetensors`` / ``.pth`` (bare state
+    dict or under ``model``/``state_dict``) of any family, a family's own release where timm
+    converts it (DeiT, DINOv2, DINOv3, EVA-02, OpenAI/OpenCLIP ``.pth``), or a timm/JAX/big_vision
+    ``.npz`` (ViT, SigLIP)."""
     if not os.path.isfile(path):
         raise UserError(f"--pretrained_path {path} does not exist")
+    plain = is_plain_vit(vit)
     if path.endswith(".npz"):
-        vit.load_pretrained(path)
+        if not isinstance(vit, VisionTransformer):
+            raise UserError(f"--pretrained_path {path}: .npz (JAX/big_vision) weights exist for "
+                            "VisionTransformer families only; give this backbone's .safetensors or .pth")
+        # numpy reads it without pickle; each record inflates at most to its declared size
+        check_zip(path, "--pretrained_path", max_member=NPZ_MAX_RATIO * os.path.getsize(path),
+                  max_ratio=NPZ_MAX_RATIO)
+        try:
+            vit.load_pretrained(path)
+        except Exception as exc:
+            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            raise UserError(f"cannot load --pretrained_path {path} into this backbone ({msg}); "
+                            "check --backbone") from None
         return
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
             state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:   # the checkpoint reader's budgets (docs/data.md#untrusted-files)
+            state = read_checkpoint(path)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"cannot read --pretrained_path {path} ({exc})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--pretrained_path {path} holds no state dict")
     own = vit.state_dict()
-    # the 1000-way (or 21k-way) head is never used; drop it when its size differs
+    if not plain:
+        kernel = _patch_kernel(state)
+        patch = tuple(vit.patch_embed.proj.weight.shape[-2:])
+        if kernel is not None and kernel != patch:
+            raise UserError(f"--pretrained_path {path} holds a patch-{kernel[0]} encoder but --backbone is "
+                            f"patch {patch[0]}; check --backbone")
+        # the family's own converter (OpenAI CLIP, DINOv2/v3 and EVA-02 releases, OpenCLIP prefixes)
+        filter_fn = getattr(sys.modules[type(vit).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            try:
+                state = filter_fn(state, vit)
+            except Exception as exc:
+                msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                raise UserError(f"--pretrained_path {path} does not hold weights of this backbone "
+                                f"({msg}); check --backbone") from None
+    # the classification / pooling head is never used; drop it when its size differs
+    unused = ("head.", "attn_pool.", "fc_norm.") if not plain else ("head.",)
     state = {k: v for k, v in state.items()
-             if not (k.startswith("head.") and k in own and own[k].shape != v.shape)}
-    missing = [k for k in own if k not in state and not k.startswith("head.")]
+             if not (k.startswith(unused) and (k not in own or own[k].shape != v.shape))}
+    missing = [k for k in own if k not in state and not k.startswith(unused)]
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or wrong:
         what = f"missing {missing[:3]}" if missing else \
@@ -96,38 +258,71 @@ def _check_hub_reachable(timeout_s: float = 5.0) -> None:
         raise ConnectionError(f"{host} cannot be reached: {exc}") from None
 
 
-def create_vit(name: str, pretrained: bool = False,
-               pretrained_path: Optional[str] = None) -> VisionTransformer:
-    """A timm ViT with dropout and drop-path off and a frozen position embedding.
+def pretrained_name(name: str, family: str) -> str:
+    """``NAME.TAG`` of the weights ``--pretrained`` loads for ``--backbone name``: the tag given, the
+    paper's for its two ViTs, the family's default where timm has it for this model, else timm's
+    default."""
+    if "." in name:
+        return name
+    if name in PRETRAINED_TAGS:
+        return f"{name}.{PRETRAINED_TAGS[name]}"
+    tag = FAMILY_TAGS.get(family)
+    if tag and timm.list_models(f"{name}.{tag}", pretrained=True):
+        return f"{name}.{tag}"
+    return name
 
-    ``pretrained_path`` loads a local file (no network); ``pretrained`` loads timm's ImageNet
-    weights with the paper's tag (``deit_base_patch16_224.fb_in1k``,
-    ``vit_base_patch16_224.orig_in21k_ft_in1k``).
+
+def create_vit(name: str, pretrained: bool = False, pretrained_path: Optional[str] = None,
+               backbone_args: Union[None, str, Dict[str, float]] = None,
+               grad_checkpointing: bool = False) -> Encoder:
+    """A timm ViT-family encoder with dropout and drop-path off and a frozen position embedding.
+
+    ``pretrained_path`` loads a local file (no network); ``pretrained`` loads timm's weights of
+    :func:`pretrained_name` (the paper's ``deit_base_patch16_224.fb_in1k``,
+    ``vit_base_patch16_224.orig_in21k_ft_in1k``; DINOv2 ``lvd142m``, DINOv3 ``lvd1689m``, CLIP
+    ``openai``, SigLIP ``v2_webli``, EVA-02 ``mim_in22k``). ``backbone_args`` overrides the
+    architecture (depth, width, heads; random weights only). ``grad_checkpointing`` recomputes
+    each block's activations in the backward pass (timm's).
     """
-    vit = _create_empty(name)
+    model_args = parse_backbone_args(backbone_args)
+    vit, kwargs = _create_empty(name, model_args)
+    family = backbone_family(name, vit)
+    if model_args and (pretrained or pretrained_path):
+        raise UserError(f"--backbone_args {backbone_args} changes the architecture of {name}, so its "
+                        "pretrained weights do not fit; add --no-pretrained (random weights)")
     if pretrained_path:
         load_vit_weights(vit, pretrained_path)
     elif pretrained:
-        base = name.split(".")[0]
-        full = name if "." in name else (f"{base}.{PRETRAINED_TAGS[base]}" if base in PRETRAINED_TAGS
-                                         else base)
+        full = pretrained_name(name, family)
+        what = "ImageNet" if family == "vit" else "pretrained"
         try:
             if not _weights_cached(full):
                 _check_hub_reachable()
-            loaded = timm.create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
+            if is_plain_vit(vit):
+                loaded = timm.create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
+            else:
+                loaded = timm.create_model(full, pretrained=True, **kwargs)
         except Exception as exc:
             msg = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
             raise UserError(
-                f"cannot get the ImageNet weights of {full} ({msg}); on a machine with internet run "
+                f"cannot get the {what} weights of {full} ({msg}); on a machine with internet run "
                 f"`python -c \"import timm; timm.create_model('{full}', pretrained=True)\"` to fill "
                 "the Hugging Face cache, or download the weights file and pass --pretrained_path FILE"
             ) from None
         vit.load_state_dict(loaded.state_dict())
-    vit.pos_embed.requires_grad_(False)
-    # the ImageNet head is kept for the checkpoint layout but never used: freezing it changes
-    # nothing (AdamW skips parameters without gradients) and lets DDP run without
+    if vit.pos_embed is not None:
+        vit.pos_embed.requires_grad_(False)
+    # the classification head (ImageNet head of the paper's ViTs; SigLIP's attention pool; a final
+    # norm that only acts after pooling) is kept for the checkpoint layout but never used: freezing
+    # it changes nothing (AdamW skips parameters without gradients) and lets DDP run without
     # find_unused_parameters
     vit.head.requires_grad_(False)
+    if getattr(vit, "attn_pool", None) is not None:
+        vit.attn_pool.requires_grad_(False)
+    if not isinstance(vit.norm, nn.Identity):
+        vit.fc_norm.requires_grad_(False)
+    if grad_checkpointing:
+        vit.set_grad_checkpointing(True)
     return vit
 
 
@@ -162,8 +357,9 @@ def vit_token_maps(vit: VisionTransformer, x: torch.Tensor, aux_layer: int,
     tokens = vit.norm_pre(vit.pos_drop(tokens))
     aux_index = aux_layer % len(vit.blocks)
     aux = None
+    recompute = vit.grad_checkpointing and torch.is_grad_enabled()
     for i, block in enumerate(vit.blocks):
-        tokens = block(tokens)
+        tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
         if i == aux_index:
             aux = tokens
             if not final:
@@ -175,3 +371,43 @@ def vit_token_maps(vit: VisionTransformer, x: torch.Tensor, aux_layer: int,
     if not final:
         return None, to_map(aux)
     return to_map(vit.norm(tokens)), to_map(aux)
+
+
+def timm_token_maps(model: Encoder, x: torch.Tensor, aux_layer: int,
+                    final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """:func:`vit_token_maps` for every other family, through timm's ``forward_intermediates``.
+
+    The input is cut to ``floor(H/p)*p x floor(W/p)*p`` (bottom rows and right columns dropped, as
+    the paper's patch convolution does); timm adds the position embedding resampled to the grid
+    and/or builds RoPE for it. Prefix tokens (class, registers) are dropped. Final = last block
+    after the final LayerNorm: ``norm``, or ``fc_norm`` applied to every token where the family's
+    last LayerNorm sits after pooling (EVA-02); aux = block ``aux_layer`` without LayerNorm.
+    """
+    b, _, height, width = x.shape
+    p = model.patch_embed.patch_size
+    h, w = height // p[0], width // p[1]
+    if (h * p[0], w * p[1]) != (height, width):
+        x = x[:, :, :h * p[0], :w * p[1]]
+    aux_index = aux_layer % len(model.blocks)
+
+    def to_map(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(b, -1, h, w)
+
+    if not final:
+        (aux,) = model.forward_intermediates(x, indices=[aux_index], output_fmt="NLC",
+                                             intermediates_only=True, stop_early=True)
+        return None, to_map(aux)
+    tokens, (aux,) = model.forward_intermediates(x, indices=[aux_index], output_fmt="NLC")
+    tokens = tokens[:, model.num_prefix_tokens:]
+    if isinstance(model.norm, nn.Identity):
+        tokens = model.fc_norm(tokens)
+    return to_map(tokens), to_map(aux)
+
+
+def token_maps(model: Encoder, x: torch.Tensor, aux_layer: int,
+               final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+    """Final and aux patch-token maps of ``x`` for any supported encoder: the paper's path for plain
+    ViT/DeiT (:func:`vit_token_maps`), timm's for the others (:func:`timm_token_maps`)."""
+    if is_plain_vit(model):
+        return vit_token_maps(model, x, aux_layer, final)
+    return timm_token_maps(model, x, aux_layer, final)

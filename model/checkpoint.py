@@ -107,12 +107,27 @@ def network_state(obj: dict) -> Dict[str, torch.Tensor]:
 
 
 def describe_backbone(state: Dict[str, torch.Tensor], prefix: str = "branch1.encoder.") -> str:
-    width = state[prefix + "cls_token"].shape[-1]
-    depth = 1 + max(int(k[len(prefix + "blocks."):].split(".")[0])
-                    for k in state if k.startswith(prefix + "blocks."))
-    patch = state[prefix + "patch_embed.proj.weight"].shape[-1]
+    """``a ViT-tiny/16 (12 blocks, width 192)``; other layouts add what tells them apart: register
+    tokens, no class token, no learned position embedding (RoPE), pre-norm, LayerScale."""
+    proj = state[prefix + "patch_embed.proj.weight"]
+    width, patch = proj.shape[0], proj.shape[-1]
+    depth = 1 + max((int(k[len(prefix + "blocks."):].split(".")[0])
+                     for k in state if k.startswith(prefix + "blocks.")), default=-1)
     size = VIT_SIZES.get(width, f"width-{width}")
-    return f"a ViT-{size}/{patch} ({depth} blocks, width {width})"
+    extras = []
+    if prefix + "reg_token" in state:
+        extras.append(f"{state[prefix + 'reg_token'].shape[1]} registers")
+    if prefix + "cls_token" not in state:
+        extras.append("no class token")
+    if prefix + "pos_embed" not in state:
+        extras.append("no position embedding")
+    if prefix + "norm_pre.weight" in state:
+        extras.append("pre-norm")
+    if any(k.startswith(prefix + "blocks.0.") and (".ls1." in k or k.endswith("gamma_1"))
+           for k in state):
+        extras.append("LayerScale")
+    more = "".join(f", {e}" for e in extras)
+    return f"a ViT-{size}/{patch} ({depth} blocks, width {width}{more})"
 
 
 def load_network(net: nn.Module, path_or_state, source: str = "checkpoint") -> None:
@@ -122,7 +137,7 @@ def load_network(net: nn.Module, path_or_state, source: str = "checkpoint") -> N
         path_or_state = read_checkpoint(path_or_state)
     state = network_state(path_or_state)
     own = net.state_dict()
-    if "branch1.encoder.cls_token" not in state or "branch1.decoder.conv8.weight" not in state:
+    if "branch1.encoder.patch_embed.proj.weight" not in state or "branch1.decoder.conv8.weight" not in state:
         raise UserError(f"{source} is not a DuPL network checkpoint (no branch1.encoder / "
                         "branch1.decoder weights)")
     theirs_c = state["branch1.decoder.conv8.weight"].shape[0]
@@ -130,7 +145,8 @@ def load_network(net: nn.Module, path_or_state, source: str = "checkpoint") -> N
         raise UserError(f"{source} was trained with {theirs_c} classes but this network has "
                         f"{net.num_classes}; use the script of the dataset it was trained on")
     ours_b, theirs_b = describe_backbone(own), describe_backbone(state)
-    if ours_b != theirs_b or own["branch1.encoder.pos_embed"].shape != state["branch1.encoder.pos_embed"].shape:
+    pos = "branch1.encoder.pos_embed"
+    if ours_b != theirs_b or (pos in own and pos in state and own[pos].shape != state[pos].shape):
         raise UserError(f"{source} holds {theirs_b} but --backbone {net.backbone_name} is "
                         f"{ours_b}; pass the backbone it was trained with")
     missing = [k for k in own if k not in state]

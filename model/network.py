@@ -1,8 +1,9 @@
 """The DuPL network: two independent students (docs/method.md#network).
 
-A student is a ViT encoder, a classifier and an auxiliary classifier (1x1 convs without bias on
-globally max-pooled tokens) and a LargeFOV decoder. Module names follow the original
-(``branch1.encoder...``, ``branch1.classifier``, ``branch1.aux_classifier``,
+A student is a ViT-family encoder (model/backbone.py: the paper's ViT/DeiT, or DINOv2, DINOv3,
+CLIP, SigLIP, EVA-02), a classifier and an auxiliary classifier (1x1 convs without bias on
+globally max-pooled tokens) and a LargeFOV decoder, all three as wide as the encoder. Module
+names follow the original (``branch1.encoder...``, ``branch1.classifier``, ``branch1.aux_classifier``,
 ``branch1.decoder.conv6/7/8``), so its checkpoints load unchanged.
 """
 from typing import List, NamedTuple, Optional, Tuple
@@ -11,7 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import create_vit, vit_token_maps
+from datasets.errors import UserError
+
+from .backbone import (backbone_family, create_vit, default_aux_layer, is_plain_vit, token_maps,
+                       vit_token_maps)
 
 
 class LargeFOV(nn.Module):
@@ -40,11 +44,21 @@ class StudentOutput(NamedTuple):
 class Student(nn.Module):
     """One DuPL student (docs/method.md#network)."""
 
-    def __init__(self, backbone: str, num_classes: int, aux_layer: int = -3,
-                 pretrained: bool = False, pretrained_path: Optional[str] = None):
+    def __init__(self, backbone: str, num_classes: int, aux_layer: Optional[int] = None,
+                 pretrained: bool = False, pretrained_path: Optional[str] = None,
+                 backbone_args=None, grad_checkpointing: bool = False):
         super().__init__()
+        self.encoder = create_vit(backbone, pretrained, pretrained_path, backbone_args, grad_checkpointing)
+        depth = len(self.encoder.blocks)
+        if aux_layer is None:
+            aux_layer = default_aux_layer(depth)
+        if not -depth <= aux_layer < depth:
+            raise UserError(f"--aux_layer {aux_layer} is outside the {depth} blocks of {backbone}; give "
+                            f"a block index from {-depth} to {depth - 1} (or leave it out: block "
+                            f"{default_aux_layer(depth)})")
         self.aux_layer = aux_layer
-        self.encoder = create_vit(backbone, pretrained, pretrained_path)
+        self.family = backbone_family(backbone, self.encoder)
+        self.paper_path = is_plain_vit(self.encoder)
         dim = self.encoder.embed_dim
         self.decoder = LargeFOV(dim, num_classes)
         self.classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
@@ -55,9 +69,12 @@ class Student(nn.Module):
         return self.encoder.patch_embed.patch_size[0]
 
     def token_maps(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//16, W//16)``
-        (``final=False``: ``(None, aux)``, the blocks after the aux block are not run)."""
-        return vit_token_maps(self.encoder, x, self.aux_layer, final)
+        """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//p, W//p)`` for the
+        encoder's patch ``p`` (``final=False``: ``(None, aux)``, the blocks after the aux block are
+        not run)."""
+        if self.paper_path:
+            return vit_token_maps(self.encoder, x, self.aux_layer, final)
+        return token_maps(self.encoder, x, self.aux_layer, final)
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
         fmap, aux = self.token_maps(x)
@@ -66,11 +83,11 @@ class Student(nn.Module):
         return StudentOutput(cls, self.decoder(fmap), fmap, cls_aux, aux)
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder logits only, ``(N, C, H//16, W//16)`` (inference, consistency branch)."""
+        """Decoder logits only, ``(N, C, H//p, W//p)`` (inference, consistency branch)."""
         return self.decoder(self.token_maps(x)[0])
 
     def raw_cams(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        """Un-normalised CAMs ``(cam, cam_aux)``, each ``(N, K, H//16, W//16)``: the classifier
+        """Un-normalised CAMs ``(cam, cam_aux)``, each ``(N, K, H//p, W//p)``: the classifier
         weights applied at every token of the final / aux map, no ReLU. ``final=False`` computes
         the aux CAM only (``cam`` is None) and stops the encoder at the aux block."""
         return self.cams_of_maps(*self.token_maps(x, final))
@@ -87,12 +104,20 @@ class DualStudentNet(nn.Module):
     """Two complete, independent students; no weight sharing (docs/method.md#network)."""
 
     def __init__(self, backbone: str = "deit_base_patch16_224", num_classes: int = 21,
-                 aux_layer: int = -3, pretrained: bool = False,
-                 pretrained_path: Optional[str] = None):
+                 aux_layer: Optional[int] = None, pretrained: bool = False,
+                 pretrained_path: Optional[str] = None, backbone_args=None,
+                 grad_checkpointing: bool = False):
+        """``aux_layer`` None: block ``floor(3 * depth / 4)`` (9 of 12, the paper's -3; see
+        :func:`model.backbone.default_aux_layer`). ``backbone_args``: timm architecture overrides
+        (``"depth=4,embed_dim=192,num_heads=3"``, random weights only)."""
         super().__init__()
-        self.backbone_name, self.num_classes, self.aux_layer = backbone, num_classes, aux_layer
-        self.branch1 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path)
-        self.branch2 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path)
+        self.backbone_name, self.num_classes = backbone, num_classes
+        self.backbone_args = backbone_args
+        self.branch1 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path,
+                               backbone_args, grad_checkpointing)
+        self.branch2 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path,
+                               backbone_args, grad_checkpointing)
+        self.aux_layer = self.branch1.aux_layer
 
     @property
     def students(self) -> Tuple[Student, Student]:

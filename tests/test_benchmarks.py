@@ -44,17 +44,20 @@ def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path
     assert data["crf_file_vs_memory_pixel_agreement"] == 1.0   # same device: the same bits
 
 
+@pytest.mark.slow
 def test_device_check_script_runs_every_step_and_writes_the_numbers(tmp_path):
     """The one-call GPU measurement script, rehearsed on the CPU with a tiny configuration."""
     env = dict(os.environ, PYTHON=sys.executable, BACKBONE="deit_tiny_patch16_224", CROP="64",
                ITERS="1", WARMUP="0", N_EVAL="2", N_VAL="4", H="64", W="80", NPROC="1",
-               N_CRF="2", CRF_SIZE="48 64", COMMIT="abc123")
+               N_CRF="2", CRF_SIZE="48 64", COMMIT="abc123", FAMILY_ITERS="1", FAMILY_WARMUP="0",
+               FAMILY_ARGS="depth=1,embed_dim=32,num_heads=1")
     res = subprocess.run(["bash", "benchmarks/device_check.sh", str(tmp_path / "out")], cwd=REPO,
                          capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
     out = tmp_path / "out"
     steps = [line.split()[0] for line in (out / "wall.txt").read_text().splitlines()]
-    assert steps == ["train_no-amp", "train_amp", "data", "eval_no-amp", "eval_amp", "crf", "e2e", "ddp"]
+    assert steps == ["train_no-amp", "train_amp", "data", "eval_no-amp", "eval_amp", "crf", "e2e", "ddp",
+                     "families"]
     for name in ("train_no-amp", "train_amp"):
         assert set(json.loads((out / f"{name}.json").read_text())["phases"]) == {"A", "B", "C"}
     assert json.loads((out / "eval_no-amp.json").read_text())["crf_file_vs_memory_pixel_agreement"] == 1.0
@@ -64,6 +67,11 @@ def test_device_check_script_runs_every_step_and_writes_the_numbers(tmp_path):
     assert summary["commit"] == "abc123" and summary["torch"] and "date" in summary
     assert summary["crf"]["voc"]["torch_cpu_1threads"]["images_per_s"] > 0
     assert set(summary["wall_s"]) == set(steps)
+    # DINOv2-B and CLIP-B (shrunk for the rehearsal): fp32 / amp x without / with checkpointing
+    runs = summary["families"]["results"]
+    assert [(r["family"], r["amp"], r["grad_checkpointing"]) for r in runs] == [
+        (f, a, c) for f in ("dinov2", "clip") for a in (False, True) for c in (False, True)]
+    assert all(r["s_per_step"] > 0 and r["first_loss"] == r["first_loss"] for r in runs)
 
 
 def test_bench_crf_times_both_backends_and_checks_agreement(tmp_path):

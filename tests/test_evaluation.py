@@ -114,6 +114,7 @@ def test_bad_checkpoints_give_one_line_errors(voc_copy, checkpoints, tmp_path, o
     assert re.search(message, err), err
 
 
+@pytest.mark.slow
 def test_coco_eval_two_processes_equal_one_process(coco_copy, checkpoints, tmp_path):
     args = ["--img_folder", str(coco_copy / "JPEGImages"), "--model_path", str(checkpoints / "coco.pth"),
             "--infer_set", "val", "--crf_workers", "1", "--scales", "1.0 1.25",

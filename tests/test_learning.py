@@ -124,6 +124,7 @@ def _background_miou(layout, lists, split):
     return 100 * cm.compute()["miou"]
 
 
+@pytest.mark.slow
 def test_a_short_coco_run_learns_on_the_synthetic_coco_split(demo_run, tmp_path):
     coco = demo_run["root"] / "data" / "coco"
     layout = coco_layout(str(coco / "JPEGImages"))

@@ -230,8 +230,8 @@ def test_local_pretrained_file_loads_in_deit_and_bare_formats(tmp_path):
 def test_unknown_or_non_plain_backbone_is_refused():
     with pytest.raises(UserError, match="is not a timm model"):
         create_vit("deit_huge_patch99")
-    with pytest.raises(UserError, match="not a plain ViT/DeiT"):
-        create_vit("deit_tiny_distilled_patch16_224")
+    with pytest.raises(UserError, match="not a ViT-family encoder"):
+        create_vit("resnet18")
 
 
 def test_pretrained_without_network_says_how_to_get_the_weights():

@@ -140,11 +140,11 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(voc_copy, t
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--crop_size", "50"], "--crop_size 50 must be a multiple of 16"),
+    (["--crop_size", "30"], "--crop_size 30 at scale 0.5 (--cam_scales / --aug_scale) gives 15-pixel images"),
     (["--cam_iters", "9", "--gmm_iters", "4"], "--cam_iters (9) <= --gmm_iters (4)"),
     (["--samples_per_gpu", "0"], "--samples_per_gpu must be positive"),
     (["--resume", "nowhere.pth"], "--resume nowhere.pth does not exist"),
-    (["--backbone", "resnet50"], "not a plain ViT/DeiT"),
+    (["--backbone", "resnet50"], "not a ViT-family encoder"),
 ])
 def test_bad_flags_give_one_line_errors(voc_copy, tmp_path, one_line_error, extra, message):
     err = one_line_error(train_final_voc.run, _voc_args(voc_copy, tmp_path / "bad", "--max_iters", "4",
@@ -184,7 +184,7 @@ def test_help_lists_the_original_flags():
         assert flag in text, flag
     coco = train_engine.get_args_parser("coco")
     assert coco.parse_args(["--data_folder", "x"]).img_folder == "x"
-    assert coco.parse_args([]).samples_per_gpu == 1 and coco.parse_args([]).aux_layer == 9
+    assert coco.parse_args([]).samples_per_gpu == 1 and coco.parse_args([]).aux_layer is None
 
 
 def test_two_process_ddp_keeps_ranks_identical_and_validation_equals_one_process(voc_copy, tmp_path,

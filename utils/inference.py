@@ -26,33 +26,44 @@ BRANCHES = ("1", "2", "ensemble")
 
 
 def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux_layer: Optional[int],
-                   defaults: Dict[str, object], source: str) -> Tuple[str, int, int]:
+                   defaults: Dict[str, object], source: str) -> Tuple[str, int, Optional[int]]:
     """Backbone, class count and aux layer for the network of checkpoint object ``obj``.
 
     A flag left unset (None) comes from the checkpoint: the training arguments this project
     saves with it, or (an original checkpoint) the class count of its decoder; failing that,
-    ``defaults``. A flag that contradicts the checkpoint's training arguments is a one-line error."""
+    ``defaults``. A flag that contradicts the checkpoint's training arguments is a one-line error.
+    An aux layer that is None everywhere stays None: the network's depth rule picks it."""
     saved = obj.get("args") if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
     state = network_state(obj)
     depth = 1 + max((int(k.split(".")[3]) for k in state if k.startswith("branch1.encoder.blocks.")), default=11)
     same = {"backbone": lambda a, b: a == b, "num_classes": lambda a, b: int(a) == int(b),
             "aux_layer": lambda a, b: int(a) % depth == int(b) % depth}
+    defaults = dict(defaults, aux_layer=defaults.get("aux_layer"))
     given = {"backbone": backbone, "num_classes": num_classes, "aux_layer": aux_layer}
     out = {}
     for key, value in given.items():
         theirs = saved.get(key)
-        if key == "num_classes" and theirs is None and "branch1.decoder.conv8.weight" in state:
-            theirs = int(state["branch1.decoder.conv8.weight"].shape[0])
         if theirs is not None and not isinstance(theirs, int if key != "backbone" else str) \
                 or isinstance(theirs, bool) or isinstance(theirs, str) and len(theirs) > 200:
             raise UserError(f"refused checkpoint {source}: its saved {key} is a "
                             f"{type(theirs).__name__}, not a {'name' if key == 'backbone' else 'number'}; "
                             "the file is damaged or crafted")
+        if key == "num_classes" and theirs is None and "branch1.decoder.conv8.weight" in state:
+            theirs = int(state["branch1.decoder.conv8.weight"].shape[0])
         if value is not None and theirs is not None and not same[key](value, theirs):
             raise UserError(f"--{key} {value} contradicts {source}, trained with {key} {theirs}; "
                             f"leave --{key} out to use the checkpoint's")
         out[key] = value if value is not None else (theirs if theirs is not None else defaults[key])
-    return str(out["backbone"]), int(out["num_classes"]), int(out["aux_layer"])
+    aux = out["aux_layer"]
+    return str(out["backbone"]), int(out["num_classes"]), None if aux is None else int(aux)
+
+
+def saved_backbone_args(obj) -> Optional[str]:
+    """The architecture overrides (``--backbone_args``) a checkpoint of this project was trained
+    with, or None."""
+    saved = obj.get("args") if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
+    value = saved.get("backbone_args")
+    return str(value) if value else None
 
 
 def resolve_model_flags(args, defaults: Dict[str, object]) -> dict:
@@ -76,7 +87,8 @@ def load_model(model, backbone: Optional[str], num_classes: Optional[int],
     defaults = defaults or {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3}
     backbone, num_classes, aux_layer = model_settings(model, backbone, num_classes, aux_layer, defaults,
                                                       source)
-    net = DualStudentNet(backbone, num_classes, aux_layer, pretrained=False)
+    net = DualStudentNet(backbone, num_classes, aux_layer, pretrained=False,
+                         backbone_args=saved_backbone_args(model))
     load_network(net, model, source=source)
     return net.to(device).eval()
 
@@ -143,12 +155,12 @@ def voc_msc_logits(net: DualStudentNet, image: torch.Tensor,
 def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = 448,
                     scales: Sequence[float] = COCO_EVAL_SCALES) -> List[torch.Tensor]:
     """Both students' multi-scale + flip logits of ``image (1, 3, H, W)``, each
-    ``(1, C, base/16, base/16)`` (COCO rule: the image resized to ``base`` squared, sum over
-    scales at the token-grid size)."""
+    ``(1, C, base/p, base/p)`` for the encoder's patch ``p`` (COCO rule: the image resized to
+    ``base`` squared, sum over scales at the token-grid size; 28 x 28 for the paper's 448 / 16)."""
     x0 = F.interpolate(image, size=(base, base), mode="bilinear", align_corners=False)
-    grid = (base // 16, base // 16)
     outs = []
     for student in net.students:
+        grid = (base // student.patch_size, base // student.patch_size)
         total = None
         for s in scales:
             seg = _flip_sum(_flip_pair(student, _resized(x0, s, base, base)), grid)

@@ -51,11 +51,11 @@ CHECKPOINT = "checkpoint.pth"
 BEST_CHECKPOINT = "best.pth"
 
 DEFAULTS = {
-    "voc": dict(backbone="deit_base_patch16_224", aux_layer=-3, num_classes=21, train_set="train_aug",
+    "voc": dict(backbone="deit_base_patch16_224", aux_layer=None, num_classes=21, train_set="train_aug",
                 val_set="val", samples_per_gpu=2, max_iters=20000, cam_iters=2000, gmm_iters=8000,
                 eval_iters=2000, high_thre=0.70, bkg_thre=0.50, w_dis=0.1, num_workers=10,
                 pin_memory=False),
-    "coco": dict(backbone="deit_base_patch16_224", aux_layer=9, num_classes=81, train_set="train",
+    "coco": dict(backbone="deit_base_patch16_224", aux_layer=None, num_classes=81, train_set="train",
                  val_set="val_part", samples_per_gpu=1, max_iters=80000, cam_iters=8000,
                  gmm_iters=32000, eval_iters=4000, high_thre=0.65, bkg_thre=0.45, w_dis=0.05,
                  num_workers=16, pin_memory=True),
@@ -90,10 +90,17 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
                        help="mirror img_box with COCO's second flip (the original does not)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", default=d["backbone"], help="timm ViT/DeiT name")
-    g.add_argument("--pretrained", action=B, default=True, help="start from timm's ImageNet weights")
-    g.add_argument("--pretrained_path", help="local ImageNet weights file (no download)")
-    g.add_argument("--aux_layer", type=int, default=d["aux_layer"], help="block of the aux classifier")
+    g.add_argument("--backbone", default=d["backbone"],
+                   help="timm ViT-family encoder NAME[.TAG]: ViT/DeiT, DINOv2, DINOv3, CLIP, SigLIP, EVA-02")
+    g.add_argument("--pretrained", action=B, default=True,
+                   help="start from timm's pretrained weights (the tag given, else the family's default)")
+    g.add_argument("--pretrained_path", help="local pretrained weights file (no download)")
+    g.add_argument("--backbone_args", help="timm architecture overrides KEY=VALUE,... (depth, embed_dim, "
+                   "num_heads, mlp_ratio), e.g. depth=4,embed_dim=192,num_heads=3; random weights only")
+    g.add_argument("--aux_layer", type=int, default=d["aux_layer"],
+                   help="block of the aux classifier (default: floor(3/4 depth), block 9 of 12)")
+    g.add_argument("--grad_checkpointing", action=B, default=False,
+                   help="recompute each encoder block in the backward pass (less memory, slower)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--samples_per_gpu", "--spg", type=int, default=d["samples_per_gpu"],
@@ -144,6 +151,17 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
+def check_crop(args, patch: int) -> None:
+    """Every image the training passes through the encoder holds at least one patch: the crop at
+    the smallest CAM scale and at the strong view's scale. A crop that is not a multiple of the
+    patch is fine (the encoder drops the remainder)."""
+    smallest = min(list(args.cam_scales) + [args.aug_scale, 1.0])
+    check(int(args.crop_size * smallest) >= patch,
+          f"--crop_size {args.crop_size} at scale {smallest:g} (--cam_scales / --aug_scale) gives "
+          f"{int(args.crop_size * smallest)}-pixel images, smaller than the {patch}-pixel patch of "
+          f"{args.backbone}; use --crop_size {-(-patch // smallest):.0f} or more")
+
+
 def config_from_args(args, dataset: str) -> DuPLConfig:
     make = voc_config if dataset == "voc" else coco_config
     overrides = dict(num_classes=args.num_classes, max_iters=args.max_iters, cam_iters=args.cam_iters,
@@ -170,8 +188,6 @@ def check_args(args, dataset: str) -> None:
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive (got {getattr(args, name)})")
-    if args.crop_size % 16:
-        raise UserError(f"--crop_size {args.crop_size} must be a multiple of 16 (the patch size)")
     if not 0 <= args.cam_iters <= args.gmm_iters <= args.max_iters:
         raise UserError(f"need 0 <= --cam_iters ({args.cam_iters}) <= --gmm_iters ({args.gmm_iters}) "
                         f"<= --max_iters ({args.max_iters})")
@@ -364,6 +380,18 @@ class BatchStream:
             raise UserError(str(exc).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
+def adopt_model_flags(args, ckpt: dict, defaults: dict, logger) -> None:
+    """On ``--resume``, model flags left at their defaults (``--backbone``, ``--backbone_args``,
+    ``--aux_layer``) take the values the checkpoint was trained with, so a DINOv2 or CLIP run
+    resumes without them."""
+    saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
+    for key, default in (("backbone", defaults["backbone"]), ("backbone_args", None), ("aux_layer", None)):
+        theirs = saved.get(key)
+        if theirs is not None and getattr(args, key) == default and theirs != default:
+            setattr(args, key, theirs)
+            logger.info(f"--{key} {theirs} (from {args.resume})")
+
+
 def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
     """Run DuPL training; returns the last validation result."""
     cfg = config_from_args(args, dataset)
@@ -373,16 +401,23 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
     seed_everything(args.seed + info.rank)
     layout, train_set, val_set = build_data(args, dataset, info, logger)
 
+    ckpt = read_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        adopt_model_flags(args, ckpt, DEFAULTS[dataset], logger)
     torch.manual_seed(args.seed)   # identical initial weights on every rank
-    net = DualStudentNet(args.backbone, args.num_classes, args.aux_layer, args.pretrained,
-                         args.pretrained_path).to(device)
+    # a resumed run takes every weight from its checkpoint: no pretrained weights to fetch
+    pretrained = args.pretrained and ckpt is None
+    net = DualStudentNet(args.backbone, args.num_classes, args.aux_layer, pretrained,
+                         None if ckpt is not None else args.pretrained_path, args.backbone_args,
+                         args.grad_checkpointing).to(device)
+    args.aux_layer = net.aux_layer      # the checkpoint records the block the depth rule chose
+    check_crop(args, net.branch1.patch_size)
     optimizer = PolyWarmupAdamW(net.param_groups(args.lr, args.wt_decay), lr=args.lr,
                                 max_iters=args.max_iters, weight_decay=args.wt_decay,
                                 warmup_iters=args.warmup_iters, warmup_ratio=args.warmup_lr,
                                 power=args.power)
-    start, ckpt, best = 0, None, -1.0
+    start, best = 0, -1.0
     if args.resume:
-        ckpt = read_checkpoint(args.resume)
         load_network(net, ckpt, source=args.resume)
         if "optimizer" not in ckpt or "step" not in ckpt:
             raise UserError(f"--resume {args.resume} holds network weights only (no optimiser state "

@@ -1,6 +1,6 @@
 """Read one downloaded file the way the scripts do: ``KIND PATH`` with KIND one of checkpoint,
 model (checkpoint + the settings evaluation reads from it), labels (a list folder's image-level
-labels), list, image, mask. Exit 2 with one ``error:`` line when it is refused."""
+labels), list, image, mask, pretrained (--pretrained_path of a DeiT-tiny). Exit 2 with one ``error:`` line when it is refused."""
 import os
 import sys
 
@@ -19,6 +19,9 @@ def main(argv):
             from utils.inference import model_settings
             model_settings(obj, None, None, None, {"backbone": "deit_tiny_patch16_224",
                                                    "num_classes": 21, "aux_layer": -3}, path)
+    elif kind == "pretrained":
+        from model.backbone import create_vit
+        create_vit("deit_tiny_patch16_224", pretrained_path=path)
     elif kind == "labels":
         from datasets.prepare import load_labels
         load_labels(path)
