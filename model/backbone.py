@@ -19,14 +19,11 @@ registers) are dropped.
 """
 import os
 import sys
-from typing import Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.eva import Eva
-from timm.models.vision_transformer import VisionTransformer
 from torch.utils.checkpoint import checkpoint
 
 from datasets.errors import UserError
@@ -34,7 +31,25 @@ from datasets.untrusted import check_zip
 
 from .checkpoint import read_checkpoint
 
-Encoder = Union[VisionTransformer, Eva]
+if TYPE_CHECKING:
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+
+Encoder = Union["VisionTransformer", "Eva"]
+
+
+def _timm():
+    """timm, imported on first use: it pulls in torchvision and torch._dynamo (about 5 s on a
+    loaded 2-core machine), which a script refusing a bad file or flag never needs."""
+    import timm
+    return timm
+
+
+def _vit_classes():
+    """(VisionTransformer, Eva), imported on first use (see :func:`_timm`)."""
+    from timm.models.eva import Eva
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer, Eva
 
 # an .npz of float weights deflates to about its size; a record declaring more is refused
 NPZ_MAX_RATIO = 4
@@ -98,7 +113,7 @@ def default_aux_layer(depth: int) -> int:
 def is_plain_vit(model: nn.Module) -> bool:
     """ViT/DeiT as in the paper: one class token, a learned position embedding with a class slot,
     no pre-norm and no LayerScale. These run :func:`vit_token_maps`."""
-    if type(model) is not VisionTransformer:
+    if type(model) is not _vit_classes()[0]:
         return False
     ls = getattr(model.blocks[0], "ls1", None) if len(model.blocks) else None
     return (model.num_prefix_tokens == 1 and model.has_class_token and model.pos_embed is not None
@@ -110,7 +125,7 @@ def backbone_family(name: str, model: nn.Module) -> str:
     """``vit`` (the paper's path), ``dinov2``, ``dinov3``, ``clip``, ``siglip``, ``eva02``, or
     ``vit-other`` / ``eva-other`` for other timm ViTs."""
     base = name.split(".")[0]
-    if isinstance(model, Eva):
+    if isinstance(model, _vit_classes()[1]):
         return "dinov3" if "dinov3" in base else ("eva02" if "eva02" in base else "eva-other")
     if "dinov2" in base:
         return "dinov2"
@@ -131,13 +146,13 @@ def _create_empty(name: str, model_args: Optional[Dict[str, Union[int, float]]] 
     """The randomly initialised encoder of ``name`` and the timm keyword arguments it was built with."""
     base = name.split(".")[0]
     model_args = dict(model_args or {})
-    if base not in timm.list_models():
+    if base not in _timm().list_models():
         raise UserError(f"--backbone {name} is not a timm model; use e.g. one of "
                         f"{', '.join(PLAIN_VITS[:3] + EXAMPLES)}")
 
     def build(**kwargs):
         try:
-            return timm.create_model(base, pretrained=False, **kwargs)
+            return _timm().create_model(base, pretrained=False, **kwargs)
         except (TypeError, AssertionError, ValueError, RuntimeError) as exc:
             msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
             raise UserError(f"timm cannot build --backbone {name} with --backbone_args "
@@ -150,7 +165,7 @@ def _create_empty(name: str, model_args: Optional[Dict[str, Union[int, float]]] 
         raise
     except Exception:
         probe = build(**model_args)
-    if not isinstance(probe, (VisionTransformer, Eva)) or not hasattr(probe, "forward_intermediates"):
+    if not isinstance(probe, _vit_classes()) or not hasattr(probe, "forward_intermediates"):
         raise UserError(f"--backbone {name} is not a ViT-family encoder with a patch-token grid (timm "
                         f"VisionTransformer or Eva: ViT/DeiT, DINOv2, DINOv3, CLIP, SigLIP, EVA-02); "
                         f"use e.g. one of {', '.join(EXAMPLES)}")
@@ -177,7 +192,7 @@ def load_vit_weights(vit: Encoder, path: str) -> None:
         raise UserError(f"--pretrained_path {path} does not exist")
     plain = is_plain_vit(vit)
     if path.endswith(".npz"):
-        if not isinstance(vit, VisionTransformer):
+        if not isinstance(vit, _vit_classes()[0]):
             raise UserError(f"--pretrained_path {path}: .npz (JAX/big_vision) weights exist for "
                             "VisionTransformer families only; give this backbone's .safetensors or .pth")
         # numpy reads it without pickle; each record inflates at most to its declared size
@@ -267,7 +282,7 @@ def pretrained_name(name: str, family: str) -> str:
     if name in PRETRAINED_TAGS:
         return f"{name}.{PRETRAINED_TAGS[name]}"
     tag = FAMILY_TAGS.get(family)
-    if tag and timm.list_models(f"{name}.{tag}", pretrained=True):
+    if tag and _timm().list_models(f"{name}.{tag}", pretrained=True):
         return f"{name}.{tag}"
     return name
 
@@ -299,9 +314,9 @@ def create_vit(name: str, pretrained: bool = False, pretrained_path: Optional[st
             if not _weights_cached(full):
                 _check_hub_reachable()
             if is_plain_vit(vit):
-                loaded = timm.create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
+                loaded = _timm().create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
             else:
-                loaded = timm.create_model(full, pretrained=True, **kwargs)
+                loaded = _timm().create_model(full, pretrained=True, **kwargs)
         except Exception as exc:
             msg = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
             raise UserError(
@@ -340,7 +355,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int],
     return torch.cat([cls_pos, patch_pos], dim=1)
 
 
-def vit_token_maps(vit: VisionTransformer, x: torch.Tensor, aux_layer: int,
+def vit_token_maps(vit: "VisionTransformer", x: torch.Tensor, aux_layer: int,
                    final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """Final and auxiliary patch-token maps of ``x (B, 3, H, W)``, each ``(B, D, H//p, W//p)``.
 
