@@ -186,6 +186,18 @@ def test_performance_tables_equal_their_json_files():
         stages = {"cams": "cams", "backward": "backward", "forward": "forward", "par": "par_refine", "gmm": "gmm"}
         for name, ms in re.findall(r"(\w+) (\d+)", cells[4]):
             assert int(ms) == round(1000 * phase["breakdown_s"][stages[name.lower()]]), (cells[0], name)
+    families = _results("2026-12-04_families_cpu.json")["results"]
+    runs = {(r["backbone"], r["grad_checkpointing"]): r for r in families if not r["amp"]}
+    rows = _table(text, "backbone")
+    assert {(f"`{r[0].strip('`')}`") for r in rows} == {f"`{b}`" for b, _ in runs}
+    for cells in rows:
+        name = cells[0].strip("`")
+        off, on = runs[(name, False)], runs[(name, True)]
+        assert cells[1] == off["family"] and int(cells[2]) == off["patch"], cells
+        assert float(cells[3]) == round(off["encoder_params_m"], 1), cells
+        assert float(cells[4]) == round(off["s_per_step"], 1) and float(cells[5]) == round(on["s_per_step"], 1), cells
+        assert float(cells[6]) == round(off["peak_rss_above_start_gib"], 2), cells
+        assert float(cells[7]) == round(on["peak_rss_above_start_gib"], 2), cells
     crf = _results("2026-12-03_crf_cpu.json")
     keys = {"pydensecrf, one core": ("pydensecrf", "images_per_s_one_core"),
             "pydensecrf, 2 worker processes": ("pydensecrf", "images_per_s_all_cores"),
