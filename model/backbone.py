@@ -2,10 +2,10 @@
 
 A student's encoder is a timm model (so checkpoints keep timm's key names): a plain
 ``VisionTransformer`` (ViT/DeiT, the paper's), any other ``VisionTransformer`` (DINOv2 with or
-without registers, CLIP, SigLIP, ...) or an ``Eva`` (EVA-02, DINOv3: RoPE). :func:`token_maps`
-runs it on any input size and returns the final patch-token map (after the final LayerNorm) and
-the map of the auxiliary block (no LayerNorm), as ``(B, D, h, w)``; prefix tokens (class token,
-registers) are dropped.
+without registers, CLIP, SigLIP, ...) or an ``Eva`` (EVA-02, DINOv3: RoPE). :func:`vit_token_maps`
+(the paper's ViTs) and :func:`timm_token_maps` (the others) run it on any input size and return
+the final patch-token map (after the final LayerNorm) and the map of the auxiliary block (no
+LayerNorm), as ``(B, D, h, w)``; prefix tokens (class token, registers) are dropped.
 
 * Plain ViT/DeiT (one class token, learned position embedding with a class slot, no pre-norm, no
   LayerScale) run the paper's path, :func:`vit_token_maps`: the 14x14 position embedding is
@@ -50,6 +50,12 @@ def _vit_classes():
     from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer, Eva
+
+
+def _first_line(exc: BaseException, limit: int) -> str:
+    """The first line of ``exc``'s message (its type when empty), cut to ``limit`` characters."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:limit]
+
 
 # an .npz of float weights deflates to about its size; a record declaring more is refused
 NPZ_MAX_RATIO = 4
@@ -154,7 +160,7 @@ def _create_empty(name: str, model_args: Optional[Dict[str, Union[int, float]]] 
         try:
             return _timm().create_model(base, pretrained=False, **kwargs)
         except (TypeError, AssertionError, ValueError, RuntimeError) as exc:
-            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            msg = _first_line(exc, 120)
             raise UserError(f"timm cannot build --backbone {name} with --backbone_args "
                             f"{model_args} ({msg})") from None
 
@@ -201,7 +207,7 @@ def load_vit_weights(vit: Encoder, path: str) -> None:
         try:
             vit.load_pretrained(path)
         except Exception as exc:
-            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+            msg = _first_line(exc, 120)
             raise UserError(f"cannot load --pretrained_path {path} into this backbone ({msg}); "
                             "check --backbone") from None
         return
@@ -233,7 +239,7 @@ def load_vit_weights(vit: Encoder, path: str) -> None:
             try:
                 state = filter_fn(state, vit)
             except Exception as exc:
-                msg = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+                msg = _first_line(exc, 120)
                 raise UserError(f"--pretrained_path {path} does not hold weights of this backbone "
                                 f"({msg}); check --backbone") from None
     # the classification / pooling head is never used; drop it when its size differs
@@ -318,7 +324,7 @@ def create_vit(name: str, pretrained: bool = False, pretrained_path: Optional[st
             else:
                 loaded = _timm().create_model(full, pretrained=True, **kwargs)
         except Exception as exc:
-            msg = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+            msg = _first_line(exc, 100)
             raise UserError(
                 f"cannot get the {what} weights of {full} ({msg}); on a machine with internet run "
                 f"`python -c \"import timm; timm.create_model('{full}', pretrained=True)\"` to fill "
@@ -418,11 +424,3 @@ def timm_token_maps(model: Encoder, x: torch.Tensor, aux_layer: int,
         tokens = model.fc_norm(tokens)
     return to_map(tokens), to_map(aux)
 
-
-def token_maps(model: Encoder, x: torch.Tensor, aux_layer: int,
-               final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-    """Final and aux patch-token maps of ``x`` for any supported encoder: the paper's path for plain
-    ViT/DeiT (:func:`vit_token_maps`), timm's for the others (:func:`timm_token_maps`)."""
-    if is_plain_vit(model):
-        return vit_token_maps(model, x, aux_layer, final)
-    return timm_token_maps(model, x, aux_layer, final)

@@ -106,6 +106,11 @@ def network_state(obj: dict) -> Dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def saved_args(obj) -> dict:
+    """The training arguments this project saves with a checkpoint (``obj["args"]``), else ``{}``."""
+    return obj["args"] if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
+
+
 def describe_backbone(state: Dict[str, torch.Tensor], prefix: str = "branch1.encoder.") -> str:
     """``a ViT-tiny/16 (12 blocks, width 192)``; other layouts add what tells them apart: register
     tokens, no class token, no learned position embedding (RoPE), pre-norm, LayerScale."""

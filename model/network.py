@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from datasets.errors import UserError
 
-from .backbone import (backbone_family, create_vit, default_aux_layer, is_plain_vit, token_maps,
+from .backbone import (backbone_family, create_vit, default_aux_layer, is_plain_vit, timm_token_maps,
                        vit_token_maps)
 
 
@@ -74,7 +74,7 @@ class Student(nn.Module):
         not run)."""
         if self.paper_path:
             return vit_token_maps(self.encoder, x, self.aux_layer, final)
-        return token_maps(self.encoder, x, self.aux_layer, final)
+        return timm_token_maps(self.encoder, x, self.aux_layer, final)
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
         fmap, aux = self.token_maps(x)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import load_network, network_state, read_checkpoint
+from model.checkpoint import load_network, network_state, read_checkpoint, saved_args
 from model.network import DualStudentNet
 
 from datasets.errors import UserError
@@ -33,7 +33,7 @@ def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux
     saves with it, or (an original checkpoint) the class count of its decoder; failing that,
     ``defaults``. A flag that contradicts the checkpoint's training arguments is a one-line error.
     An aux layer that is None everywhere stays None: the network's depth rule picks it."""
-    saved = obj.get("args") if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
+    saved = saved_args(obj)
     state = network_state(obj)
     depth = 1 + max((int(k.split(".")[3]) for k in state if k.startswith("branch1.encoder.blocks.")), default=11)
     same = {"backbone": lambda a, b: a == b, "num_classes": lambda a, b: int(a) == int(b),
@@ -61,7 +61,7 @@ def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux
 def saved_backbone_args(obj) -> Optional[str]:
     """The architecture overrides (``--backbone_args``) a checkpoint of this project was trained
     with, or None."""
-    saved = obj.get("args") if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
+    saved = saved_args(obj)
     value = saved.get("backbone_args")
     return str(value) if value else None
 

@@ -32,7 +32,7 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
-from model.checkpoint import load_network, read_checkpoint
+from model.checkpoint import load_network, read_checkpoint, saved_args
 from model.dupl import DuPLConfig, coco_config, dupl_step, release_idle_gradients, voc_config
 from model.network import DualStudentNet
 from model.par import PAR
@@ -384,7 +384,7 @@ def adopt_model_flags(args, ckpt: dict, defaults: dict, logger) -> None:
     """On ``--resume``, model flags left at their defaults (``--backbone``, ``--backbone_args``,
     ``--aux_layer``) take the values the checkpoint was trained with, so a DINOv2 or CLIP run
     resumes without them."""
-    saved = ckpt.get("args") if isinstance(ckpt, dict) and isinstance(ckpt.get("args"), dict) else {}
+    saved = saved_args(ckpt)
     for key, default in (("backbone", defaults["backbone"]), ("backbone_args", None), ("aux_layer", None)):
         theirs = saved.get(key)
         if theirs is not None and getattr(args, key) == default and theirs != default:
