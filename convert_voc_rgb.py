@@ -20,10 +20,10 @@ from PIL import Image
 from datasets.classes import VOC_CLASSES, voc_server_palette
 from datasets.layout import voc_layout
 from datasets.prepare import read_list
-from datasets.untrusted import output_path, write_atomically
+from utils.safe_io import output_path, write_atomically
 from datasets.readers import image_size, open_image
 from utils.cli import ArgumentParser
-from datasets.errors import UserError, exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 
 SERVER_SUBDIR = ("results", "VOC2012", "Segmentation", "comp6_test_cls")
 NUM_CLASSES = len(VOC_CLASSES)

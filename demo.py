@@ -27,7 +27,7 @@ from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
 from utils.cli import ArgumentParser
 from utils.demo_figure import demo_figure, pick_images
-from datasets.errors import exit_on_user_error
+from utils.errors import exit_on_user_error
 from utils.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
 from utils.train_engine import CHECKPOINT

@@ -10,7 +10,7 @@ results.json / results.txt in --work_dir. The evaluation itself is `utils/cam_ev
 import sys
 
 from utils.cam_evaluation import evaluate_cams, get_args_parser
-from datasets.errors import exit_on_user_error
+from utils.errors import exit_on_user_error
 
 
 @exit_on_user_error

@@ -11,7 +11,7 @@ upsampled to the mask size. ``--infer_set val_part|val``.
 """
 import sys
 
-from datasets.errors import exit_on_user_error
+from utils.errors import exit_on_user_error
 from utils.evaluation import evaluate, get_args_parser
 
 

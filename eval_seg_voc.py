@@ -12,7 +12,7 @@ all flags. The evaluation itself is ``utils/evaluation.py``.
 """
 import sys
 
-from datasets.errors import exit_on_user_error
+from utils.errors import exit_on_user_error
 from utils.evaluation import evaluate, get_args_parser
 
 

@@ -33,10 +33,10 @@ from datasets.readers import read_image
 from datasets.transforms import normalize
 from utils.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
-from datasets.errors import UserError, exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 from utils.evaluation import DEFAULT_MODEL, add_model_flags
-from utils.inference import (BRANCHES, VOC_EVAL_SCALES, load_model, resolve_model_flags, select_branch,
-                             to_size, voc_msc_logits)
+from utils.checkpoint import resolve_model_flags
+from utils.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size, voc_msc_logits
 from utils.visualize import blend, label_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

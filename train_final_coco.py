@@ -8,7 +8,7 @@ All flags and their defaults: `python train_final_coco.py --help`. The training 
 """
 import sys
 
-from datasets.errors import exit_on_user_error
+from utils.errors import exit_on_user_error
 from utils.train_engine import get_args_parser, main
 
 

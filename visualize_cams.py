@@ -33,17 +33,17 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
-from datasets.untrusted import output_path
+from utils.safe_io import output_path
 from datasets.transforms import denormalize, normalize
 from infer import class_names, collect_inputs, output_names, pick_device, segment_logits
 from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 from utils.cli import ArgumentParser
-from datasets.errors import UserError, exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 from utils.evaluation import DEFAULT_MODEL
-from utils.inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
-                             resolve_model_flags, select_branch)
+from utils.checkpoint import resolve_model_flags
+from utils.inference import BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model, select_branch
 from utils.visualize import caption, cam_overlay, colorize_label, tile_grid, to_uint8
 
 LOW_THRE = 0.25

@@ -30,7 +30,7 @@ from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
 from utils.crf_torch import dense_crf_batch  # noqa: E402
 
 from benchmarks.common import sync  # noqa: E402
-from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
+from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 SIZES = {"voc": ((375, 500), 21), "coco": ((480, 640), 81)}
 

@@ -27,7 +27,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
+from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 STALE_GLOO_KEY = "default_pg/0//cpu//0/0"     # torch's key of rank 0's gloo address (plain init)
 

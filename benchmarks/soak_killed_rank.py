@@ -20,7 +20,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from datasets.help_format import DefaultsHelpFormatter  # noqa: E402
+from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 TEST = ("tests/test_reliability.py::"
         "test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_uninterrupted_state")
 NEIGHBOURS = {

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
 from .classes import COCO_CLASSES, VOC_CLASSES, VOC_DISPLAY_NAMES
 

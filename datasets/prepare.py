@@ -35,14 +35,15 @@ try:
 except ImportError:  # numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
-from datasets.errors import UserError, exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 
 from .classes import VOC_CLASSES
-from .help_format import DefaultsHelpFormatter
+from utils.help_format import DefaultsHelpFormatter
 from .layout import DatasetLayout, coco_layout, voc_layout
 from .readers import read_mask
-from .untrusted import (Refused, check_id, check_pickle_memo, check_zip, check_tree, id_problem,
-                        probe_writable, write_atomically)
+from utils.errors import Refused
+from utils.pickle_scan import check_pickle_memo
+from utils.safe_io import check_id, check_zip, id_problem, probe_writable, write_atomically
 
 LABELS_FILE = "cls_labels.npz"                  # written by this project, no pickle
 ORIGINAL_LABELS_FILE = "cls_labels_onehot.npy"  # the original's pickled dict, read safely

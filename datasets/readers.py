@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
 from .classes import IGNORE_INDEX
 

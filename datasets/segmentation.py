@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
 from .layout import DatasetLayout
 from .prepare import labels_path, load_labels, read_list

@@ -73,7 +73,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.classes import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_colormap
-from datasets.help_format import DefaultsHelpFormatter
+from utils.help_format import DefaultsHelpFormatter
 
 # (VOC name, COCO name) of the five foreground classes; the position in this tuple is the
 # "synthetic class id" used by ``make_sample``.

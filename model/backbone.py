@@ -26,10 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from datasets.errors import UserError
-from datasets.untrusted import check_zip
+from utils.errors import UserError
+from utils.safe_io import check_zip
 
-from .checkpoint import read_checkpoint
+from utils.checkpoint import read_checkpoint
 
 if TYPE_CHECKING:
     from timm.models.eva import Eva

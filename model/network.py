@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
 from .backbone import (backbone_family, create_vit, default_aux_layer, is_plain_vit, timm_token_maps,
                        vit_token_maps)

@@ -18,7 +18,7 @@ import eval_seg_voc
 import train_final_coco
 import train_final_voc
 from datasets import synthetic
-from datasets.errors import UserError
+from utils.errors import UserError
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
@@ -26,7 +26,7 @@ from model import backbone as bb
 from model.backbone import (create_vit, default_aux_layer, parse_backbone_args, pretrained_name,
                             vit_token_maps)
 from model.cam import multiscale_cam
-from model.checkpoint import describe_backbone, load_network
+from utils.checkpoint import describe_backbone, load_network
 from model.dupl import dupl_step, voc_config
 from model.network import DualStudentNet
 from model.par import PAR

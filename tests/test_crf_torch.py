@@ -15,7 +15,7 @@ from model.network import DualStudentNet
 from utils import crf as crf_module
 from utils.crf import dense_crf, refine_labels, resolve_crf_backend
 from utils.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch
-from datasets.errors import UserError
+from utils.errors import UserError
 
 
 def _scenes(root, lists_dir, dataset: str, n: int):

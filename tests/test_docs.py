@@ -127,23 +127,110 @@ def test_code_points_only_to_documents_that_exist():
     assert not problems, problems
 
 
-def _project_imports(path: str):
-    tree = ast.parse(open(path, encoding="utf-8").read())
-    for node in ast.walk(tree):
+PACKAGES = ("datasets", "model", "utils", "benchmarks")
+# the shared ground: errors, safe file I/O, pickle budgets, checkpoints, help format; they import
+# nothing of the project but each other
+GROUND = {"utils.errors", "utils.help_format", "utils.safe_io", "utils.pickle_scan", "utils.checkpoint"}
+
+
+def _module_name(path: str) -> str:
+    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _project_modules():
+    """Every module of the project's packages and the top-level scripts: name -> path."""
+    out = {}
+    for name in sorted(os.listdir(REPO)):
+        if name.endswith(".py"):
+            out[name[:-3]] = os.path.join(REPO, name)
+    for package in PACKAGES:
+        for f in sorted(os.listdir(os.path.join(REPO, package))):
+            if f.endswith(".py"):
+                path = os.path.join(REPO, package, f)
+                out[_module_name(path)] = path
+    return out
+
+
+def _imported_modules(path: str, modules) -> set:
+    """The project modules ``path`` imports, anywhere in the file (a deferred import counts too),
+    relative imports resolved; ``from package import module`` names the module."""
+    me = _module_name(path)
+    package = me.rsplit(".", 1)[0] if "." in me else ""
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        names = []
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            yield node.module.split(".")[0]
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            while name and name not in modules:
+                name = name.rsplit(".", 1)[0] if "." in name else ""
+            if name and name != me:
+                found.add(name)
+    return found
 
 
-@pytest.mark.parametrize("package,forbidden", [("datasets", {"model", "utils", "benchmarks"}),
-                                               ("model", {"utils", "benchmarks"})])
-def test_lower_layers_never_import_upper_ones(package, forbidden):
-    folder = os.path.join(REPO, package)
-    bad = [f"{package}/{f} imports {m}" for f in sorted(os.listdir(folder)) if f.endswith(".py")
-           for m in _project_imports(os.path.join(folder, f)) if m in forbidden]
+def _import_graph():
+    modules = _project_modules()
+    return {m: _imported_modules(p, modules) for m, p in modules.items()}
+
+
+def _allowed(module: str, imported: str) -> bool:
+    """The layers of docs/development.md#layout-and-layers."""
+    if imported in GROUND:
+        return True
+    if module in GROUND:
+        return False
+    top, other = module.split(".")[0], imported.split(".")[0]
+    if top == "datasets":
+        return other == "datasets"
+    if top == "model":
+        return other in ("model", "datasets")
+    if top == "utils":
+        return other in ("utils", "model", "datasets")
+    return other != "tests"
+
+
+def test_lower_layers_never_import_upper_ones():
+    graph = _import_graph()
+    bad = [f"{m} imports {i}" for m, deps in sorted(graph.items()) for i in sorted(deps) if not _allowed(m, i)]
     assert not bad, bad
+
+
+def test_model_and_utils_import_only_data_from_datasets():
+    data = {"datasets.classes", "datasets.layout", "datasets.prepare", "datasets.readers",
+            "datasets.segmentation", "datasets.transforms", "datasets.synthetic"}
+    graph = _import_graph()
+    bad = [f"{m} imports {i}" for m, deps in sorted(graph.items()) if m.split(".")[0] in ("model", "utils")
+           for i in sorted(deps) if i.startswith("datasets") and i not in data]
+    assert not bad, bad
+    assert set(m for m in _project_modules() if m.startswith("datasets.")) <= data | {"datasets", "datasets.__init__"}
+
+
+def test_no_import_cycle():
+    graph = _import_graph()
+    state, cycles = {}, []
+
+    def visit(m, path):
+        state[m] = 1
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 1:
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
 
 
 def test_readme_stays_short_and_has_the_two_commands():

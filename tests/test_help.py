@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from datasets.help_format import DefaultsHelpFormatter, is_switch, show_default
+from utils.help_format import DefaultsHelpFormatter, is_switch, show_default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STATED = re.compile(r"\(default\b|\bdefault:", re.I)       # "(default: X)", "(default X ...)", "default: X"

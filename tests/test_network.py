@@ -8,9 +8,9 @@ import torch
 
 from model.backbone import create_vit, resize_pos_embed, vit_token_maps
 from model.cam import multiscale_cam, normalize_cam
-from model.checkpoint import load_network
+from utils.checkpoint import load_network
 from model.network import DualStudentNet
-from datasets.errors import UserError
+from utils.errors import UserError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 
@@ -238,7 +238,7 @@ def test_pretrained_without_network_says_how_to_get_the_weights():
     import subprocess
     import sys
     code = ("from model.backbone import create_vit\n"
-            "from datasets.errors import exit_on_user_error\n"
+            "from utils.errors import exit_on_user_error\n"
             "exit_on_user_error(lambda: create_vit('deit_tiny_patch16_224', pretrained=True))()\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -11,7 +11,7 @@ from datasets.layout import coco_layout, voc_layout
 from datasets.prepare import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels, mask_labels, prepare_coco,
                               prepare_voc, read_list, voc_xml_labels)
 from datasets.readers import read_mask
-from datasets.errors import UserError
+from utils.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 from datasets.classes import voc_colormap
 from datasets.readers import read_image, read_mask
-from datasets.errors import UserError
+from utils.errors import UserError
 
 
 def _mask_values():

@@ -18,7 +18,7 @@ import train_final_voc
 import visualize_cams
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists, read_list
-from model.checkpoint import read_checkpoint
+from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
 from utils import train_engine
 from utils.evaluation import usable_cores

@@ -25,10 +25,10 @@ from datasets.layout import voc_layout
 from datasets.prepare import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels,
                               read_list, voc_xml_labels)
 from datasets.readers import read_image
-from model.checkpoint import read_checkpoint
+from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
-from datasets.errors import UserError
-from utils.train_engine import plain, rng_state, set_rng_state
+from utils.errors import UserError
+from utils.checkpoint import plain, rng_state, set_rng_state
 
 TINY = ["--backbone", "deit_tiny_patch16_224", "--cpu"]
 

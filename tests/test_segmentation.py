@@ -12,7 +12,7 @@ from datasets.prepare import ensure_lists, read_list
 from datasets.readers import read_mask
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
-from datasets.errors import UserError
+from utils.errors import UserError
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from model.checkpoint import read_checkpoint
+from utils.checkpoint import read_checkpoint
 from utils.train_engine import PAPER_GLOBAL_BATCH
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

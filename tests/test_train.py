@@ -9,7 +9,8 @@ import torch
 
 import train_final_coco
 import train_final_voc
-from model.checkpoint import read_checkpoint
+from utils import checkpoint
+from utils.checkpoint import read_checkpoint
 from model.dupl import coco_config, voc_config
 from model.network import DualStudentNet
 from utils import train_engine
@@ -104,16 +105,15 @@ def test_resumed_run_reaches_the_same_step_lr_and_thresholds(voc_copy, tmp_path,
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pth")
-    train_engine.save_checkpoint(path, {"step": 1})
+    checkpoint.save_checkpoint(path, {"step": 1})
 
     def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")   # the open temporary file the checkpoint module hands over
         raise OSError("disk full")
 
-    monkeypatch.setattr(train_engine.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError):
-        train_engine.save_checkpoint(path, {"step": 2})
+        checkpoint.save_checkpoint(path, {"step": 2})
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pth"]

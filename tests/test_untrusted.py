@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.errors import UserError
+from utils.errors import UserError
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists, load_labels, read_list
-from datasets.untrusted import (Refused, check_pickle_memo, check_tree, check_zip, output_path, scan_pickle,
-                                write_atomically)
+from utils.errors import Refused
+from utils.pickle_scan import check_pickle_memo, check_tree, scan_pickle
+from utils.safe_io import check_zip, output_path, write_atomically
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPERS = os.path.join(ROOT, "tests", "helpers")
@@ -399,7 +400,7 @@ def test_deeply_nested_saved_arguments_are_refused_by_the_evaluation(tmp_path, j
 def test_the_scanner_passes_real_files_and_bounds_what_they_build(tmp_path):
     import pickle
     import torch
-    from datasets.untrusted import CHECKPOINT_GLOBALS, LABEL_GLOBALS
+    from utils.pickle_scan import CHECKPOINT_GLOBALS, LABEL_GLOBALS
     labels = {f"id{i}": np.eye(20, dtype=np.float32)[i % 20] for i in range(100)}
     data = pickle.dumps(np.array(labels, dtype=object), protocol=3)
     check_pickle_memo(data)

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from datasets.errors import UserError
+from utils.errors import UserError
 from datasets.segmentation import EvalDataset
-from datasets.untrusted import output_path
+from utils.safe_io import output_path
 from datasets.transforms import denormalize
 from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
@@ -36,7 +36,8 @@ from .crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_siz
 from .distributed import barrier, cleanup, init_distributed
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
 from .evaluation import DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split
-from .inference import load_model, resolve_model_flags
+from .checkpoint import resolve_model_flags
+from .inference import load_model
 from .metric import ConfusionMatrix, format_table
 from .results import write_results
 from .validation import shard

@@ -6,13 +6,13 @@
   everywhere (:func:`add_launcher_flags`); the rank itself is read from the environment.
   ``--join_timeout`` bounds the wait for the other ranks when the process group is joined.
 * Bad values become one-line errors that name the flag and the rule (:func:`check`).
-* ``--help`` prints each default once (:class:`datasets.help_format.DefaultsHelpFormatter`).
+* ``--help`` prints each default once (:class:`utils.help_format.DefaultsHelpFormatter`).
 """
 import argparse
 from typing import Callable, Optional, Sequence
 
-from datasets.errors import UserError
-from datasets.help_format import DefaultsHelpFormatter
+from utils.errors import UserError
+from utils.help_format import DefaultsHelpFormatter
 
 
 def _numbers(text: str) -> list:

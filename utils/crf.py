@@ -19,17 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
-CRF_PARAMS = {
-    "gauss_sxy": 1,
-    "gauss_compat": 1,
-    "bi_sxy": 121,
-    "bi_srgb": 5,
-    "bi_compat": 4,
-    "iters": 10,
-    "clip": 1e-5,
-}
+from . import crf_torch
+from .crf_torch import CRF_PARAMS
+
 
 
 CRF_BACKENDS = ("auto", "torch", "pydensecrf")
@@ -90,8 +84,7 @@ def refine_labels(image: np.ndarray, probs, backend: str, device=None) -> np.nda
     """Dense CRF labels uint8 ``(H, W)`` of one image with the resolved ``backend``: ``probs`` is a
     ``(C, H, W)`` array or tensor; the torch backend runs on ``device`` (default: ``probs``'s)."""
     if backend == "torch":
-        from .crf_torch import dense_crf_torch
-        return dense_crf_torch(image, torch.as_tensor(probs), device=device)
+        return crf_torch.dense_crf_torch(image, torch.as_tensor(probs), device=device)
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().float().cpu().numpy()
     return dense_crf(image, np.asarray(probs, dtype=np.float32))
@@ -124,14 +117,13 @@ class CRFQueue:
             self._refine(int(probs.shape[0]))
 
     def _refine(self, classes: int) -> None:
-        from .crf_torch import dense_crf_batch
         items = self.waiting.pop(classes, [])
         if not items:
             return
         images, probs, dones = zip(*items)
         device = self.device if self.device is not None else torch.as_tensor(probs[0]).device
         try:
-            labels = dense_crf_batch(images, probs, device=device, class_chunk=self.class_chunk)
+            labels = crf_torch.dense_crf_batch(images, probs, device=device, class_chunk=self.class_chunk)
         except torch.OutOfMemoryError:
             raise crf_out_of_memory(device, len(images)) from None
         for done, label in zip(dones, labels):

@@ -31,8 +31,19 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .crf import CRF_PARAMS
-from datasets.errors import UserError
+from utils.errors import UserError
+
+# the paper's dense CRF (both backends, :mod:`utils.crf`): Gaussian and bilateral kernels, mean-field
+# iterations, the probability floor of the unary
+CRF_PARAMS = {
+    "gauss_sxy": 1,
+    "gauss_compat": 1,
+    "bi_sxy": 121,
+    "bi_srgb": 5,
+    "bi_compat": 4,
+    "iters": 10,
+    "clip": 1e-5,
+}
 
 
 class Lattice:
@@ -201,7 +212,7 @@ def dense_crf_batch(images: Sequence, probs: Sequence, device=None, class_chunk:
     probabilities (float). Returns uint8 ``(H, W)`` label tensors on the CPU. ``device``: where to
     run (default: the device of the first probability tensor, else the CPU); ``class_chunk``: how
     many classes are filtered at once (default all; fewer saves memory, same result).
-    Keyword arguments override entries of :data:`utils.crf.CRF_PARAMS`."""
+    Keyword arguments override entries of :data:`CRF_PARAMS`."""
     unknown = set(params) - set(CRF_PARAMS)
     if unknown:
         raise TypeError(f"unknown CRF parameters: {sorted(unknown)}")

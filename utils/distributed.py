@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
 JOIN_TIMEOUT_S = 300.0
 ATTEMPT_KEY = "dupl/attempt_store"       # "<port> <token>" of the current attempt's store

@@ -30,15 +30,16 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
-from datasets.untrusted import output_path
+from utils.safe_io import output_path
 
 from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
                   refine_labels, resolve_crf_backend)
+from .checkpoint import resolve_model_flags
 from .crf_torch import TorchCRFStream
 from .distributed import barrier, cleanup, init_distributed
-from datasets.errors import UserError
+from utils.errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
-                        load_model, merge_voc, resolve_model_flags, save_logits, select_branch,
+                        load_model, merge_voc, save_logits, select_branch,
                         to_size, voc_raw_logits)
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
 from .metric import ConfusionMatrix, format_table

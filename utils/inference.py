@@ -15,64 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import load_network, network_state, read_checkpoint, saved_args
+from utils.checkpoint import load_network, model_settings, read_checkpoint, saved_backbone_args
 from model.network import DualStudentNet
 
-from datasets.errors import UserError
+from utils.errors import UserError
 
 VOC_EVAL_SCALES = (1.0, 1.5, 1.25)
 COCO_EVAL_SCALES = (1.0, 1.25, 1.5)
 BRANCHES = ("1", "2", "ensemble")
-
-
-def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux_layer: Optional[int],
-                   defaults: Dict[str, object], source: str) -> Tuple[str, int, Optional[int]]:
-    """Backbone, class count and aux layer for the network of checkpoint object ``obj``.
-
-    A flag left unset (None) comes from the checkpoint: the training arguments this project
-    saves with it, or (an original checkpoint) the class count of its decoder; failing that,
-    ``defaults``. A flag that contradicts the checkpoint's training arguments is a one-line error.
-    An aux layer that is None everywhere stays None: the network's depth rule picks it."""
-    saved = saved_args(obj)
-    state = network_state(obj)
-    depth = 1 + max((int(k.split(".")[3]) for k in state if k.startswith("branch1.encoder.blocks.")), default=11)
-    same = {"backbone": lambda a, b: a == b, "num_classes": lambda a, b: int(a) == int(b),
-            "aux_layer": lambda a, b: int(a) % depth == int(b) % depth}
-    defaults = dict(defaults, aux_layer=defaults.get("aux_layer"))
-    given = {"backbone": backbone, "num_classes": num_classes, "aux_layer": aux_layer}
-    out = {}
-    for key, value in given.items():
-        theirs = saved.get(key)
-        if theirs is not None and not isinstance(theirs, int if key != "backbone" else str) \
-                or isinstance(theirs, bool) or isinstance(theirs, str) and len(theirs) > 200:
-            raise UserError(f"refused checkpoint {source}: its saved {key} is a "
-                            f"{type(theirs).__name__}, not a {'name' if key == 'backbone' else 'number'}; "
-                            "the file is damaged or crafted")
-        if key == "num_classes" and theirs is None and "branch1.decoder.conv8.weight" in state:
-            theirs = int(state["branch1.decoder.conv8.weight"].shape[0])
-        if value is not None and theirs is not None and not same[key](value, theirs):
-            raise UserError(f"--{key} {value} contradicts {source}, trained with {key} {theirs}; "
-                            f"leave --{key} out to use the checkpoint's")
-        out[key] = value if value is not None else (theirs if theirs is not None else defaults[key])
-    aux = out["aux_layer"]
-    return str(out["backbone"]), int(out["num_classes"]), None if aux is None else int(aux)
-
-
-def saved_backbone_args(obj) -> Optional[str]:
-    """The architecture overrides (``--backbone_args``) a checkpoint of this project was trained
-    with, or None."""
-    saved = saved_args(obj)
-    value = saved.get("backbone_args")
-    return str(value) if value else None
-
-
-def resolve_model_flags(args, defaults: Dict[str, object]) -> dict:
-    """Read ``args.model_path`` once, fill ``args.backbone`` / ``num_classes`` / ``aux_layer``
-    that were left out (:func:`model_settings`) and return the checkpoint object."""
-    obj = read_checkpoint(args.model_path)
-    args.backbone, args.num_classes, args.aux_layer = model_settings(
-        obj, args.backbone, args.num_classes, args.aux_layer, defaults, args.model_path)
-    return obj
 
 
 def load_model(model, backbone: Optional[str], num_classes: Optional[int],

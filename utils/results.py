@@ -11,6 +11,8 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from utils.safe_io import write_atomically
+
 RESULTS_JSON = "results.json"
 RESULTS_TXT = "results.txt"
 
@@ -35,17 +37,6 @@ def scores_to_dict(scores: Mapping[str, dict], class_names: Sequence[str]) -> Di
     return out
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_results(folder: str, scores: Mapping[str, dict], class_names: Sequence[str], table: str,
                   **meta) -> str:
     """Write ``folder/results.json`` (``meta`` such as split, scales, branch rule, checkpoint and
@@ -54,6 +45,7 @@ def write_results(folder: str, scores: Mapping[str, dict], class_names: Sequence
     payload = dict(meta)
     payload["scores"] = scores_to_dict(scores, class_names)
     path = os.path.join(folder, RESULTS_JSON)
-    _atomic_write(path, json.dumps(payload, indent=1, default=str) + "\n")
-    _atomic_write(os.path.join(folder, RESULTS_TXT), table.rstrip("\n") + "\n")
+    text = json.dumps(payload, indent=1, default=str) + "\n"
+    write_atomically(path, lambda f: f.write(text))
+    write_atomically(os.path.join(folder, RESULTS_TXT), lambda f: f.write(table.rstrip("\n") + "\n"))
     return path

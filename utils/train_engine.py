@@ -32,14 +32,15 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
-from model.checkpoint import load_network, read_checkpoint, saved_args
+from utils.checkpoint import (adopt_model_flags, checkpoint_payload, load_network, read_checkpoint,
+                              save_checkpoint, set_rng_state)
 from model.dupl import DuPLConfig, coco_config, dupl_step, release_idle_gradients, voc_config
 from model.network import DualStudentNet
 from model.par import PAR
 
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .cli import ArgumentParser, add_launcher_flags, add_numbers, check, check_range, check_scales
-from datasets.errors import UserError
+from utils.errors import UserError
 from .results import write_results
 from .schedule import PolyWarmupAdamW
 from .validation import COLUMNS, result_table, validate
@@ -237,65 +238,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> Dict[str, object]:
-    """The RNG states as plain data (tensors, numbers, lists), which ``weights_only`` loading reads."""
-    version, mt_state, gauss = random.getstate()
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
-             "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
-                       float(cached)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, object]) -> None:
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(int(v) for v in mt_state), gauss))
-    kind, key, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), int(pos),
-                         int(has_gauss), float(cached)))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def plain(value):
-    """``value`` as data that ``torch.load(weights_only=True)`` reads: containers of str, numbers,
-    bools and None; anything else becomes its string."""
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    return str(value)
-
-
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then rename over ``path``."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def checkpoint_payload(net, optimizer, step: int, args, cfg: DuPLConfig, best: float,
-                       miou: Optional[Dict[str, float]] = None) -> dict:
-    """Everything resume needs: weights, optimiser, step, RNG states, the run's arguments and
-    config, and the best validation score so far (mean Seg mIoU of the two students)."""
-    payload = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-               "rng": rng_state(), "args": plain(vars(args)), "config": plain(asdict(cfg)),
-               "best_miou": float(best)}
-    if miou is not None:
-        payload["miou"] = plain(miou)
-    return payload
-
-
 class PreemptionFlag:
     """SIGTERM / SIGUSR1 (what SLURM sends before it kills a job) only set a flag; the loop checks it
     after each iteration, on every rank together, so all ranks stop at the same iteration."""
@@ -380,18 +322,6 @@ class BatchStream:
             raise UserError(str(exc).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
 
 
-def adopt_model_flags(args, ckpt: dict, defaults: dict, logger) -> None:
-    """On ``--resume``, model flags left at their defaults (``--backbone``, ``--backbone_args``,
-    ``--aux_layer``) take the values the checkpoint was trained with, so a DINOv2 or CLIP run
-    resumes without them."""
-    saved = saved_args(ckpt)
-    for key, default in (("backbone", defaults["backbone"]), ("backbone_args", None), ("aux_layer", None)):
-        theirs = saved.get(key)
-        if theirs is not None and getattr(args, key) == default and theirs != default:
-            setattr(args, key, theirs)
-            logger.info(f"--{key} {theirs} (from {args.resume})")
-
-
 def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
     """Run DuPL training; returns the last validation result."""
     cfg = config_from_args(args, dataset)
@@ -403,7 +333,7 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
 
     ckpt = read_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
-        adopt_model_flags(args, ckpt, DEFAULTS[dataset], logger)
+        adopt_model_flags(args, ckpt, DEFAULTS[dataset], logger.info)
     torch.manual_seed(args.seed)   # identical initial weights on every rank
     # a resumed run takes every weight from its checkpoint: no pretrained weights to fetch
     pretrained = args.pretrained and ckpt is None

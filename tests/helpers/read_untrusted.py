@@ -6,17 +6,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from datasets.errors import exit_on_user_error  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 
 @exit_on_user_error
 def main(argv):
     kind, path = argv
     if kind in ("checkpoint", "model"):
-        from model.checkpoint import read_checkpoint
+        from utils.checkpoint import read_checkpoint
         obj = read_checkpoint(path)
         if kind == "model":
-            from utils.inference import model_settings
+            from utils.checkpoint import model_settings
             model_settings(obj, None, None, None, {"backbone": "deit_tiny_patch16_224",
                                                    "num_classes": 21, "aux_layer": -3}, path)
     elif kind == "pretrained":

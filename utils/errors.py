@@ -22,3 +22,8 @@ def exit_on_user_error(main):
             sys.exit(2)
 
     return wrapper
+
+
+class Refused(Exception):
+    """A file outside its budget (a pickle, a zip, a loaded object); the message says why and the
+    caller, which knows the file, turns it into a :class:`UserError`."""

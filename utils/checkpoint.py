@@ -1,22 +1,33 @@
-"""Loading network weights saved by this project or by the original DuPL code.
+"""Checkpoints: the one module that reads and writes them.
 
-Both use the same key layout (``branch1.encoder...``, ``branch2.decoder.conv8.weight``...); a
-``module.`` prefix from DistributedDataParallel is stripped. The state dict may be bare or under
-``model``/``state_dict``. A checkpoint of another backbone or class count is refused with a
-one-line error that says which.
+- Reading (:func:`read_checkpoint`): a file of this project or of the original DuPL code, within
+  budgets, without running code (docs/data.md#untrusted-files).
+- The original's format (:func:`network_state`): both use the same key layout
+  (``branch1.encoder...``, ``branch2.decoder.conv8.weight``...); a ``module.`` prefix from
+  DistributedDataParallel is stripped, the state dict may be bare or under ``model`` /
+  ``state_dict``. :func:`load_network` refuses a checkpoint of another backbone or class count in
+  one line that says which.
+- Writing (:func:`save_checkpoint`, :func:`checkpoint_payload`): atomically, through a private
+  temporary file (:func:`utils.safe_io.write_atomically`), with everything a resume needs.
+- The saved-arguments contract: a checkpoint records the run's arguments (``args``); the model
+  flags a script leaves unset are taken from them (:func:`model_settings`,
+  :func:`adopt_model_flags`), and a flag that contradicts them is refused.
 """
 import os
 import pickle
+import random
 import re
 import zipfile
-from typing import Dict
+from dataclasses import asdict
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from datasets.errors import UserError
-from datasets.untrusted import CHECKPOINT_GLOBALS, Refused, check_tree, check_zip, scan_pickle
+from utils.errors import Refused, UserError
+from utils.pickle_scan import CHECKPOINT_GLOBALS, check_tree, scan_pickle
+from utils.safe_io import check_zip, write_atomically
 
 VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
@@ -44,7 +55,7 @@ def read_checkpoint(path: str) -> dict:
     """The object of a checkpoint file: tensors, numbers, strings, containers and plain numpy
     arrays only, within budgets. Before ``torch.load(weights_only=True)`` reads it, its zip
     records are checked (stored, fitting the file) and its pickle is walked without building
-    anything (:func:`datasets.untrusted.scan_pickle`); after, the object's depth, entry count and
+    anything (:func:`utils.pickle_scan.scan_pickle`); after, the object's depth, entry count and
     bytes are bounded counting shared entries each time. Anything else is refused in one line."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; check --model_path / --resume")
@@ -160,3 +171,126 @@ def load_network(net: nn.Module, path_or_state, source: str = "checkpoint") -> N
         raise UserError(f"{source} does not match the network: missing {missing[:3]}, "
                         f"unexpected {unexpected[:3]}")
     net.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------ writing
+def plain(value):
+    """``value`` as data that ``torch.load(weights_only=True)`` reads: containers of str, numbers,
+    bools and None; anything else becomes its string."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def rng_state() -> Dict[str, object]:
+    """The RNG states as plain data (tensors, numbers, lists), which ``weights_only`` loading reads."""
+    version, mt_state, gauss = random.getstate()
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+             "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, object]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(v) for v in mt_state), gauss))
+    kind, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), int(pos),
+                         int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_payload(net, optimizer, step: int, args, cfg, best: float,
+                       miou: Optional[Dict[str, float]] = None) -> dict:
+    """Everything resume needs: weights, optimiser, step, RNG states, the run's arguments and
+    config (a dataclass), and the best validation score so far (mean Seg mIoU of the two students)."""
+    payload = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+               "rng": rng_state(), "args": plain(vars(args)), "config": plain(asdict(cfg)),
+               "best_miou": float(best)}
+    if miou is not None:
+        payload["miou"] = plain(miou)
+    return payload
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically (a private temporary file in the same folder,
+    renamed over ``path``; never through a link)."""
+    write_atomically(path, lambda f: torch.save(payload, f), binary=True)
+
+
+# ------------------------------------------------------------------------------ saved arguments
+def saved_backbone_args(obj) -> Optional[str]:
+    """The architecture overrides (``--backbone_args``) a checkpoint of this project was trained
+    with, or None."""
+    value = saved_args(obj).get("backbone_args")
+    return str(value) if value else None
+
+
+def _saved_setting(saved: dict, key: str, source: str):
+    """``saved[key]`` when it is a short name (backbone) or a number (class count, aux block)."""
+    theirs = saved.get(key)
+    if theirs is not None and not isinstance(theirs, int if key != "backbone" else str) \
+            or isinstance(theirs, bool) or isinstance(theirs, str) and len(theirs) > 200:
+        raise UserError(f"refused checkpoint {source}: its saved {key} is a "
+                        f"{type(theirs).__name__}, not a {'name' if key == 'backbone' else 'number'}; "
+                        "the file is damaged or crafted")
+    return theirs
+
+
+def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux_layer: Optional[int],
+                   defaults: Dict[str, object], source: str) -> Tuple[str, int, Optional[int]]:
+    """Backbone, class count and aux layer for the network of checkpoint object ``obj``.
+
+    A flag left unset (None) comes from the checkpoint: the training arguments this project
+    saves with it, or (an original checkpoint) the class count of its decoder; failing that,
+    ``defaults``. A flag that contradicts the checkpoint's training arguments is a one-line error.
+    An aux layer that is None everywhere stays None: the network's depth rule picks it."""
+    saved = saved_args(obj)
+    state = network_state(obj)
+    depth = 1 + max((int(k.split(".")[3]) for k in state if k.startswith("branch1.encoder.blocks.")), default=11)
+    same = {"backbone": lambda a, b: a == b, "num_classes": lambda a, b: int(a) == int(b),
+            "aux_layer": lambda a, b: int(a) % depth == int(b) % depth}
+    defaults = dict(defaults, aux_layer=defaults.get("aux_layer"))
+    given = {"backbone": backbone, "num_classes": num_classes, "aux_layer": aux_layer}
+    out = {}
+    for key, value in given.items():
+        theirs = _saved_setting(saved, key, source)
+        if key == "num_classes" and theirs is None and "branch1.decoder.conv8.weight" in state:
+            theirs = int(state["branch1.decoder.conv8.weight"].shape[0])
+        if value is not None and theirs is not None and not same[key](value, theirs):
+            raise UserError(f"--{key} {value} contradicts {source}, trained with {key} {theirs}; "
+                            f"leave --{key} out to use the checkpoint's")
+        out[key] = value if value is not None else (theirs if theirs is not None else defaults[key])
+    aux = out["aux_layer"]
+    return str(out["backbone"]), int(out["num_classes"]), None if aux is None else int(aux)
+
+
+def resolve_model_flags(args, defaults: Dict[str, object]) -> dict:
+    """Read ``args.model_path`` once, fill ``args.backbone`` / ``num_classes`` / ``aux_layer``
+    that were left out (:func:`model_settings`) and return the checkpoint object."""
+    obj = read_checkpoint(args.model_path)
+    args.backbone, args.num_classes, args.aux_layer = model_settings(
+        obj, args.backbone, args.num_classes, args.aux_layer, defaults, args.model_path)
+    return obj
+
+
+def adopt_model_flags(args, ckpt: dict, defaults: dict, log) -> None:
+    """On ``--resume``, model flags left at their defaults (``--backbone``, ``--backbone_args``,
+    ``--aux_layer``) take the values the checkpoint was trained with, so a DINOv2 or CLIP run
+    resumes without them. ``log`` reports each adopted flag."""
+    saved = saved_args(ckpt)
+    for key, default in (("backbone", defaults["backbone"]), ("backbone_args", None), ("aux_layer", None)):
+        theirs = saved.get(key)
+        if theirs is not None and getattr(args, key) == default and theirs != default:
+            setattr(args, key, theirs)
+            log(f"--{key} {theirs} (from {args.resume})")

@@ -1,0 +1,143 @@
+"""Budgets and boxes for files that come from elsewhere (docs/data.md#untrusted-files).
+
+Datasets, list folders and checkpoints are downloaded; a crafted file of a few hundred bytes must
+not run code, take gigabytes or hours, or make the project read or write outside its folders.
+Everything here is refused *before* the expensive step, in one line (:class:`UserError`):
+
+- :func:`check_id`: a list id is a bare file name (no separator, not absolute, not ``.``/``..``).
+- :func:`output_path`: a path built from an id stays inside its output folder.
+- :func:`write_atomically` / :func:`probe_writable`: derived files are written through a private
+  temporary file made with exclusive creation and renamed over the target; an existing target
+  that is a symbolic link or not a regular file is refused, so no write follows a planted link.
+- :func:`check_zip`: members of a zip (a checkpoint, ``cls_labels.npz``) are stored, fit the
+  file (declared sizes add up to at most its size: no deflate or overlap bombs) and stay within a
+  per-member budget.
+
+Pickles (checkpoints, the original's label file) are walked by :mod:`utils.pickle_scan`.
+"""
+import os
+import tempfile
+import zipfile
+from typing import Callable, Dict, Optional
+
+from utils.errors import UserError
+
+# ------------------------------------------------------------------------------ ids and paths
+ID_SEPARATORS = {"/", "\\"}
+
+
+def id_problem(img_id: str) -> Optional[str]:
+    """Why ``img_id`` is not a bare file name, or None when it is one."""
+    if not img_id:
+        return "is empty"
+    if os.path.isabs(img_id) or img_id.startswith("~"):
+        return "is an absolute path"
+    if img_id in (".", "..") or img_id.startswith(".."):
+        return "starts with '..'"
+    if any(c in ID_SEPARATORS for c in img_id):
+        return "holds a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in img_id):
+        return "holds control characters"
+    if len(img_id) > 255:
+        return "is longer than a file name can be"
+    return None
+
+
+def check_id(img_id: str, where: str) -> str:
+    """``img_id`` when it is a bare name; else a one-line error naming ``where`` (file and line)."""
+    problem = id_problem(img_id)
+    if problem is not None:
+        raise UserError(f"{where}: id {img_id[:80]!r} {problem}; a list holds bare image ids "
+                        "(such as 2007_000032), never paths: fix or replace the list file")
+    return img_id
+
+
+def output_path(folder: str, name: str) -> str:
+    """``folder/name``, refused when ``name`` would leave ``folder`` (ids are checked when lists
+    are read; this is the second line of defence at every write)."""
+    problem = id_problem(name)
+    if problem is None:
+        return os.path.join(folder, name)
+    raise UserError(f"refused to write {name[:80]!r} under {folder}: the name "
+                    f"{problem}; outputs are written only inside their folder")
+
+
+# ------------------------------------------------------------------------------ writes
+def _refuse_link(path: str) -> None:
+    if os.path.islink(path):
+        raise UserError(f"refused to write {path}: it is a symbolic link (to "
+                        f"{os.readlink(path)!r}); the project never writes through links it did "
+                        "not create: remove the link or pass another folder")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UserError(f"refused to write {path}: it exists and is not a regular file; remove it "
+                        "or pass another folder")
+
+
+def write_atomically(path: str, write: Callable, binary: bool = False) -> None:
+    """Write ``path`` as ``write(f)`` into a private temporary file of the same folder (exclusive
+    creation, so no planted file or link is opened), then rename it over ``path``. An existing
+    ``path`` that is a symbolic link or not a regular file is refused in one line."""
+    folder, name = os.path.split(os.path.abspath(path))
+    _refuse_link(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror}); pass a writable folder") from None
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        _refuse_link(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def probe_writable(folder: str) -> bool:
+    """Whether a file can be created in ``folder`` (a private temporary file, removed again)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
+# ------------------------------------------------------------------------------ zip files
+def check_zip(path: str, what: str, max_member: int, max_members: int = 100_000,
+              fix: str = "", max_ratio: float = 1.0) -> Dict[str, zipfile.ZipInfo]:
+    """The members of the zip file ``path`` by name, after checking that each is stored (not
+    compressed), at most ``max_member`` bytes, and that their sizes add up to at most the file's
+    size (so no record expands and no two records share bytes).
+
+    ``max_ratio`` > 1 admits compressed records (numpy's ``savez_compressed``) whose declared
+    sizes add up to at most ``max_ratio`` times the file's size; Python's zip reader never
+    inflates a record past its declared size, so that bounds what reading it can allocate."""
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise UserError(f"cannot read {what} {path} ({exc}); the file is incomplete or not of "
+                        f"this kind{fix}") from None
+    if len(infos) > max_members:
+        raise UserError(f"refused {what} {path}: {len(infos)} records, more than {max_members}{fix}")
+    total = 0
+    for info in infos:
+        stored = info.compress_type == zipfile.ZIP_STORED and info.file_size == info.compress_size
+        if not stored and max_ratio <= 1.0:
+            raise UserError(f"refused {what} {path}: record {info.filename[:80]!r} is compressed "
+                            f"({info.compress_size} -> {info.file_size} bytes); such files are "
+                            f"written uncompressed{fix}")
+        if info.file_size > max_member:
+            raise UserError(f"refused {what} {path}: record {info.filename[:80]!r} declares "
+                            f"{info.file_size} bytes, more than the {max_member} such a file "
+                            f"needs{fix}")
+        total += info.file_size
+    if total > size * max_ratio:
+        why = "overlapping records" if max_ratio <= 1.0 else f"more than {max_ratio:g} times its size"
+        raise UserError(f"refused {what} {path}: its records declare {total} bytes in a file of "
+                        f"{size} ({why}){fix}")
+    return {i.filename: i for i in infos}
