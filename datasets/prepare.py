@@ -50,7 +50,9 @@ ORIGINAL_LABELS_FILE = "cls_labels_onehot.npy"  # the original's pickled dict, r
 MAX_LABELS_BYTES = 256 << 20   # COCO's labels are about 50-90 MiB in the original's format
 MAX_LABEL_CLASSES = 1024       # a label vector has 20 (VOC) or 80 (COCO) values
 MAX_LABEL_ENTRIES = 2_000_000  # ids in one labels file (COCO 2014 has 123,287 images)
-MAX_LIST_BYTES = 64 << 20      # a split list of COCO's 82,783 training ids is 2.3 MiB
+MAX_LIST_BYTES = 16 << 20      # a split list of COCO's 82,783 training ids is 2.3 MiB
+MAX_LIST_IDS = 500_000         # COCO 2014 has 123,287 images in all
+MAX_LIST_LINE = 4096           # an id with its optional second column
 COCO_VAL_PART = 5000
 SPLITS = {"voc": ("train_aug", "val", "train", "test"), "coco": ("train", "val", "val_part")}
 
@@ -66,14 +68,22 @@ def read_list(path: str) -> List[str]:
     if os.path.getsize(path) > MAX_LIST_BYTES:
         raise UserError(f"refused split list {path}: {os.path.getsize(path) >> 20} MiB, more than "
                         f"the {MAX_LIST_BYTES >> 20} MiB a list of ids needs; replace it")
+    ids = []
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            for n, line in enumerate(iter(lambda: f.readline(MAX_LIST_LINE + 1), ""), 1):
+                if len(line) > MAX_LIST_LINE:
+                    raise UserError(f"refused split list {path}: line {n} is longer than "
+                                    f"{MAX_LIST_LINE} characters; a list holds one image id a line")
+                if line.strip():
+                    ids.append(check_id(line.split()[0], f"{path} line {n}"))
+                    if len(ids) > MAX_LIST_IDS:
+                        raise UserError(f"refused split list {path}: more than {MAX_LIST_IDS} ids, "
+                                        "more than any dataset's split holds; replace it")
     except (UnicodeDecodeError, OSError) as exc:
         raise UserError(f"cannot read split list {path} ({exc}); a list is a UTF-8 text file of "
                         "ids, one per line") from None
-    return [check_id(line.split()[0], f"{path} line {n}")
-            for n, line in enumerate(lines, 1) if line.strip()]
+    return ids
 
 
 def write_list(path: str, ids: Iterable[str]) -> None:

@@ -10,6 +10,17 @@ class UserError(Exception):
     """
 
 
+def message(exc: UserError) -> str:
+    """The one line of a :class:`UserError`, also when a data-loader worker raised it: PyTorch
+    re-raises a worker's exception as the same type with "Caught UserError in DataLoader worker
+    process N" and the worker's traceback as its message, whose last line holds the original."""
+    text = str(exc).strip()
+    if "Traceback" in text or "\n" in text:
+        last = text.splitlines()[-1]
+        text = last.split("UserError: ", 1)[-1] if "UserError: " in last else last
+    return text
+
+
 def exit_on_user_error(main):
     """Decorate a script's ``main`` so a :class:`UserError` prints ``error: <message>`` and exits 2."""
 
@@ -18,7 +29,7 @@ def exit_on_user_error(main):
         try:
             return main(*args, **kwargs)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(f"error: {message(exc)}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper

@@ -6,19 +6,27 @@ Everything here is refused *before* the expensive step, in one line (:class:`Use
 
 - :func:`check_id`: a list id is a bare file name (no separator, not absolute, not ``.``/``..``).
 - :func:`output_path`: a path built from an id stays inside its output folder.
-- :func:`write_atomically` / :func:`probe_writable`: derived files are written through a private
-  temporary file made with exclusive creation and renamed over the target; an existing target
-  that is a symbolic link or not a regular file is refused, so no write follows a planted link.
+- Writes never follow a link that is already there: :func:`write_atomically` (a private
+  temporary file made with exclusive creation, renamed over the target), :func:`save_image` and
+  :func:`save_npz` on top of it, :func:`open_for_append` (``O_NOFOLLOW``) for logs; an existing
+  target that is a symbolic link or not a regular file is refused. :func:`make_output_dir`
+  creates an output folder and refuses one that is a link; :func:`fresh_dir` makes a folder no
+  one else can have planted anything in. A read-only folder is one line that names it.
 - :func:`check_zip`: members of a zip (a checkpoint, ``cls_labels.npz``) are stored, fit the
   file (declared sizes add up to at most its size: no deflate or overlap bombs) and stay within a
   per-member budget.
 
 Pickles (checkpoints, the original's label file) are walked by :mod:`utils.pickle_scan`.
 """
+import errno
 import os
+import stat
+import struct
 import tempfile
 import zipfile
 from typing import Callable, Dict, Optional
+
+import numpy as np
 
 from utils.errors import UserError
 
@@ -82,7 +90,7 @@ def write_atomically(path: str, write: Callable, binary: bool = False) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror}); pass a writable folder") from None
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -105,7 +113,109 @@ def probe_writable(folder: str) -> bool:
     return True
 
 
+def _cannot_write(path: str, exc: OSError) -> UserError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"cannot write {path}: {exc.strerror} (the folder is read-only for this "
+                         "user); pass a writable --work_dir")
+    if exc.errno == errno.ELOOP:
+        return UserError(f"refused to write {path}: it is a symbolic link; the project never writes "
+                         "through links it did not create: remove the link or pass another folder")
+    return UserError(f"cannot write {path} ({exc.strerror}); pass a writable folder")
+
+
+def open_for_append(path: str):
+    """``path`` opened for appending text (created if missing) without following a link: a planted
+    link or a non-regular file is refused in one line, as is a read-only folder."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    _refuse_link(path)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):   # a FIFO or device planted under the name
+        os.close(fd)
+        raise UserError(f"refused to write {path}: it exists and is not a regular file; remove it "
+                        "or pass another folder")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def save_image(path: str, image) -> None:
+    """Write a PIL image as PNG to ``path`` through :func:`write_atomically`."""
+    write_atomically(path, lambda f: image.save(f, format="PNG"), binary=True)
+
+
+def save_npz(path: str, **arrays) -> None:
+    """Write numpy arrays as an uncompressed ``.npz`` to ``path`` through :func:`write_atomically`."""
+    write_atomically(path, lambda f: np.savez(f, **arrays), binary=True)
+
+
+def make_output_dir(path: str, what: str = "output folder") -> str:
+    """Create the folder ``path`` (and its parents) for outputs; an existing ``path`` that is a
+    symbolic link or not a folder is refused in one line (a folder the user names on the command
+    line, such as ``--work_dir``, may be a link: it is not checked here)."""
+    if os.path.islink(path):
+        raise UserError(f"refused {what} {path}: it is a symbolic link (to {os.readlink(path)!r}); "
+                        "outputs are written only into folders the run created or was given: "
+                        "remove the link or pass another --work_dir")
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"refused {what} {path}: it exists and is not a folder; remove it or pass "
+                        "another --work_dir")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror}; pass a writable --work_dir") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {what} {path}: it is read-only for this user; pass a "
+                        "writable --work_dir")
+    return path
+
+
+def fresh_dir(parent: str, name: str) -> str:
+    """A folder created now by this process: ``parent/name``, or ``name_2``, ``name_3``... when
+    that exists already (nothing in it can have been planted and no earlier output is rewritten)."""
+    make_output_dir(parent, "folder")
+    for n in range(1, 10_000):
+        path = os.path.join(parent, name if n == 1 else f"{name}_{n}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot create {path}: {exc.strerror}; pass a writable --work_dir") from None
+    raise UserError(f"cannot create a new folder {name} in {parent}: 9999 exist; pass --work_dir")
+
+
 # ------------------------------------------------------------------------------ zip files
+CENTRAL_HEADER_BYTES = 46      # the fixed part of one central-directory record
+
+
+def zip_directory_entries(path: str) -> Optional[int]:
+    """How many records the zip file ``path`` may list, read from its end-of-central-directory
+    record before anything parses the directory: the larger of the declared count and the
+    directory's size over the smallest record (a lie in either cannot hide records from the
+    parser, which reads the whole directory). None when no such record is found (not a zip)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - (22 + 65535)))
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return None
+        count, cd_size = struct.unpack("<HI", tail[at + 10:at + 16])
+        locator = tail[at - 20:at] if at >= 20 else b""
+        if locator[:4] == b"PK\x06\x07":          # zip64: the real numbers are in its own record
+            (offset,) = struct.unpack("<Q", locator[8:16])
+            if offset + 56 <= size:
+                f.seek(offset)
+                record = f.read(56)
+                if record[:4] == b"PK\x06\x06":
+                    count, cd_size = struct.unpack("<Q", record[32:40])[0], struct.unpack("<Q", record[40:48])[0]
+    return max(count, cd_size // CENTRAL_HEADER_BYTES)
+
+
 def check_zip(path: str, what: str, max_member: int, max_members: int = 100_000,
               fix: str = "", max_ratio: float = 1.0) -> Dict[str, zipfile.ZipInfo]:
     """The members of the zip file ``path`` by name, after checking that each is stored (not
@@ -116,6 +226,10 @@ def check_zip(path: str, what: str, max_member: int, max_members: int = 100_000,
     sizes add up to at most ``max_ratio`` times the file's size; Python's zip reader never
     inflates a record past its declared size, so that bounds what reading it can allocate."""
     size = os.path.getsize(path)
+    declared = zip_directory_entries(path)
+    if declared is not None and declared > max_members:
+        raise UserError(f"refused {what} {path}: its directory holds up to {declared} records, more "
+                        f"than {max_members}{fix}")
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
