@@ -5,7 +5,7 @@
         [--json out.json]
 
 Inputs are synthetic scenes at the real image sizes (VOC ~500x375 with 21 classes, COCO ~640x480
-with 81 classes) with network-like probabilities (:func:`datasets.synthetic.network_like_probs`:
+with 81 classes) with network-like probabilities (``tests/helpers/crf_fixture.py::network_like_probs``:
 the mask seen at 1/16 of the resolution, confused and noisy, upsampled), so the CRF has real work
 to do. Prints images/s of each implementation, the share of pixels whose labels equal
 pydensecrf's and the peak memory of the torch CRF (the GPU's allocator on a GPU, the growth of
@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets import synthetic  # noqa: E402
+from tests.helpers.crf_fixture import network_like_probs  # noqa: E402
 from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
 from utils.crf_torch import dense_crf_batch  # noqa: E402
 
@@ -55,7 +56,7 @@ def scenes(kind: str, n: int, size=None, seed: int = 0):
             stem = os.path.splitext(name)[0]
             mask = np.array(Image.open(os.path.join(folder, name)))
             image = np.array(Image.open(os.path.join(images, stem + ".jpg")).convert("RGB"))
-            out.append((image, synthetic.network_like_probs(mask, c, seed=i)))
+            out.append((image, network_like_probs(mask, c, seed=i)))
     return out
 
 

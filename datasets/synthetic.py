@@ -4,7 +4,7 @@ This is the project's demo data and its test data.  Real VOC / COCO cannot be sh
 downloaded in every environment, so this module draws a small dataset that has the same
 folders, file names, file formats and label conventions as the real ones.
 
-Default style, ``learnable`` (a model of the real task):
+What it draws (the ``learnable`` style, a model of the real task):
 
 * Five foreground classes (``SYNTHETIC_CLASSES``), each with a characteristic look
   (``CLASS_LOOKS``) that varies within the class as real categories do: a colour family (a hue
@@ -20,16 +20,12 @@ Default style, ``learnable`` (a model of the real task):
 * One to three objects per image, 45%-80% of the short image side, so that a training crop
   usually holds one (as in VOC, where objects cover a good part of the image).
 
-``hard`` style (``style="hard"``, ``--style hard``): colour says nothing about the class (object
-colours are drawn from the background's distribution); only a shape (``CLASS_SHAPES``) and a
-fine texture (``CLASS_TEXTURES``) per class, objects 25%-65% of the short side, on random-colour
-clutter. A randomly initialised model does not learn it within the demo's budget.
-
-Both styles: masks hold 0 for background, the class index inside objects and ``IGNORE_INDEX``
-(255) in a band of about 3 px along every object's visible boundary, like the real VOC
-annotations; later objects may partly hide earlier ones; landscape, portrait and square images
+Masks hold 0 for background, the class index inside objects and ``IGNORE_INDEX`` (255) in a
+band of about 3 px along every object's visible boundary, like the real VOC annotations; later objects may partly hide earlier ones; landscape, portrait and square images
 between 96 and 208 px a side (sized for the demo's 128-pixel crops as VOC's images are for 448),
 about 5% grayscale images (single-channel JPEGs) and about 2% images without any object.
+``make_sample`` takes the background and the object painter as arguments, so another style can
+reuse the masks, the camera effects and the writers (the tests draw a harder one).
 
 VOC layout (``OUT/VOC2012``)::
 
@@ -54,7 +50,7 @@ Everything is deterministic for a given seed: every image has its own generator 
 Command line::
 
     python -m datasets.synthetic --out DIR [--num_train N --num_val N --num_test N --seed S]
-                                 [--style learnable|hard] [--no-coco] [--overwrite]
+                                 [--image_size H W] [--no-coco] [--overwrite]
 """
 from __future__ import annotations
 
@@ -65,7 +61,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from xml.etree import ElementTree as ET
 
 import cv2
@@ -84,10 +80,6 @@ SYNTHETIC_CLASSES: Tuple[Tuple[str, str], ...] = (
     ("dog", "dog"),
     ("person", "person"),
 )
-# Shape and texture of each synthetic class (same order as SYNTHETIC_CLASSES).
-CLASS_SHAPES: Tuple[str, ...] = ("ellipse", "rounded_rectangle", "triangle", "star", "ring")
-CLASS_TEXTURES: Tuple[str, ...] = ("stripes", "checkerboard", "dots", "concentric_rings", "fine_noise")
-
 # (name, mask index) of each synthetic class in either layout; pass one as ``classes_index``.
 VOC_INDEX: Tuple[Tuple[str, int], ...] = tuple((v, VOC_CLASSES.index(v)) for v, _ in SYNTHETIC_CLASSES)
 COCO_INDEX: Tuple[Tuple[str, int], ...] = tuple((c, COCO_CLASSES.index(c)) for _, c in SYNTHETIC_CLASSES)
@@ -102,7 +94,6 @@ GRAY_FRACTION = 0.05
 EMPTY_FRACTION = 0.02
 JPEG_QUALITY = 90
 MIN_SIDE, MAX_SIDE = 96, 208
-OBJECT_SIZE_RANGE = (0.25, 0.65)  # object extent as a fraction of the short image side
 MAX_OCCLUSION = 0.3  # at most this fraction of a new object may cover earlier ones (best effort)
 
 _VOC_TAG, _COCO_TAG, _VOC_SPLIT_TAG, _COCO_SPLIT_TAG = 0, 1, 2, 3
@@ -113,135 +104,10 @@ BBox = Tuple[int, int, int, int]
 # --------------------------------------------------------------------------------------------
 # Drawing helpers
 # --------------------------------------------------------------------------------------------
-def _random_colours(rng: np.random.Generator, n: int) -> np.ndarray:
-    """(n, 3) float32 RGB colours in [0, 255]; the one distribution for objects and background."""
-    return rng.uniform(0.0, 255.0, size=(n, 3)).astype(np.float32)
-
-
-def _luma(c: np.ndarray) -> float:
-    return float(0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
-
-
-def _colour_pair(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """Two (3,) colours far enough apart (in RGB and in luma) that a texture shows, even in gray."""
-    c1 = _random_colours(rng, 1)[0]
-    for _ in range(30):
-        c2 = _random_colours(rng, 1)[0]
-        if np.linalg.norm(c1 - c2) > 110.0 and abs(_luma(c1) - _luma(c2)) > 45.0:
-            return c1, c2
-    c2 = 255.0 - c1
-    if abs(_luma(c1) - _luma(c2)) < 45.0:  # c1 close to mid gray: push the pair apart in luma
-        c1 = np.clip(c1 - 60.0, 0, 255)
-        c2 = np.clip(c2 + 60.0, 0, 255)
-    return c1.astype(np.float32), c2.astype(np.float32)
-
-
 def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
     """Rotate (N, 2) points (x, y) by ``angle`` radians about the origin."""
     c, s = np.cos(angle), np.sin(angle)
     return points @ np.array([[c, s], [-s, c]], dtype=np.float64)
-
-
-def _fill_polygon(h: int, w: int, points: np.ndarray) -> np.ndarray:
-    """(h, w) bool mask of the polygon with (N, 2) float (x, y) vertices."""
-    canvas = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(canvas, [np.round(points).astype(np.int32).reshape(-1, 1, 2)], 1)
-    return canvas.astype(bool)
-
-
-def _shape_mask(rng: np.random.Generator, shape: str, h: int, w: int, cx: float, cy: float,
-                size: float, angle: float) -> np.ndarray:
-    """(h, w) bool mask of one ``shape`` centred at (cx, cy) with extent ~``size`` px."""
-    r = size / 2.0
-    centre = np.array([cx, cy])
-    if shape == "ellipse":
-        aspect = rng.uniform(1.4, 2.6)
-        canvas = np.zeros((h, w), np.uint8)
-        axes = (max(2, int(round(r))), max(2, int(round(r / aspect))))
-        cv2.ellipse(canvas, (int(round(cx)), int(round(cy))), axes, np.degrees(angle), 0, 360, 1, -1)
-        return canvas.astype(bool)
-    if shape == "rounded_rectangle":
-        aspect = rng.uniform(1.2, 2.2)
-        a, b = r * 0.95, r * 0.95 / aspect
-        rad = rng.uniform(0.15, 0.35) * min(a, b)
-        pts = []
-        for (sx, sy, start) in ((1, 1, 0.0), (-1, 1, 0.5 * np.pi), (-1, -1, np.pi), (1, -1, 1.5 * np.pi)):
-            corner = np.array([sx * (a - rad), sy * (b - rad)])
-            t = start + np.linspace(0.0, 0.5 * np.pi, 6)
-            pts.append(corner + rad * np.stack([np.cos(t), np.sin(t)], axis=1))
-        return _fill_polygon(h, w, _rotate(np.concatenate(pts), angle) + centre)
-    if shape == "triangle":
-        t = np.array([0.0, 2 * np.pi / 3, 4 * np.pi / 3]) + rng.uniform(-0.25, 0.25, 3)
-        rr = r * 1.05 * rng.uniform(0.85, 1.0, 3)
-        pts = np.stack([rr * np.cos(t), rr * np.sin(t)], axis=1)
-        return _fill_polygon(h, w, _rotate(pts, angle) + centre)
-    if shape == "star":
-        t = np.arange(10) * (np.pi / 5)
-        rr = np.where(np.arange(10) % 2 == 0, r, r * rng.uniform(0.38, 0.5))
-        pts = np.stack([rr * np.cos(t), rr * np.sin(t)], axis=1)
-        return _fill_polygon(h, w, _rotate(pts, angle) + centre)
-    if shape == "ring":
-        aspect = rng.uniform(0.8, 1.0)
-        inner = rng.uniform(0.42, 0.58)
-        canvas = np.zeros((h, w), np.uint8)
-        c = (int(round(cx)), int(round(cy)))
-        deg = np.degrees(angle)
-        cv2.ellipse(canvas, c, (max(3, int(round(r))), max(3, int(round(r * aspect)))), deg, 0, 360, 1, -1)
-        cv2.ellipse(canvas, c, (max(1, int(round(r * inner))), max(1, int(round(r * aspect * inner)))),
-                    deg, 0, 360, 0, -1)
-        return canvas.astype(bool)
-    raise ValueError(f"unknown shape {shape!r}")
-
-
-def _texture(rng: np.random.Generator, texture: str, xs: np.ndarray, ys: np.ndarray,
-             cx: float, cy: float, angle: float) -> np.ndarray:
-    """Texture weight in [0, 1] at pixel coordinates ``xs``/``ys`` (broadcastable, (hb, wb)).
-
-    Coordinates are taken in the object's frame (centre (cx, cy), rotated by ``angle``), so the
-    pattern turns with the object.
-    """
-    dx, dy = xs - cx, ys - cy
-    c, s = np.cos(angle), np.sin(angle)
-    u = dx * c + dy * s
-    v = -dx * s + dy * c
-    if texture == "stripes":
-        period = rng.uniform(6.0, 11.0)
-        return (np.mod(u + rng.uniform(0, period), period) < period / 2).astype(np.float32)
-    if texture == "checkerboard":
-        period = rng.uniform(6.0, 11.0)
-        iu = np.floor((u + rng.uniform(0, period)) / period)
-        iv = np.floor((v + rng.uniform(0, period)) / period)
-        return (np.mod(iu + iv, 2) == 1).astype(np.float32)
-    if texture == "dots":
-        period = rng.uniform(8.0, 12.0)
-        rad = rng.uniform(0.26, 0.34) * period
-        mu = np.mod(u, period) - period / 2
-        mv = np.mod(v, period) - period / 2
-        return (mu * mu + mv * mv < rad * rad).astype(np.float32)
-    if texture == "concentric_rings":
-        period = rng.uniform(6.0, 10.0)
-        dist = np.sqrt(dx * dx + dy * dy)
-        return (np.mod(dist + rng.uniform(0, period), period) < period / 2).astype(np.float32)
-    if texture == "fine_noise":
-        shape = np.broadcast(xs, ys).shape
-        cell = 2
-        low = (rng.random((shape[0] // cell + 1, shape[1] // cell + 1)) < 0.5).astype(np.float32)
-        return np.repeat(np.repeat(low, cell, axis=0), cell, axis=1)[: shape[0], : shape[1]]
-    raise ValueError(f"unknown texture {texture!r}")
-
-
-def _paint(image: np.ndarray, region: np.ndarray, rng: np.random.Generator, texture: str,
-           cx: float, cy: float, angle: float) -> None:
-    """Paint ``region`` ((h, w) bool) of float ``image`` ((h, w, 3)) with a two-colour texture."""
-    x, y, bw, bh = cv2.boundingRect(region.astype(np.uint8))
-    if bw == 0 or bh == 0:
-        return
-    ys, xs = np.mgrid[y:y + bh, x:x + bw].astype(np.float32)
-    t = _texture(rng, texture, xs, ys, cx, cy, angle)
-    c1, c2 = _colour_pair(rng)
-    colours = c1 + (c2 - c1) * t[..., None]
-    sub = region[y:y + bh, x:x + bw]
-    image[y:y + bh, x:x + bw][sub] = colours[sub]
 
 
 def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: Tuple[int, int], channels: int) -> np.ndarray:
@@ -249,88 +115,6 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: Tuple[int, in
     grid = rng.normal(0.0, 1.0, size=(cells[0], cells[1], channels)).astype(np.float32)
     out = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
     return out.reshape(h, w, channels)
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) float32 cluttered background: smooth colour field, gradient, distractors."""
-    gh, gw = (int(v) for v in rng.integers(2, 6, size=2))
-    grid = _random_colours(rng, gh * gw).reshape(gh, gw, 3)
-    img = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC).reshape(h, w, 3)
-    img += 18.0 * _smooth_field(rng, h, w, (max(2, h // 24), max(2, w // 24)), 3)
-    # Linear colour gradient across the image.
-    direction = rng.uniform(0, 2 * np.pi)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = (xs * np.cos(direction) + ys * np.sin(direction)) / max(h, w)
-    img += ramp[..., None] * rng.uniform(-60, 60, size=3).astype(np.float32)
-    img = np.clip(img, 0, 255)
-
-    short = min(h, w)
-    # Solid or smooth patches (random quadrilaterals).
-    for _ in range(int(rng.integers(0, 4))):
-        size = rng.uniform(0.08, 0.3) * short
-        centre = rng.uniform([0, 0], [w, h])
-        pts = centre + rng.uniform(-size / 2, size / 2, size=(4, 2))
-        hull = cv2.convexHull(np.round(pts).astype(np.int32))
-        region = np.zeros((h, w), np.uint8)
-        cv2.fillConvexPoly(region, hull, 1)
-        region = region.astype(bool)
-        colour = _random_colours(rng, 1)[0]
-        if rng.random() < 0.5:
-            img[region] = colour
-        else:
-            field = colour + 35.0 * _smooth_field(rng, h, w, (3, 3), 3)
-            img[region] = field[region]
-    # Small solid blobs.
-    for _ in range(int(rng.integers(1, 6))):
-        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        axes = (int(rng.integers(2, max(3, int(0.06 * short)))), int(rng.integers(2, max(3, int(0.06 * short)))))
-        colour = tuple(float(c) for c in _random_colours(rng, 1)[0])
-        cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
-    # Lines.
-    for _ in range(int(rng.integers(2, 7))):
-        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
-        colour = tuple(float(c) for c in _random_colours(rng, 1)[0])
-        cv2.line(img, p1, p2, colour, int(rng.integers(1, 4)), cv2.LINE_AA)
-    # Thin textured strips: a rectangle shape with a non-checkerboard class texture, a pairing
-    # that no class has.
-    for _ in range(int(rng.random() < 0.4) + int(rng.random() < 0.15)):
-        length = rng.uniform(0.2, 0.5) * short
-        width = rng.uniform(5.0, 10.0)
-        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
-        angle = rng.uniform(0, np.pi)
-        corners = np.array([[-length / 2, -width / 2], [length / 2, -width / 2],
-                            [length / 2, width / 2], [-length / 2, width / 2]])
-        region = _fill_polygon(h, w, _rotate(corners, angle) + np.array([cx, cy]))
-        texture = str(rng.choice([t for t in CLASS_TEXTURES if t != "checkerboard"]))
-        _paint(img, region, rng, texture, cx, cy, angle)
-    return img
-
-
-def network_like_probs(mask: np.ndarray, num_classes: int, seed: int = 0, stride: int = 16,
-                       confusion: float = 0.1) -> np.ndarray:
-    """Class probabilities ``(C, H, W)`` float32 shaped like a segmentation network's output for
-    the ground truth ``mask`` (255 read as background): the mask seen at 1/``stride`` of the
-    resolution (a ViT's patch grid), a fraction ``confusion`` of the patches leaning to a random
-    class, Gaussian noise, then bilinear upsampling and softmax. Boundaries come out blurred and
-    some regions wrong, which is what a dense CRF refines (inputs for the CRF's tests and
-    benchmarks)."""
-    rng = np.random.default_rng(seed)
-    h, w = mask.shape
-    gt = np.where(mask == IGNORE_INDEX, 0, mask).astype(np.int64)
-    gh, gw = max(1, h // stride), max(1, w // stride)
-    onehot = np.zeros((h, w, num_classes), np.float32)
-    np.put_along_axis(onehot, gt[..., None], 1.0, axis=2)
-    small = np.stack([cv2.resize(onehot[..., c], (gw, gh), interpolation=cv2.INTER_AREA)
-                      for c in range(num_classes)])                    # (C, gh, gw) class shares
-    logits = 4.0 * small + rng.normal(0.0, 0.8, small.shape).astype(np.float32)
-    wrong = rng.random((gh, gw)) < confusion
-    other = rng.integers(0, num_classes, (gh, gw))
-    ys, xs = np.nonzero(wrong)
-    logits[other[ys, xs], ys, xs] += 3.0
-    up = np.stack([cv2.resize(l, (w, h), interpolation=cv2.INTER_LINEAR) for l in logits])
-    up = np.exp(up - up.max(0, keepdims=True))
-    return (up / up.sum(0, keepdims=True)).astype(np.float32)
 
 
 def _boundary_band(region: np.ndarray) -> np.ndarray:
@@ -366,7 +150,7 @@ def _image_size(rng: np.random.Generator, fixed: Optional[Tuple[int, int]]) -> T
 
 
 # --------------------------------------------------------------------------------------------
-# The default ("learnable") style: classes with a characteristic look on neutral clutter
+# The "learnable" style: classes with a characteristic look on neutral clutter
 # --------------------------------------------------------------------------------------------
 # Each class has a colour family (hue range in degrees, saturation and value ranges), a
 # surface texture and a shape family, like a real category (aeroplanes pale and smooth, cars
@@ -379,7 +163,6 @@ CLASS_LOOKS: Tuple[Dict[str, object], ...] = (
     dict(hue=(44, 60), sat=(0.45, 0.75), val=(0.55, 0.90), texture="spots", shape="dog"),
     dict(hue=(265, 300), sat=(0.40, 0.75), val=(0.40, 0.80), texture="bands", shape="person"),
 )
-STYLES = ("learnable", "hard")
 LEARNABLE_SIZE_RANGE = (0.45, 0.8)   # object extent as a fraction of the short image side
 
 
@@ -631,7 +414,8 @@ def _draw_learnable(rng: np.random.Generator, img: np.ndarray, h: int, w: int, c
 def make_sample(rng: np.random.Generator, height: int, width: int,
                 classes_index: Sequence[Tuple[str, int]] = VOC_INDEX, *,
                 num_objects: Optional[int] = None, class_ids: Optional[Sequence[int]] = None,
-                grayscale: bool = False, style: str = "learnable"
+                grayscale: bool = False, background: Callable = _neutral_background,
+                draw_object: Callable = _draw_learnable
                 ) -> Tuple[np.ndarray, np.ndarray, List[Tuple[str, BBox]]]:
     """Draw one synthetic image with its segmentation mask.
 
@@ -644,10 +428,11 @@ def make_sample(rng: np.random.Generator, height: int, width: int,
         class_ids: optional synthetic class ids (0..4) of the objects; its length sets
             ``num_objects`` when that is ``None``.  Drawn at random when ``None``.
         grayscale: return a single-channel image.
-        style: ``"learnable"`` (default): each class has its own colour family, surface and
-            shape family (``CLASS_LOOKS``) on a neutral cluttered background; ``"hard"``: colour
-            says nothing about the class, only shape and a fine texture do (``CLASS_SHAPES``,
-            ``CLASS_TEXTURES``) on random-colour clutter.
+        background, draw_object: the style. ``background(rng, h, w)`` returns the float
+            (h, w, 3) canvas; ``draw_object(rng, image, h, w, class_id, owner)`` paints one object
+            into it and returns its (h, w) bool region (``owner`` marks the visible parts of the
+            objects drawn so far). The defaults draw the learnable style (``CLASS_LOOKS`` on a
+            neutral cluttered background).
 
     Returns:
         image: uint8 (H, W, 3) RGB, or (H, W) when ``grayscale``.
@@ -667,46 +452,22 @@ def make_sample(rng: np.random.Generator, height: int, width: int,
     if len(class_ids) != num_objects:
         raise ValueError("class_ids and num_objects disagree")
 
-    if style not in STYLES:
-        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    learnable = style == "learnable"
-    img = _neutral_background(rng, h, w) if learnable else _background(rng, h, w)
+    img = background(rng, h, w)
     owner = np.zeros((h, w), np.uint8)  # 0 = background, k + 1 = k-th object (visible part)
     objects: List[Tuple[str, BBox]] = []
-    short = min(h, w)
     for k, cid in enumerate(class_ids):
-        if learnable:
-            region = _draw_learnable(rng, img, h, w, cid, owner)
-            owner[region] = k + 1
-            x, y, bw, bh = cv2.boundingRect(region.astype(np.uint8))
-            objects.append((classes_index[cid][0], (int(x), int(y), int(x + bw - 1), int(y + bh - 1))))
-            continue
-        shape = CLASS_SHAPES[cid]
-        placed = None  # (region, cx, cy, angle) of the latest usable candidate
-        for _attempt in range(12):
-            # Skewed towards the larger sizes (mean ~0.48 of the short side).
-            lo, hi = OBJECT_SIZE_RANGE
-            size = (lo + (hi - lo) * rng.beta(1.6, 1.2)) * short
-            cx = rng.uniform(0.1, 0.9) * w
-            cy = rng.uniform(0.1, 0.9) * h
-            angle = rng.uniform(0, 2 * np.pi)
-            cand = _shape_mask(rng, shape, h, w, cx, cy, size, angle)
-            area = int(cand.sum())
-            if area < 40:
-                continue
-            placed = (cand, cx, cy, angle)
-            if int((cand & (owner > 0)).sum()) <= MAX_OCCLUSION * area:
-                break
-        if placed is None:  # practically unreachable: fall back to a central object
-            cx, cy, angle = w / 2, h / 2, 0.0
-            placed = (_shape_mask(rng, shape, h, w, cx, cy, 0.4 * short, angle), cx, cy, angle)
-        region, cx, cy, angle = placed
-        _paint(img, region, rng, CLASS_TEXTURES[cid], cx, cy, angle)
+        region = draw_object(rng, img, h, w, cid, owner)
         owner[region] = k + 1
         x, y, bw, bh = cv2.boundingRect(region.astype(np.uint8))
         objects.append((classes_index[cid][0], (int(x), int(y), int(x + bw - 1), int(y + bh - 1))))
+    return _camera(rng, img, grayscale), _mask_with_bands(owner, class_ids, classes_index), objects
 
-    mask = np.zeros((h, w), np.uint8)
+
+def _mask_with_bands(owner: np.ndarray, class_ids: Sequence[int],
+                     classes_index: Sequence[Tuple[str, int]]) -> np.ndarray:
+    """uint8 (h, w) mask: each object's visible part (``owner == k + 1``) holds its class index,
+    then ``IGNORE_INDEX`` in a band along every object's boundary."""
+    mask = np.zeros(owner.shape, np.uint8)
     bands = []
     for k, cid in enumerate(class_ids):
         visible = owner == k + 1
@@ -714,16 +475,20 @@ def make_sample(rng: np.random.Generator, height: int, width: int,
         bands.append(_boundary_band(visible))
     for band in bands:
         mask[band] = IGNORE_INDEX
+    return mask
 
-    # Global illumination, slight blur and sensor noise.
-    img *= (1.0 + 0.12 * _smooth_field(rng, h, w, (3, 3), 1))
+
+def _camera(rng: np.random.Generator, img: np.ndarray, grayscale: bool) -> np.ndarray:
+    """The float canvas as a camera saw it: global illumination, slight blur and sensor noise,
+    rounded to uint8 (h, w, 3), or (h, w) when ``grayscale``."""
+    img *= (1.0 + 0.12 * _smooth_field(rng, img.shape[0], img.shape[1], (3, 3), 1))
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (3, 3), 0.6)
     img += rng.normal(0.0, rng.uniform(2.0, 6.0), size=img.shape).astype(np.float32)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     if grayscale:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return image, mask, objects
+    return image
 
 
 # --------------------------------------------------------------------------------------------
@@ -814,7 +579,7 @@ def coco_exists(out_dir: os.PathLike) -> bool:
 
 def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
               num_test: int = DEFAULT_NUM_TEST, seed: int = 0,
-              image_size: Optional[Tuple[int, int]] = None, style: str = "learnable") -> Path:
+              image_size: Optional[Tuple[int, int]] = None, sample: Callable = make_sample) -> Path:
     """Write a fresh VOC-layout dataset to ``out_dir/VOC2012`` (replacing any there); returns it.
 
     ``num_train`` images form train_aug (masks in SegmentationClassAug, XML), of which about a
@@ -822,7 +587,8 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
     both kinds of mask and XML; ``num_test`` images have a JPEG only.  Ids are
     ``2012_%06d`` from 1, the three splits interleaved. ``image_size`` = (height, width) gives
     every image that size instead of the demo's random 96-208 px sides (benchmarks at real sizes);
-    ``style`` is passed to :func:`make_sample`.
+    ``sample`` draws each image (:func:`make_sample`, or a function with its arguments and
+    outputs).
     """
     num_train, num_val, num_test = int(num_train), int(num_val), int(num_test)
     if min(num_train, num_val, num_test) < 0:
@@ -853,8 +619,8 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
     for i in range(total):
         rng = _image_rng(seed, _VOC_TAG, i)
         h, w = _image_size(rng, image_size)
-        image, mask, objects = make_sample(rng, h, w, VOC_INDEX, num_objects=0 if i in empty else None,
-                                           grayscale=i in gray, style=style)
+        image, mask, objects = sample(rng, h, w, VOC_INDEX, num_objects=0 if i in empty else None,
+                                      grayscale=i in gray)
         _save_jpeg(dirs["JPEGImages"] / f"{ids[i]}.jpg", image)
         if i in labelled:
             _save_index_png(dirs["SegmentationClassAug"] / f"{ids[i]}.png", mask)
@@ -869,7 +635,7 @@ def write_voc(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
 
 
 def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_val: int = DEFAULT_COCO_VAL,
-               seed: int = 0, image_size: Optional[Tuple[int, int]] = None, style: str = "learnable") -> Path:
+               seed: int = 0, image_size: Optional[Tuple[int, int]] = None) -> Path:
     """Write a fresh COCO-2014-layout dataset to ``out_dir/coco`` (replacing any there); returns it.
 
     Image numbers are sparse and distinct like real COCO ids; masks are (H, W) 'L' PNGs with
@@ -898,7 +664,7 @@ def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_va
         rng = _image_rng(seed, _COCO_TAG, i)
         h, w = _image_size(rng, image_size)
         image, mask, _ = make_sample(rng, h, w, COCO_INDEX, num_objects=0 if i in empty else None,
-                                     grayscale=i in gray, style=style)
+                                     grayscale=i in gray)
         _save_jpeg(coco / "JPEGImages" / split / f"{name}.jpg", image)
         _save_index_png(coco / "SegmentationClass" / split / f"{name}.png", mask)
     return coco
@@ -907,8 +673,8 @@ def write_coco(out_dir: os.PathLike, num_train: int = DEFAULT_COCO_TRAIN, num_va
 def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val: int = DEFAULT_NUM_VAL,
               num_test: int = DEFAULT_NUM_TEST, num_coco_train: int = DEFAULT_COCO_TRAIN,
               num_coco_val: int = DEFAULT_COCO_VAL, seed: int = 0, coco: bool = True,
-              overwrite: bool = False, image_size: Optional[Tuple[int, int]] = None,
-              style: str = "learnable") -> Dict[str, Dict[str, object]]:
+              overwrite: bool = False, image_size: Optional[Tuple[int, int]] = None
+              ) -> Dict[str, Dict[str, object]]:
     """Write the VOC (and unless ``coco=False`` the COCO) dataset under ``out_dir``.
 
     A layout already present is kept unless ``overwrite``.  Returns
@@ -919,13 +685,13 @@ def write_all(out_dir: os.PathLike, num_train: int = DEFAULT_NUM_TRAIN, num_val:
     out.mkdir(parents=True, exist_ok=True)
     result: Dict[str, Dict[str, object]] = {}
     if overwrite or not voc_exists(out):
-        result["voc"] = {"path": write_voc(out, num_train, num_val, num_test, seed, image_size, style),
+        result["voc"] = {"path": write_voc(out, num_train, num_val, num_test, seed, image_size),
                          "written": True}
     else:
         result["voc"] = {"path": out / "VOC2012", "written": False}
     if coco:
         if overwrite or not coco_exists(out):
-            result["coco"] = {"path": write_coco(out, num_coco_train, num_coco_val, seed, image_size, style),
+            result["coco"] = {"path": write_coco(out, num_coco_train, num_coco_val, seed, image_size),
                               "written": True}
         else:
             result["coco"] = {"path": out / "coco", "written": False}
@@ -957,10 +723,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, nargs=2, metavar=("H", "W"),
                    help="give every image this size (for example 375 500 for VOC-sized benchmarks) "
                    "instead of the demo's 96-208 px sides")
-    p.add_argument("--style", choices=STYLES, default="learnable",
-                   help="learnable: each class has its own colour family, surface and shape on neutral "
-                   "clutter (the demo's data); hard: colour says nothing, only shape and a fine texture "
-                   "do, on random-colour clutter (default: %(default)s)")
     p.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                    help="rewrite a layout that already exists in --out instead of keeping it (default: %(default)s)")
     return p
@@ -993,7 +755,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = write_all(out, args.num_train, args.num_val, args.num_test, args.num_coco_train,
                            args.num_coco_val, seed=args.seed, coco=args.coco, overwrite=args.overwrite,
-                           image_size=args.image_size, style=args.style)
+                           image_size=args.image_size)
     except OSError as exc:
         print(f"error: writing the dataset under {args.out} failed: {exc.strerror or exc}", file=sys.stderr)
         return 2

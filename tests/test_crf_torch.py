@@ -10,8 +10,8 @@ import eval_seg_voc
 from datasets.layout import coco_layout, voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
-from datasets.synthetic import network_like_probs
 from model.network import DualStudentNet
+from tests.helpers.crf_fixture import network_like_probs
 from utils import crf as crf_module
 from utils.crf import dense_crf, refine_labels, resolve_crf_backend
 from utils.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch

@@ -1,4 +1,5 @@
-"""Tests of the synthetic VOC / COCO dataset writer (datasets/synthetic.py)."""
+"""Tests of the synthetic VOC / COCO dataset writer (datasets/synthetic.py) and of the harder
+style the tests draw with it (tests/helpers/hard_synthetic.py)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from PIL import Image
 from datasets import synthetic
 from datasets.classes import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_colormap
 from datasets.synthetic import COCO_INDEX, SYNTHETIC_CLASSES, VOC_INDEX, make_sample, write_coco, write_voc
+from tests.helpers import hard_synthetic
+from tests.helpers.hard_synthetic import make_hard_sample, write_hard_voc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, N_TEST = 60, 24, 4
@@ -27,7 +30,7 @@ def voc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hard_voc(tmp_path_factory):
-    return write_voc(tmp_path_factory.mktemp("hard_voc"), N_TRAIN, N_VAL, N_TEST, seed=1, style="hard")
+    return write_hard_voc(tmp_path_factory.mktemp("hard_voc"), N_TRAIN, N_VAL, N_TEST, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +298,9 @@ def test_car_objects_have_dark_wheels_and_a_specular_highlight():
 def _single_object_stats(cid, n=8, size=320, style="hard"):
     fills, holes, solidity, texture_std = [], [], [], []
     name, idx = VOC_INDEX[cid]
+    sample = {"hard": make_hard_sample, "learnable": make_sample}[style]
     for s in range(n):
-        image, mask, objects = make_sample(np.random.default_rng(100 + s), size, size, VOC_INDEX,
-                                           class_ids=[cid], style=style)
+        image, mask, objects = sample(np.random.default_rng(100 + s), size, size, VOC_INDEX, class_ids=[cid])
         assert [o[0] for o in objects] == [name]
         region = ((mask == idx) | (mask == IGNORE_INDEX)).astype(np.uint8)
         contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -340,9 +343,13 @@ def test_learnable_classes_have_different_shapes():
     assert solid["person"] > 0.85 > max(others) and solid["aeroplane"] < 0.6 < min(others)
 
 
-def test_unknown_style_is_refused():
-    with pytest.raises(ValueError, match="style"):
+def test_the_module_draws_only_the_learnable_style_and_takes_no_style_switch(tmp_path, capsys):
+    with pytest.raises(TypeError, match="style"):
         make_sample(np.random.default_rng(0), 100, 100, VOC_INDEX, style="easy")
+    with pytest.raises(SystemExit) as exc:
+        synthetic.main(["--out", str(tmp_path), "--style", "hard"])
+    assert exc.value.code == 2 and "--style" in capsys.readouterr().err
+    assert not hasattr(synthetic, "CLASS_SHAPES") and not hasattr(synthetic, "network_like_probs")
 
 
 def test_make_sample_returns_documented_shapes_and_respects_arguments():
@@ -413,7 +420,7 @@ def test_class_names_in_both_layouts_are_real_class_names():
     assert len({v for v, _ in SYNTHETIC_CLASSES}) == len({c for _, c in SYNTHETIC_CLASSES}) == 5
     for (v, c), (vn, vi), (cn, ci) in zip(SYNTHETIC_CLASSES, VOC_INDEX, COCO_INDEX):
         assert VOC_CLASSES[vi] == v == vn and COCO_CLASSES[ci] == c == cn
-    assert len(set(synthetic.CLASS_SHAPES)) == len(set(synthetic.CLASS_TEXTURES)) == 5
+    assert len(set(hard_synthetic.CLASS_SHAPES)) == len(set(hard_synthetic.CLASS_TEXTURES)) == 5
 
 
 # ------------------------------------------------------------------------------- CLI
