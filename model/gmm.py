@@ -11,10 +11,9 @@ Here the same estimator (k-means initialisation, EM, convergence test on the mea
 runs for the whole batch at once with masks, without any host synchronisation. The only part that
 cannot be reproduced bit for bit is scikit-learn's randomly seeded k-means++ start; a
 deterministic 1-D two-cluster k-means is used instead (see :func:`fit_gmm_1d`).
-:func:`gmm_noisy_mask_sklearn` is the per-image scikit-learn reference the tests compare against.
+The tests compare against a per-image scikit-learn reference (tests/helpers/oracles.py).
 """
 import math
-import warnings
 from typing import Tuple
 
 import torch
@@ -188,38 +187,3 @@ def gmm_filter(loss: Tensor, label: Tensor, ignore_index: int = 255, **kwargs
     is not modified. Keyword arguments go to :func:`gmm_noisy_mask`."""
     noisy, valid = gmm_noisy_mask(loss, label, ignore_index=ignore_index, **kwargs)
     return label.masked_fill(noisy, ignore_index), valid
-
-
-def gmm_noisy_mask_sklearn(loss: Tensor, label: Tensor, gamma: float = 0.95,
-                           valid_thre: float = 1.0, min_pixels: int = 1000,
-                           loss_floor: float = 0.1, ignore_index: int = 255,
-                           max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4,
-                           random_state: int = 0) -> Tuple[Tensor, Tensor]:
-    """Reference of :func:`gmm_noisy_mask`, image by image with scikit-learn on the CPU, as the
-    original does: ``GaussianMixture`` fitted on the candidate losses reshaped ``(-1, 1)``,
-    ``predict_proba`` on all pixels of the image. Same inputs and outputs (on ``loss``'s device)."""
-    import numpy as np
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
-    loss_np = loss.detach().cpu().numpy()
-    label_np = label.detach().cpu().numpy()
-    noisy = np.zeros(loss_np.shape, dtype=bool)
-    valid = np.zeros(loss_np.shape[0], dtype=bool)
-    for i in range(loss_np.shape[0]):
-        l_i, y_i = loss_np[i], label_np[i]
-        cand = (y_i != 0) & (y_i != ignore_index) & (l_i > loss_floor)
-        if cand.sum() <= min_pixels:
-            continue
-        gmm = GaussianMixture(n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                              random_state=random_state)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gmm.fit(l_i[cand].reshape(-1, 1))
-        means = gmm.means_.reshape(-1)
-        if abs(means[0] - means[1]) <= valid_thre:
-            continue
-        valid[i] = True
-        prob = gmm.predict_proba(l_i.reshape(-1, 1))[:, means.argmax()].reshape(l_i.shape)
-        noisy[i] = (prob > gamma) & (y_i != 0)
-    return (torch.from_numpy(noisy).to(loss.device), torch.from_numpy(valid).to(loss.device))

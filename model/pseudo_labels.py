@@ -3,8 +3,7 @@ PAR-refined segmentation pseudo labels (docs/method.md#par).
 
 Label convention everywhere: 0 background, ``c + 1`` for foreground class ``c`` (0-based
 position in the image-label vector), ``ignore_index`` (255) for pixels without supervision.
-Given inputs on one device, no function here synchronises with the host except
-``refine_cams_with_par_reference``.
+Given inputs on one device, no function here synchronises with the host.
 """
 from typing import Optional, Sequence, Union
 
@@ -151,7 +150,7 @@ def refine_cams_with_par(image: torch.Tensor, cams: torch.Tensor, cls_label: tor
     affinity as extra channels). Images have different numbers of present classes: absent
     classes get ``-inf`` before the softmax, i.e. probability exactly 0, which PAR keeps at 0,
     so they never win the argmax and the labels equal the per-image computation
-    (``refine_cams_with_par_reference``). ``max_channels`` (optional, a host-side int >= 1 +
+    (the tests' reference in tests/helpers/oracles.py). ``max_channels`` (optional, a host-side int >= 1 +
     the largest number of present classes in the batch, e.g. from the loader's CPU labels)
     compacts the channels to that many instead of ``K + 1``; no host sync either way. Pass it
     in training: on an H200 at 448x448, B=2/K=20 took 4.5 ms and 0.5 GiB compacted against
@@ -188,29 +187,3 @@ def refine_cams_with_par(image: torch.Tensor, cams: torch.Tensor, cls_label: tor
     inside = box_mask(img_box, (h, w), device=labels.device)[:, None]
     labels = torch.where(inside, labels, torch.full_like(labels, ignore_index))
     return _combine_high_low(labels[:, 0], labels[:, 1], ignore_index)
-
-
-@torch.no_grad()
-def refine_cams_with_par_reference(image: torch.Tensor, cams: torch.Tensor, cls_label: torch.Tensor,
-                                   high_thre: Threshold, low_thre: Threshold,
-                                   img_box: torch.Tensor, par, ignore_index: int = 255,
-                                   down_scale: int = 2) -> torch.Tensor:
-    """Straightforward per-image, per-threshold version of ``refine_cams_with_par`` (same
-    inputs and output ``(B, H, W)`` long); kept as a reference for tests. Synchronises."""
-    b, k, h, w = cams.shape
-    small = (h // down_scale, w // down_scale)
-    small_image = F.interpolate(image, size=small, mode="bilinear", align_corners=False)
-    out = []
-    for thre in (high_thre, low_thre):
-        stack = torch.cat([_threshold_map(thre, b, (h, w), cams), cams], dim=1)
-        stack = F.interpolate(stack, size=small, mode="bilinear", align_corners=False)
-        label = torch.full((b, h, w), ignore_index, dtype=torch.long, device=cams.device)
-        for i in range(b):
-            keys = torch.nonzero(torch.cat([cls_label.new_ones(1), cls_label[i]]) > 0)[:, 0]
-            probs = stack[i:i + 1, keys].softmax(dim=1)
-            refined = F.interpolate(par(small_image[i:i + 1], probs), size=(h, w),
-                                    mode="bilinear", align_corners=False)
-            y0, y1, x0, x1 = [int(v) for v in img_box[i].tolist()]
-            label[i, y0:y1, x0:x1] = keys[refined.argmax(dim=1)[0]][y0:y1, x0:x1]
-        out.append(label)
-    return _combine_high_low(out[0], out[1], ignore_index)

@@ -1,8 +1,10 @@
-"""Batched GMM noisy-label filter (model/gmm.py) against the per-image scikit-learn reference."""
+"""Batched GMM noisy-label filter (model/gmm.py) against the per-image scikit-learn reference
+(tests/helpers/oracles.py)."""
 import pytest
 import torch
 
-from model.gmm import fit_gmm_1d, gmm_filter, gmm_noisy_mask, gmm_noisy_mask_sklearn
+from model.gmm import fit_gmm_1d, gmm_filter, gmm_noisy_mask
+from tests.helpers.oracles import gmm_noisy_mask_sklearn
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
