@@ -5,7 +5,7 @@
         [--json out.json]
 
 Inputs are synthetic scenes at the real image sizes (VOC ~500x375 with 21 classes, COCO ~640x480
-with 81 classes) with network-like probabilities (``tests/helpers/crf_fixture.py::network_like_probs``:
+with 81 classes) with network-like probabilities (:func:`benchmarks.common.network_like_probs`:
 the mask seen at 1/16 of the resolution, confused and noisy, upsampled), so the CRF has real work
 to do. Prints images/s of each implementation, the share of pixels whose labels equal
 pydensecrf's and the peak memory of the torch CRF (the GPU's allocator on a GPU, the growth of
@@ -26,11 +26,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets import synthetic  # noqa: E402
-from tests.helpers.crf_fixture import network_like_probs  # noqa: E402
 from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
 from utils.crf_torch import dense_crf_batch  # noqa: E402
 
-from benchmarks.common import sync  # noqa: E402
+from benchmarks.common import network_like_probs, sync  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 SIZES = {"voc": ((375, 500), 21), "coco": ((480, 640), 81)}

@@ -1,9 +1,13 @@
-"""Shared set-up of the benchmark scripts."""
+"""Shared set-up of the benchmark scripts, and the dense CRF's inputs that the CRF's tests share
+(:func:`network_like_probs`)."""
 import os
 
+import cv2
+import numpy as np
 import torch
 
 from datasets import synthetic
+from datasets.classes import IGNORE_INDEX
 
 DEMO_VOC = os.path.join("demo_data", "VOC2012")
 
@@ -21,3 +25,29 @@ def sync(device: torch.device) -> None:
     """Wait for the GPU's queued work (timings); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def network_like_probs(mask: np.ndarray, num_classes: int, seed: int = 0, stride: int = 16,
+                       confusion: float = 0.1) -> np.ndarray:
+    """Class probabilities ``(C, H, W)`` float32 shaped like a segmentation network's output for
+    the ground truth ``mask`` (255 read as background): the mask seen at 1/``stride`` of the
+    resolution (a ViT's patch grid), a fraction ``confusion`` of the patches leaning to a random
+    class, Gaussian noise, then bilinear upsampling and softmax. Boundaries come out blurred and
+    some regions wrong, which is what a dense CRF refines (inputs for the CRF's tests and
+    benchmarks)."""
+    rng = np.random.default_rng(seed)
+    h, w = mask.shape
+    gt = np.where(mask == IGNORE_INDEX, 0, mask).astype(np.int64)
+    gh, gw = max(1, h // stride), max(1, w // stride)
+    onehot = np.zeros((h, w, num_classes), np.float32)
+    np.put_along_axis(onehot, gt[..., None], 1.0, axis=2)
+    small = np.stack([cv2.resize(onehot[..., c], (gw, gh), interpolation=cv2.INTER_AREA)
+                      for c in range(num_classes)])                    # (C, gh, gw) class shares
+    logits = 4.0 * small + rng.normal(0.0, 0.8, small.shape).astype(np.float32)
+    wrong = rng.random((gh, gw)) < confusion
+    other = rng.integers(0, num_classes, (gh, gw))
+    ys, xs = np.nonzero(wrong)
+    logits[other[ys, xs], ys, xs] += 3.0
+    up = np.stack([cv2.resize(l, (w, h), interpolation=cv2.INTER_LINEAR) for l in logits])
+    up = np.exp(up - up.max(0, keepdims=True))
+    return (up / up.sum(0, keepdims=True)).astype(np.float32)

@@ -7,11 +7,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import eval_seg_voc
+from benchmarks.common import network_like_probs
 from datasets.layout import coco_layout, voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
-from tests.helpers.crf_fixture import network_like_probs
 from utils import crf as crf_module
 from utils.crf import dense_crf, refine_labels, resolve_crf_backend
 from utils.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch

@@ -1,2 +1,2 @@
-"""What the tests share: the hard synthetic style, the CRF fixture, the oracles and the
-scripts some tests run in a process of their own."""
+"""What the tests share: the hard synthetic style, the oracles and the scripts some tests run in
+a process of their own."""
