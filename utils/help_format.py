@@ -1,8 +1,8 @@
 """``--help`` that states each flag's default once and correctly (every script's parser uses it).
 
-It lives in ``datasets/`` so that ``python -m datasets.prepare`` and ``python -m datasets.synthetic``
-can use it too (``datasets/`` imports nothing from ``utils/``); ``utils.cli.ArgumentParser`` takes
-it as its formatter.
+It belongs to the shared ground (it imports nothing of the project), so that ``python -m
+datasets.prepare`` and ``python -m datasets.synthetic`` use it too; ``utils.cli.ArgumentParser``
+takes it as its formatter.
 """
 import argparse
 import re
