@@ -60,6 +60,37 @@ def test_accumulating_images_equals_one_big_update():
     assert torch.equal(a.mat, b.mat)
 
 
+
+def test_adding_precomputed_counts_equals_updating_with_the_pixels_behind_them():
+    rng = np.random.default_rng(1)
+    gt = rng.integers(0, 4, (6, 8))
+    gt[0, :3] = 255                         # ignored pixels are left out of the counts as well
+    pred = rng.integers(0, 4, (6, 8))
+    pred[1, :2] = 9                         # a prediction outside [0, C): the miss column
+    by_pixels = ConfusionMatrix(4)
+    by_pixels.update(gt, pred)
+    keep = gt < 4
+    inside = keep & (pred < 4)
+    square = np.bincount(gt[inside] * 4 + pred[inside], minlength=16).reshape(4, 4)
+    by_counts = ConfusionMatrix(4)
+    by_counts.add_counts(square)
+    by_counts.update(gt[keep & (pred >= 4)], pred[keep & (pred >= 4)])
+    assert torch.equal(by_counts.mat, by_pixels.mat)
+    twice = ConfusionMatrix(4)
+    twice.update(gt, pred)
+    twice.add_counts(by_pixels.mat.clone())     # (C, C+1): the miss column is added too
+    assert torch.equal(twice.mat, 2 * by_pixels.mat)
+    assert by_counts.compute()["miou"] == by_pixels.compute()["miou"]
+
+
+@pytest.mark.parametrize("counts", [np.zeros((4, 3), dtype=np.int64), np.zeros((3, 4), dtype=np.int64),
+                                    np.zeros(16, dtype=np.int64), np.zeros((4, 4), dtype=np.float32)])
+def test_counts_of_the_wrong_shape_or_type_are_refused(counts):
+    cm = ConfusionMatrix(4)
+    with pytest.raises(ValueError, match="counts must be"):
+        cm.add_counts(counts)
+    assert int(cm.mat.sum()) == 0
+
 def _reduce_worker(rank, world, port, gts, preds, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -198,8 +198,9 @@ def crf_stream(args, device: torch.device):
     return CRFStream(crf_job, args.crf_workers)
 
 
-def evaluate(args, dataset: str) -> Dict[str, dict]:
-    """Run the evaluation; returns ``{column: scores}`` (empty without masks)."""
+def check_eval_flags(args, dataset: str):
+    """Refuse a missing checkpoint, bad CRF flags or another dataset's checkpoint in one line, before
+    anything is written; fill ``--crf_workers`` and the model flags. Returns the read checkpoint."""
     if not args.model_path:
         raise UserError("--model_path is required: the checkpoint to evaluate")
     if not os.path.isfile(args.model_path):
@@ -213,134 +214,205 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
     given_classes = args.num_classes
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
     check_class_count(args, dataset, given_classes)
-    info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
-    log = eval_logger("dupl.eval", info.is_main)
-    try:
-        layout, lists = eval_split(args, dataset, info.is_main, log)
-        with_masks = not (dataset == "voc" and args.infer_set == "test")
-        deferred = args.branch == BEST_ON_GT
-        if deferred and not with_masks:
+    return ckpt
+
+
+def make_output_folders(work: str, is_main: bool) -> Dict[str, str]:
+    """``{name: folder}`` of the evaluation's outputs under ``work``, created by the main rank."""
+    dirs = {k: os.path.join(work, k) for k in ("logits", "prediction", "prediction_color", "crf", "crf_color")}
+    if is_main:
+        for d in dirs.values():
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError:
+                raise UserError(f"cannot create {d}; pass a writable --work_dir") from None
+    barrier()
+    return dirs
+
+
+def multiscale_logits(net, image: torch.Tensor, dataset: str, scales, device: torch.device, amp: bool):
+    """Both students' network outputs for ``image (3, H, W)`` (what :func:`save_logits` keeps) and
+    their multi-scale logits (VOC: ``(1, C, H, W)``; COCO: at the token grid, float32)."""
+    x = image[None].to(device)
+    size = tuple(image.shape[-2:])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        if dataset == "voc":
+            raw = voc_raw_logits(net, x, scales)
+        else:
+            raw = coco_msc_logits(net, x, scales=scales)
+    logits = merge_voc(raw, size) if dataset == "voc" else [l.float() for l in raw]
+    return raw, logits
+
+
+def column_predictions(logits, size) -> list:
+    """The ``(H, W)`` predictions of the columns ``Seg_1``, ``Seg_2`` and ``Ensemble`` (the argmax of
+    the mean of both students' softmax) from both students' logits, resized to ``size``."""
+    full = [to_size(l, size) for l in logits]
+    return [full[0].argmax(1)[0], full[1].argmax(1)[0],
+            ((full[0].softmax(1) + full[1].softmax(1)) / 2).argmax(1)[0]]
+
+
+class SegEvaluation:
+    """This rank's part of one evaluation: its shard of the split, the output folders, the CRF stream,
+    the network and the confusion matrices of the columns without CRF.
+
+    :meth:`infer` scores and saves every image of the shard; :meth:`scores` reduces the matrices
+    over all ranks; :meth:`choose_on_gt` makes the ``best_on_gt`` predictions once scored;
+    :meth:`crf_scores` waits for the CRF and scores it; :meth:`write` keeps the numbers."""
+
+    def __init__(self, args, dataset: str, info, log: logging.Logger, ckpt):
+        self.args, self.dataset, self.info, self.log = args, dataset, info, log
+        self.layout, lists = eval_split(args, dataset, info.is_main, log)
+        self.with_masks = not (dataset == "voc" and args.infer_set == "test")
+        self.deferred = args.branch == BEST_ON_GT
+        if self.deferred and not self.with_masks:
             raise UserError(f"--branch {BEST_ON_GT} chooses the student on ground truth, which the "
                             f"{args.infer_set} split does not have; use --branch 1, 2 or ensemble")
-        data = EvalDataset(layout, lists, args.infer_set, with_masks=with_masks, with_labels=False)
-        work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
-                                             f"eval_{args.infer_set}")
-        dirs = {k: os.path.join(work, k) for k in ("logits", "prediction", "prediction_color",
-                                                    "crf", "crf_color")}
-        if info.is_main:
-            for d in dirs.values():
-                try:
-                    os.makedirs(d, exist_ok=True)
-                except OSError:
-                    raise UserError(f"cannot create {d}; pass a writable --work_dir") from None
-        barrier()
+        self.data = EvalDataset(self.layout, lists, args.infer_set, with_masks=self.with_masks,
+                                with_labels=False)
+        self.work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
+                                                  f"eval_{args.infer_set}")
+        self.dirs = make_output_folders(self.work, info.is_main)
         # pydensecrf's workers start before the model takes the GPU; they (or the torch CRF's
         # batches on the device) refine each image's float32 probabilities while the next images
         # are inferred
-        stream = crf_stream(args, info.device) if args.crf else None
-        if stream is not None:
+        self.stream = crf_stream(args, info.device) if args.crf else None
+        if self.stream is not None:
             log.info(f"dense CRF: {args.crf_backend} on "
-                     + (f"{info.device.type}, {stream.batch} image(s) per batch"
+                     + (f"{info.device.type}, {self.stream.batch} image(s) per batch"
                         if args.crf_backend == "torch" else f"{args.crf_workers} CPU worker(s)"))
-        net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
-                         source=args.model_path)
-        step = ckpt.get("step") if isinstance(ckpt, dict) else None
-        del ckpt
+        self.net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
+                              source=args.model_path)
+        self.step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        self.num_classes = args.num_classes
+        self.mats = {k: ConfusionMatrix(self.num_classes, info.device) for k in COLUMNS}
+        self.part = shard(self.data, info.rank, info.world_size)
 
-        def save_prediction(dirs, img_id: str, pred: np.ndarray) -> None:
-            save_png(output_path(dirs["prediction"], img_id + ".png"), pred)
-            save_png(output_path(dirs["prediction_color"], img_id + ".png"), pred, palette=True)
-
-        def crf_args(img_id: str, probs):
-            mask_path = layout.mask_path(args.infer_set, img_id) if with_masks else None
-            return (img_id, layout.image_path(args.infer_set, img_id), probs, mask_path, c,
-                    dirs["crf"], dirs["crf_color"])
-        c = args.num_classes
-        mats = {k: ConfusionMatrix(c, info.device) for k in COLUMNS}
-        part = shard(data, info.rank, info.world_size)
-        loader = DataLoader(part, batch_size=None, num_workers=args.num_workers)
+    def infer(self) -> None:
+        """Infer, score and save every image of this rank's shard (see :meth:`infer_image`)."""
+        loader = DataLoader(self.part, batch_size=None, num_workers=self.args.num_workers)
         iterator = loader
-        if info.is_main:
+        if self.info.is_main:
             from tqdm import tqdm
-            iterator = tqdm(loader, total=len(part), desc="inference", mininterval=5, file=sys.stderr)
-        for idx, (img_id, image, mask, _) in zip(part.indices, iterator):
-            x = image[None].to(info.device)
-            size = tuple(image.shape[-2:])
-            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=args.amp):
-                if dataset == "voc":
-                    raw = voc_raw_logits(net, x, args.scales)
-                else:
-                    raw = coco_msc_logits(net, x, scales=args.scales)
-            logits = merge_voc(raw, size) if dataset == "voc" else [l.float() for l in raw]
-            full = [to_size(l, size) for l in logits]
-            preds = [full[0].argmax(1)[0], full[1].argmax(1)[0],
-                     ((full[0].softmax(1) + full[1].softmax(1)) / 2).argmax(1)[0]]
-            if with_masks:
-                gt = mask.to(info.device)
-                for k, pred in zip(COLUMNS, preds):
-                    mats[k].update(gt, pred)
-            save_logits(output_path(dirs["logits"], img_id + ".npz"), dataset, raw, size, args.scales)
-            if deferred:
-                continue   # the student is chosen once all ranks have scored both
-            chosen_pred = {"1": preds[0], "2": preds[1], "ensemble": preds[2]}[args.branch]
-            save_prediction(dirs, img_id, chosen_pred.byte().cpu().numpy())
-            if stream is not None:
-                chosen = select_branch(logits, args.branch)
-                probs = to_size(chosen, size).softmax(1)[0].float()
-                if args.crf_backend != "torch":
-                    probs = probs.cpu().numpy()
-                stream.submit(crf_args(img_id, probs))
-        for m in mats.values():
+            iterator = tqdm(loader, total=len(self.part), desc="inference", mininterval=5, file=sys.stderr)
+        for img_id, image, mask, _ in iterator:
+            self.infer_image(img_id, image, mask)
+
+    def infer_image(self, img_id: str, image: torch.Tensor, mask: torch.Tensor) -> None:
+        """Multi-scale logits of one image; its three predictions scored; its network outputs saved;
+        unless the student is chosen on ground truth later, the ``--branch`` prediction saved and
+        its float32 probabilities handed to the CRF."""
+        args, device = self.args, self.info.device
+        size = tuple(image.shape[-2:])
+        raw, logits = multiscale_logits(self.net, image, self.dataset, args.scales, device, args.amp)
+        preds = column_predictions(logits, size)
+        if self.with_masks:
+            gt = mask.to(device)
+            for k, pred in zip(COLUMNS, preds):
+                self.mats[k].update(gt, pred)
+        save_logits(output_path(self.dirs["logits"], img_id + ".npz"), self.dataset, raw, size, args.scales)
+        if self.deferred:
+            return   # the student is chosen once all ranks have scored both
+        chosen_pred = {"1": preds[0], "2": preds[1], "ensemble": preds[2]}[args.branch]
+        self.save_prediction(img_id, chosen_pred.byte().cpu().numpy())
+        if self.stream is not None:
+            chosen = select_branch(logits, args.branch)
+            probs = to_size(chosen, size).softmax(1)[0].float()
+            if args.crf_backend != "torch":
+                probs = probs.cpu().numpy()
+            self.stream.submit(self.crf_job(img_id, probs))
+
+    def save_prediction(self, img_id: str, pred: np.ndarray) -> None:
+        save_png(output_path(self.dirs["prediction"], img_id + ".png"), pred)
+        save_png(output_path(self.dirs["prediction_color"], img_id + ".png"), pred, palette=True)
+
+    def crf_job(self, img_id: str, probs) -> tuple:
+        """The CRF job of one image (see :func:`crf_inputs`)."""
+        split = self.args.infer_set
+        mask_path = self.layout.mask_path(split, img_id) if self.with_masks else None
+        return (img_id, self.layout.image_path(split, img_id), probs, mask_path, self.num_classes,
+                self.dirs["crf"], self.dirs["crf_color"])
+
+    def scores(self) -> Tuple[Dict[str, dict], list]:
+        """The columns' scores over all ranks (empty without masks) and their table."""
+        for m in self.mats.values():
             m.reduce_from_all_processes()
-        results: Dict[str, dict] = {}
-        tables = []
-        if with_masks:
-            results = {k: m.compute() for k, m in mats.items()}
-            tables.append(f"{args.infer_set}: multi-scale {list(args.scales)} + flip, no CRF\n"
-                          + format_table({k: v["iou"] for k, v in results.items()}, layout.display_names,
-                                         results["Seg_1"]["present"]))
-            log.info(tables[-1])
-        branch = args.branch
-        if deferred:
-            branch = best_student_on_gt(results)
-            log.info(f"--branch {BEST_ON_GT}: student {branch} chosen by its mIoU on the "
-                     f"{args.infer_set} ground truth (Seg_1 {100 * results['Seg_1']['miou']:.2f}, "
-                     f"Seg_2 {100 * results['Seg_2']['miou']:.2f}, all ranks); this choice looks at "
-                     "the labels it is scored on, as the paper's evaluation does")
-            for idx in part.indices:
-                img_id = data.ids[idx]
-                path = output_path(dirs["logits"], img_id + ".npz")
-                logits = load_logits(path, branch)
-                save_prediction(dirs, img_id, logits.argmax(0).astype(np.uint8))
-                if stream is not None:
-                    stream.submit(crf_args(img_id, (path, branch)))
-        if stream is not None:
-            counts = stream.close()
-            if with_masks:
-                crf_mat = ConfusionMatrix(c, info.device)
-                total = np.zeros(c * c, dtype=np.int64)
-                for cnt in counts:
-                    total += cnt
-                total = total.reshape(c, c)
-                crf_mat.mat[:, :c] += torch.from_numpy(total).to(info.device)
-                crf_mat.reduce_from_all_processes()
-                key = f"CRF_{branch}"
-                results[key] = crf_mat.compute()
-                tables.append(f"{args.infer_set}: branch {branch} + dense CRF\n"
-                              + format_table({key: results[key]["iou"]}, layout.display_names,
-                                             results[key]["present"]))
-                log.info(tables[-1])
+        if not self.with_masks:
+            return {}, []
+        results = {k: m.compute() for k, m in self.mats.items()}
+        table = (f"{self.args.infer_set}: multi-scale {list(self.args.scales)} + flip, no CRF\n"
+                 + format_table({k: v["iou"] for k, v in results.items()}, self.layout.display_names,
+                                results["Seg_1"]["present"]))
+        self.log.info(table)
+        return results, [table]
+
+    def choose_on_gt(self, results: Dict[str, dict]) -> str:
+        """``--branch best_on_gt``: the student of :func:`best_student_on_gt`; its predictions are
+        saved and handed to the CRF from the saved logits of this rank's images."""
+        branch = best_student_on_gt(results)
+        self.log.info(f"--branch {BEST_ON_GT}: student {branch} chosen by its mIoU on the "
+                      f"{self.args.infer_set} ground truth (Seg_1 {100 * results['Seg_1']['miou']:.2f}, "
+                      f"Seg_2 {100 * results['Seg_2']['miou']:.2f}, all ranks); this choice looks at "
+                      "the labels it is scored on, as the paper's evaluation does")
+        for idx in self.part.indices:
+            img_id = self.data.ids[idx]
+            path = output_path(self.dirs["logits"], img_id + ".npz")
+            logits = load_logits(path, branch)
+            self.save_prediction(img_id, logits.argmax(0).astype(np.uint8))
+            if self.stream is not None:
+                self.stream.submit(self.crf_job(img_id, (path, branch)))
+        return branch
+
+    def crf_scores(self, branch: str, results: Dict[str, dict], tables: list) -> None:
+        """Wait for the CRF of this rank's images; with masks, add the scores of ``CRF_<branch>``
+        over all ranks to ``results`` and its table to ``tables``."""
+        counts = self.stream.close()
+        if not self.with_masks:
+            return
+        c = self.num_classes
+        total = np.zeros(c * c, dtype=np.int64)
+        for cnt in counts:
+            total += cnt
+        crf_mat = ConfusionMatrix(c, self.info.device)
+        crf_mat.add_counts(total.reshape(c, c))
+        crf_mat.reduce_from_all_processes()
+        key = f"CRF_{branch}"
+        results[key] = crf_mat.compute()
+        tables.append(f"{self.args.infer_set}: branch {branch} + dense CRF\n"
+                      + format_table({key: results[key]["iou"]}, self.layout.display_names,
+                                     results[key]["present"]))
+        self.log.info(tables[-1])
+
+    def write(self, results: Dict[str, dict], tables: list, branch: str) -> None:
+        """``results.json`` and ``results.txt`` (with masks) and the closing line, on the main rank."""
+        args = self.args
+        summary = ", ".join(f"{k} {100 * v['miou']:.2f}" for k, v in results.items())
+        if results:
+            write_results(self.work, results, self.layout.display_names, "\n\n".join(tables),
+                          script=f"eval_seg_{self.dataset}", split=args.infer_set,
+                          num_images=len(self.data), scales=list(args.scales), branch=branch,
+                          branch_rule=args.branch, crf=bool(args.crf),
+                          checkpoint=os.path.abspath(args.model_path), checkpoint_step=self.step)
+        self.log.info(f"{len(self.data)} images; predictions in {self.work}"
+                      + (f"; mIoU: {summary}" if summary else ""))
+
+
+def evaluate(args, dataset: str) -> Dict[str, dict]:
+    """Run the evaluation; returns ``{column: scores}`` (empty without masks)."""
+    ckpt = check_eval_flags(args, dataset)
+    info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
+    log = eval_logger("dupl.eval", info.is_main)
+    try:
+        run = SegEvaluation(args, dataset, info, log, ckpt)
+        del ckpt
+        run.infer()
+        results, tables = run.scores()
+        branch = run.choose_on_gt(results) if run.deferred else args.branch
+        if run.stream is not None:
+            run.crf_scores(branch, results, tables)
         barrier()
         if info.is_main:
-            summary = ", ".join(f"{k} {100 * v['miou']:.2f}" for k, v in results.items())
-            if results:
-                write_results(work, results, layout.display_names, "\n\n".join(tables),
-                              script=f"eval_seg_{dataset}", split=args.infer_set,
-                              num_images=len(data), scales=list(args.scales), branch=branch,
-                              branch_rule=args.branch, crf=bool(args.crf),
-                              checkpoint=os.path.abspath(args.model_path),
-                              checkpoint_step=step)
-            log.info(f"{len(data)} images; predictions in {work}" + (f"; mIoU: {summary}" if summary else ""))
+            run.write(results, tables, branch)
         return results
     finally:
         cleanup()

@@ -31,6 +31,18 @@ class ConfusionMatrix:
         pred = torch.where((pred >= 0) & (pred < c), pred, torch.full_like(pred, c))
         self.mat += torch.bincount(gt * (c + 1) + pred, minlength=c * (c + 1)).view(c, c + 1)
 
+    def add_counts(self, counts) -> None:
+        """Add confusion counts computed elsewhere (a CRF worker's, say): an integer array or tensor
+        ``(C, C)`` of ground truth x prediction, or ``(C, C+1)`` with the column of predictions
+        outside ``[0, C)``. The same as :meth:`update` with the pixels behind the counts."""
+        counts = torch.as_tensor(counts)
+        c = self.num_classes
+        if counts.ndim != 2 or counts.shape[0] != c or counts.shape[1] not in (c, c + 1):
+            raise ValueError(f"counts must be ({c}, {c}) or ({c}, {c + 1}), got {tuple(counts.shape)}")
+        if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
+            raise ValueError(f"counts must be integers, got {counts.dtype}")
+        self.mat[:, :counts.shape[1]] += counts.to(self.mat.device)
+
     def reset(self) -> None:
         self.mat.zero_()
 
