@@ -94,8 +94,161 @@ def cam_labels(cam: torch.Tensor, label: torch.Tensor, thresholds) -> torch.Tens
     return torch.where(value > t, index + 1, torch.zeros_like(index))
 
 
+def sweep_columns() -> list:
+    """The columns scored at every threshold of the sweep: both students' CAM and aux CAM."""
+    return [f"{kind}_{k}" for k in (1, 2) for kind in ("CAM", "aux_CAM")]
+
+
+def label_columns(args) -> list:
+    """The columns of one label map per image: both students' PAR and CRF labels, as asked."""
+    kinds = (("PAR",) if args.par else ()) + (("CRF",) if args.crf else ())
+    return [f"{kind}_{k}" for k in (1, 2) for kind in kinds]
+
+
+class CamEvaluation:
+    """This rank's part of one CAM evaluation: its shard of the split, the network, PAR, the CRF
+    queue and the confusion matrices (one per threshold for the sweep's columns, one for each
+    label column). :meth:`run` scores every image; :meth:`scores` reduces over all ranks;
+    :meth:`report` prints and keeps the numbers."""
+
+    def __init__(self, args, dataset: str, info, backend: str, log, ckpt):
+        self.args, self.dataset, self.info, self.log = args, dataset, info, log
+        self.layout, lists = eval_split(args, dataset, info.is_main, log)
+        self.data = EvalDataset(self.layout, lists, args.infer_set)
+        self.work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
+                                                  f"cam_{args.infer_set}")
+        self.net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
+                              source=args.model_path)
+        self.step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        self.par = PAR().to(info.device)
+        c, self.thresholds = args.num_classes, list(args.thresholds)
+        self.sweep_cols, self.label_cols = sweep_columns(), label_columns(args)
+        self.sweep = {col: [ConfusionMatrix(c, info.device) for _ in self.thresholds] for col in self.sweep_cols}
+        self.mats = {col: ConfusionMatrix(c, info.device) for col in self.label_cols}
+        if info.is_main:
+            os.makedirs(self.work, exist_ok=True)
+        barrier()
+        for sub in (["cams"] if args.save_cams else []) + (
+                [f"labels/{col}" for col in self.sweep_cols + self.label_cols] if args.save_labels else []):
+            os.makedirs(os.path.join(self.work, sub), exist_ok=True)
+        self.at = self.thresholds.index(args.bkg_thre)
+        self.crf = CRFQueue(backend, info.device, crf_batch_size(args, info.device), args.crf_class_chunk or None)
+
+    def run(self) -> None:
+        """Score every image of this rank's shard, then refine the CRF images still queued."""
+        part = shard(self.data, self.info.rank, self.info.world_size)
+        iterator = DataLoader(part, batch_size=None, num_workers=self.args.num_workers)
+        if self.info.is_main:
+            from tqdm import tqdm
+            iterator = tqdm(iterator, total=len(part), desc="CAMs", mininterval=5, file=sys.stderr)
+        for idx, (img_id, image, mask, label) in zip(part.indices, iterator):
+            self.image(idx, img_id, image, mask, label)
+        self.crf.flush()
+
+    def image(self, idx: int, img_id: str, image: torch.Tensor, mask: torch.Tensor, label: torch.Tensor) -> None:
+        """One image at ``--size`` squared: each student's CAM work (:meth:`student`), then the
+        present classes' CAMs written on request."""
+        args, device = self.args, self.info.device
+        x = F.interpolate(image[None].to(device), size=(args.size, args.size), mode="bilinear",
+                          align_corners=False)
+        gt, label = mask.to(device), label[None].to(device)
+        present = torch.nonzero(label[0]).flatten()
+        rgb = self.data.raw_image(idx) if args.crf else None
+        saved: Dict[str, np.ndarray] = {}
+        for k, student in enumerate(self.net.students, 1):
+            self.student(k, student, img_id, x, gt, label, present, rgb, saved)
+        if args.save_cams:
+            np.savez(output_path(os.path.join(self.work, "cams"), img_id + ".npz"),
+                     classes=present.cpu().numpy() + 1, **saved)
+
+    def student(self, k: int, student, img_id: str, x, gt, label, present, rgb, saved: dict) -> None:
+        """Student ``k``'s multi-scale CAM and aux CAM scored over the sweep (their present classes'
+        maps put in ``saved``), then its PAR and CRF labels."""
+        size = tuple(gt.shape)
+        cam, cam_aux = multiscale_cam(student, x, self.args.cam_scales)
+        for kind, m in (("CAM", cam), ("aux_CAM", cam_aux)):
+            full = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
+            preds = cam_labels(full, label, self.thresholds)
+            for cm, pred in zip(self.sweep[f"{kind}_{k}"], preds):
+                cm.update(gt, pred)
+            saved[f"{kind}_{k}"] = full[0, present].half().cpu().numpy()
+            self.save_label(f"{kind}_{k}", img_id, preds[self.at])
+        if self.args.par:
+            self.par_labels(k, img_id, x, cam, gt, label)
+        if self.args.crf:
+            self.crf_labels(k, img_id, cam, gt, present, rgb)
+
+    def par_labels(self, k: int, img_id: str, x, cam, gt, label) -> None:
+        """Score student ``k``'s PAR-refined pseudo labels at ``--bkg_thre`` (no uncertain pixels)."""
+        args, size = self.args, tuple(gt.shape)
+        box = torch.tensor([[0, args.size, 0, args.size]], device=self.info.device)
+        pseudo = refine_cams_with_par(denormalize(x), cam * label[:, :, None, None], label,
+                                      args.bkg_thre, args.bkg_thre, box, self.par)
+        pseudo = F.interpolate(pseudo[None].float(), size=size, mode="nearest")[0, 0].long()
+        self.mats[f"PAR_{k}"].update(gt, pseudo)
+        self.save_label(f"PAR_{k}", img_id, pseudo)
+
+    def crf_labels(self, k: int, img_id: str, cam, gt, present, rgb) -> None:
+        """Queue student ``k``'s CAM (the background at ``--bkg_thre``, the present classes,
+        normalised) for the dense CRF; :meth:`crf_done` scores the labels."""
+        full = F.interpolate(cam.float(), size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
+        scores = torch.cat([torch.full_like(full[:1], self.args.bkg_thre), full[present]])
+        probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).float()
+        classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
+        self.crf.add(rgb, probs, functools.partial(self.crf_done, f"CRF_{k}", img_id, classes, gt))
+
+    def crf_done(self, column: str, img_id: str, classes: torch.Tensor, gt: torch.Tensor,
+                 refined: np.ndarray) -> None:
+        label = classes[torch.from_numpy(refined.astype(np.int64))].to(self.info.device)
+        self.mats[column].update(gt, label)
+        self.save_label(column, img_id, label)
+
+    def save_label(self, column: str, img_id: str, label: torch.Tensor) -> None:
+        if self.args.save_labels:
+            label_image(label.byte().cpu().numpy(), palette=True).save(
+                output_path(os.path.join(self.work, "labels", column), img_id + ".png"))
+
+    def scores(self):
+        """Over all ranks: each column's scores at ``--bkg_thre``, the sweep's mIoU curves and each
+        sweep column's best ``(threshold, mIoU)``."""
+        for cms in self.sweep.values():
+            for cm in cms:
+                cm.reduce_from_all_processes()
+        for cm in self.mats.values():
+            cm.reduce_from_all_processes()
+        scores = {col: cms[self.at].compute() for col, cms in self.sweep.items()}
+        scores.update({col: cm.compute() for col, cm in self.mats.items()})
+        curves = {col: [cm.compute()["miou"] for cm in cms] for col, cms in self.sweep.items()}
+        best = {col: (self.thresholds[int(np.nanargmax(v))], float(np.nanmax(v))) for col, v in curves.items()}
+        return scores, curves, best
+
+    def report(self, scores: dict, curves: dict, best: dict) -> None:
+        """The table and the sweep's lines, printed and written (``results.json``, ``results.txt``)
+        by the main rank."""
+        args = self.args
+        present_rows = scores[self.sweep_cols[0]]["present"]
+        table = (f"{args.infer_set}: CAMs at {args.size}x{args.size}, scales {list(args.cam_scales)} + flip, "
+                 f"background threshold {args.bkg_thre}\n"
+                 + format_table({col: s["iou"] for col, s in scores.items()}, self.layout.display_names,
+                                present_rows))
+        lines = [f"{col}: mIoU {100 * scores[col]['miou']:.2f} at {args.bkg_thre}; best "
+                 f"{100 * m:.2f} at {t}" for col, (t, m) in best.items()]
+        text = table + "\n" + "\n".join(lines)
+        if not self.info.is_main:
+            return
+        self.log.info("\n" + text)
+        write_results(self.work, scores, self.layout.display_names, text, script=f"eval_cam_{self.dataset}",
+                      split=args.infer_set, num_images=len(self.data), input_size=args.size,
+                      cam_scales=list(args.cam_scales), bkg_thre=args.bkg_thre,
+                      threshold_sweep={col: {"thresholds": self.thresholds, "miou": v} for col, v in curves.items()},
+                      best_threshold={col: {"threshold": t, "miou": m} for col, (t, m) in best.items()},
+                      checkpoint=os.path.abspath(args.model_path), checkpoint_step=self.step)
+        self.log.info(f"{len(self.data)} images; results in {self.work}")
+
+
 @torch.no_grad()
 def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
+    """Run the CAM evaluation; returns ``{"scores", "best", "curves"}`` (see :meth:`CamEvaluation.scores`)."""
     _check(args)
     if args.bkg_thre not in args.thresholds:
         args.thresholds = tuple(sorted(set(args.thresholds) | {args.bkg_thre}))
@@ -106,104 +259,12 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     backend = resolve_crf_backend(args.crf_backend, info.device)
     log = eval_logger("dupl.cam_eval", info.is_main)
     try:
-        layout, lists = eval_split(args, dataset, info.is_main, log)
-        data = EvalDataset(layout, lists, args.infer_set)
-        work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
-                                             f"cam_{args.infer_set}")
-        net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
-                         source=args.model_path)
-        step = ckpt.get("step") if isinstance(ckpt, dict) else None
+        run = CamEvaluation(args, dataset, info, backend, log, ckpt)
         del ckpt
-        par = PAR().to(info.device)
-        c, thresholds = args.num_classes, list(args.thresholds)
-        sweep_cols = [f"{kind}_{k}" for k in (1, 2) for kind in ("CAM", "aux_CAM")]
-        label_cols = [f"{kind}_{k}" for k in (1, 2) for kind in (("PAR",) if args.par else ()) + (("CRF",) if args.crf else ())]
-        sweep = {col: [ConfusionMatrix(c, info.device) for _ in thresholds] for col in sweep_cols}
-        mats = {col: ConfusionMatrix(c, info.device) for col in label_cols}
-        if info.is_main:
-            os.makedirs(work, exist_ok=True)
-        barrier()
-        for sub in (["cams"] if args.save_cams else []) + ([f"labels/{col}" for col in sweep_cols + label_cols]
-                                                          if args.save_labels else []):
-            os.makedirs(os.path.join(work, sub), exist_ok=True)
-        at = thresholds.index(args.bkg_thre)
-        crf = CRFQueue(backend, info.device, crf_batch_size(args, info.device), args.crf_class_chunk or None)
-
-        def crf_done(column: str, img_id: str, classes: torch.Tensor, gt: torch.Tensor, refined: np.ndarray):
-            label = classes[torch.from_numpy(refined.astype(np.int64))].to(info.device)
-            mats[column].update(gt, label)
-            _maybe_save(args, work, column, img_id, label)
-        part = shard(data, info.rank, info.world_size)
-        iterator = DataLoader(part, batch_size=None, num_workers=args.num_workers)
-        if info.is_main:
-            from tqdm import tqdm
-            iterator = tqdm(iterator, total=len(part), desc="CAMs", mininterval=5, file=sys.stderr)
-        for idx, (img_id, image, mask, label) in zip(part.indices, iterator):
-            x = F.interpolate(image[None].to(info.device), size=(args.size, args.size), mode="bilinear",
-                              align_corners=False)
-            gt, label = mask.to(info.device), label[None].to(info.device)
-            size = tuple(gt.shape)
-            present = torch.nonzero(label[0]).flatten()
-            rgb = data.raw_image(idx) if args.crf else None
-            saved: Dict[str, np.ndarray] = {}
-            for k, student in enumerate(net.students, 1):
-                cam, cam_aux = multiscale_cam(student, x, args.cam_scales)
-                for kind, m in (("CAM", cam), ("aux_CAM", cam_aux)):
-                    full = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
-                    preds = cam_labels(full, label, thresholds)
-                    for cm, pred in zip(sweep[f"{kind}_{k}"], preds):
-                        cm.update(gt, pred)
-                    saved[f"{kind}_{k}"] = full[0, present].half().cpu().numpy()
-                    _maybe_save(args, work, f"{kind}_{k}", img_id, preds[at])
-                if args.par:
-                    box = torch.tensor([[0, args.size, 0, args.size]], device=info.device)
-                    pseudo = refine_cams_with_par(denormalize(x), cam * label[:, :, None, None], label,
-                                                  args.bkg_thre, args.bkg_thre, box, par)
-                    pseudo = F.interpolate(pseudo[None].float(), size=size, mode="nearest")[0, 0].long()
-                    mats[f"PAR_{k}"].update(gt, pseudo)
-                    _maybe_save(args, work, f"PAR_{k}", img_id, pseudo)
-                if args.crf:
-                    full = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)[0]
-                    scores = torch.cat([torch.full_like(full[:1], args.bkg_thre), full[present]])
-                    probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).float()
-                    classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
-                    crf.add(rgb, probs, functools.partial(crf_done, f"CRF_{k}", img_id, classes, gt))
-            if args.save_cams:
-                np.savez(output_path(os.path.join(work, "cams"), img_id + ".npz"), classes=present.cpu().numpy() + 1, **saved)
-        crf.flush()
-        for cms in sweep.values():
-            for cm in cms:
-                cm.reduce_from_all_processes()
-        for cm in mats.values():
-            cm.reduce_from_all_processes()
-        scores = {col: cms[at].compute() for col, cms in sweep.items()}
-        scores.update({col: cm.compute() for col, cm in mats.items()})
-        curves = {col: [cm.compute()["miou"] for cm in cms] for col, cms in sweep.items()}
-        best = {col: (thresholds[int(np.nanargmax(v))], float(np.nanmax(v))) for col, v in curves.items()}
-        present_rows = scores[sweep_cols[0]]["present"]
-        table = (f"{args.infer_set}: CAMs at {args.size}x{args.size}, scales {list(args.cam_scales)} + flip, "
-                 f"background threshold {args.bkg_thre}\n"
-                 + format_table({col: s["iou"] for col, s in scores.items()}, layout.display_names, present_rows))
-        lines = [f"{col}: mIoU {100 * scores[col]['miou']:.2f} at {args.bkg_thre}; best "
-                 f"{100 * m:.2f} at {t}" for col, (t, m) in best.items()]
-        text = table + "\n" + "\n".join(lines)
-        if info.is_main:
-            log.info("\n" + text)
-            write_results(work, scores, layout.display_names, text, script=f"eval_cam_{dataset}",
-                          split=args.infer_set, num_images=len(data), input_size=args.size,
-                          cam_scales=list(args.cam_scales), bkg_thre=args.bkg_thre,
-                          threshold_sweep={col: {"thresholds": thresholds, "miou": v} for col, v in curves.items()},
-                          best_threshold={col: {"threshold": t, "miou": m} for col, (t, m) in best.items()},
-                          checkpoint=os.path.abspath(args.model_path),
-                          checkpoint_step=step)
-            log.info(f"{len(data)} images; results in {work}")
+        run.run()
+        scores, curves, best = run.scores()
+        run.report(scores, curves, best)
         barrier()
         return {"scores": scores, "best": best, "curves": curves}
     finally:
         cleanup()
-
-
-def _maybe_save(args, work: str, column: str, img_id: str, label: torch.Tensor) -> None:
-    if args.save_labels:
-        label_image(label.byte().cpu().numpy(), palette=True).save(
-            output_path(os.path.join(work, "labels", column), img_id + ".png"))
