@@ -30,7 +30,7 @@ from utils.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
 from utils.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
-from utils.train_engine import CHECKPOINT
+from utils.train_args import CHECKPOINT
 from utils.validation import result_table
 
 

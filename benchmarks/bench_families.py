@@ -35,10 +35,12 @@ from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
-from model.dupl import dupl_step, voc_config  # noqa: E402
+from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
+from model.schedule import voc_config  # noqa: E402
 from utils.schedule import PolyWarmupAdamW  # noqa: E402
+from utils.train_step import TrainingStep  # noqa: E402
 
 FAMILIES = ("vit_small_patch14_reg4_dinov2", "vit_small_patch16_dinov3", "vit_base_patch16_clip_224",
             "vit_base_patch16_siglip_224", "eva02_tiny_patch14_224")
@@ -80,13 +82,13 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
     torch.manual_seed(0)
     data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size))
     _, images, labels, boxes = next(iter(DataLoader(data, batch_size=args.samples_per_gpu, shuffle=True)))
-    max_present = int(labels.sum(1).max())
-    images, labels, boxes = images.to(device), labels.to(device), boxes.to(device)
+    batch = Batch(images.to(device), labels.to(device), boxes.to(device), int(labels.sum(1).max()))
     torch.manual_seed(0)
     net = DualStudentNet(backbone, 21, backbone_args=args.backbone_args, grad_checkpointing=ckpt).to(device)
     params = sum(p.numel() for p in net.branch1.encoder.parameters())
     opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
     cfg = voc_config()
+    step = TrainingStep(net, cfg)
     n = cfg.gmm_iters + 100
     par = PAR().to(device)
     gen = torch.Generator().manual_seed(0)
@@ -99,7 +101,7 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
         sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = dupl_step(net, net, images, labels, boxes, n, cfg, par, gen, max_present=max_present)
+            out = step(batch, n, par, gen)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

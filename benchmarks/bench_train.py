@@ -6,14 +6,16 @@
 Any supported encoder family: ``--backbone vit_base_patch14_reg4_dinov2`` (DINOv2), ``..._dinov3``,
 ``..._clip_224``, ``..._siglip_224``, ``eva02_...``; ``--backbone_args depth=2,...`` shrinks it.
 
-Runs the real training step (``model.dupl.dupl_step`` + backward + AdamW step) on synthetic
-VOC-format data (written to ``demo_data`` when ``--data_folder`` is not given) with random
-weights, for iterations in phase A (before cam_iters), B (before gmm_iters) and C (GMM +
-consistency), after ``--warmup`` untimed iterations per phase. Prints the median s/iter,
-images/s, the peak GPU memory, the estimated FLOP of one iteration and the achieved fraction of
-the GPU's dense peak, and a breakdown of the median iteration: multi-scale CAMs, strong view,
-forward, PTC, PAR refinement, GMM filter, consistency branch, backward, optimiser step and data
-wait (each stage synchronised for timing, so the total runs slightly above the plain s/iter).
+Runs the real training step (the engine's ``utils.train_step.TrainingStep`` around
+``model.dupl.dupl_step``, backward, AdamW step) on synthetic VOC-format data (written to
+``demo_data`` when ``--data_folder`` is not given) with random weights, for iterations in phase A
+(before cam_iters), B (before gmm_iters) and C (GMM + consistency), after ``--warmup`` untimed
+iterations per phase. Prints the median s/iter, images/s, the peak GPU memory, the estimated FLOP
+of one iteration and the achieved fraction of the GPU's dense peak, and a breakdown of one extra
+iteration: multi-scale CAMs, strong view, forward, PTC, PAR refinement, GMM filter, consistency
+branch (the step's ``dupl/<stage>`` profiler ranges: on a GPU the span of each range's kernels, on
+the CPU its wall time under the profiler), backward, optimiser step and data wait (synchronised
+wall time), so the total runs slightly above the plain s/iter.
 """
 import argparse
 import contextlib
@@ -27,6 +29,7 @@ from collections import defaultdict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from benchmarks.common import sync, voc_folder  # noqa: E402
@@ -35,10 +38,12 @@ from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
-from model.dupl import dupl_step, release_idle_gradients, voc_config  # noqa: E402
+from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
+from model.schedule import voc_config  # noqa: E402
 from utils.schedule import PolyWarmupAdamW  # noqa: E402
+from utils.train_step import TrainingStep, release_idle_gradients  # noqa: E402
 
 # dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of known GPUs
 PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0),
@@ -46,7 +51,7 @@ PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.
 
 
 class StageTimer:
-    """``section(name)`` context managers that synchronise the device and add up wall time."""
+    """``timer(name)`` context managers that synchronise the device and add up wall time."""
 
     def __init__(self, device):
         self.device, self.times = device, defaultdict(float)
@@ -60,15 +65,27 @@ class StageTimer:
         self.times[name] += time.perf_counter() - t
 
 
-def count_flops(net, images, labels, boxes, n, cfg, par, gen, max_present) -> float:
+def count_flops(step, batch, n, par, gen) -> float:
     """FLOP of one training iteration (forward + backward), counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter:
-        out = dupl_step(net, net, images, labels, boxes, n, cfg, par, gen, max_present=max_present)
+        out = step(batch, n, par, gen)
         out.loss.backward()
-    net.zero_grad(set_to_none=True)
+    step.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
+
+
+def profiled_stages(prof, device) -> dict:
+    """Seconds per ``dupl/<stage>`` range of a profiled step: on a GPU the span of the range's
+    kernels on the device (its GPU annotation; the host range when it launched none), on the CPU
+    the range's wall time."""
+    host, gpu = defaultdict(float), defaultdict(float)
+    for e in prof.events():
+        if e.name.startswith("dupl/"):
+            on_host = e.device_type == torch.autograd.DeviceType.CPU
+            (host if on_host else gpu)[e.name[len("dupl/"):]] += e.time_range.elapsed_us() / 1e6
+    return {**host, **gpu} if device.type == "cuda" else dict(host)
 
 
 def peak_tflops(name: str, amp: bool) -> float:
@@ -113,6 +130,7 @@ def main() -> None:
                          grad_checkpointing=args.grad_checkpointing).to(device)
     opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
     cfg = voc_config()
+    step = TrainingStep(net, cfg)
     par = PAR().to(device)
     gen = torch.Generator().manual_seed(0)
     phase_step = {"A": 100, "B": cfg.cam_iters + 100, "C": cfg.gmm_iters + 100}
@@ -132,16 +150,21 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         for i in range(args.warmup + args.iters + 1):
             timed = args.warmup <= i < args.warmup + args.iters
-            staged = i == args.warmup + args.iters     # one extra, stage-synchronised iteration
+            staged = i == args.warmup + args.iters     # one extra iteration, profiled by stage
             timer = StageTimer(device)
             t0 = time.perf_counter()
             _, images, labels, boxes = next(it)
-            max_present = int(labels.sum(1).max())
-            images, labels, boxes = (t.to(device, non_blocking=True) for t in (images, labels, boxes))
+            batch = Batch(*(t.to(device, non_blocking=True) for t in (images, labels, boxes)),
+                          max_present=int(labels.sum(1).max()))
             timer.times["data_wait"] = time.perf_counter() - t0
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                out = dupl_step(net, net, images, labels, boxes, n, cfg, par, gen,
-                                max_present=max_present, section=timer if staged else None)
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with (profile(activities=activities) if staged else contextlib.nullcontext()) as prof:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+                    out = step(batch, n, par, gen)
+                if staged:
+                    sync(device)             # the profile holds every kernel of the step
+            if staged:
+                timer.times.update(profiled_stages(prof, device))
             with (timer("backward") if staged else contextlib.nullcontext()):
                 out.loss.backward()
             with (timer("optimizer") if staged else contextlib.nullcontext()):
@@ -154,7 +177,7 @@ def main() -> None:
             if staged:
                 breakdowns.append(dict(timer.times))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            flops = count_flops(net, images, labels, boxes, n, cfg, par, gen, max_present)
+            flops = count_flops(step, batch, n, par, gen)
         med = statistics.median(times)
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
         achieved = flops / med / 1e12

@@ -27,10 +27,11 @@ from model.backbone import (create_vit, default_aux_layer, parse_backbone_args, 
                             vit_token_maps)
 from model.cam import multiscale_cam
 from utils.checkpoint import describe_backbone, load_network
-from model.dupl import dupl_step, voc_config
+from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet
 from model.par import PAR
-from utils import train_engine
+from model.schedule import voc_config
+from utils import train_args
 from utils.inference import load_model
 from utils.metric import ConfusionMatrix
 
@@ -64,7 +65,7 @@ def _batch(size, b=2, seed=0):
 def test_aux_block_follows_depth_and_the_paper_keeps_block_nine():
     assert [default_aux_layer(d) for d in (12, 24, 40, 32, 6, 4, 3, 2, 1)] == [9, 18, 30, 24, 4, 2, 1, 0, 0]
     for dataset in ("voc", "coco"):   # both scripts' default is the rule: block 9 of the paper's 12
-        args = train_engine.get_args_parser(dataset).parse_args([])
+        args = train_args.get_args_parser(dataset).parse_args([])
         assert args.aux_layer is None
         net = DualStudentNet("deit_tiny_patch16_224", 21, args.aux_layer, backbone_args="embed_dim=24,num_heads=1")
         assert net.aux_layer == 9 == net.branch2.aux_layer
@@ -151,8 +152,8 @@ def test_one_step_of_each_phase_trains_every_encoder_parameter(name, par, one_to
     for n, phase in ((0, "A"), (3, "B"), (5, "C")):
         assert cfg.phase(n) == phase
         net.zero_grad(set_to_none=True)
-        out = dupl_step(net, net, images, labels, boxes, n, cfg, par,
-                        torch.Generator().manual_seed(0), max_present=2)
+        out = dupl_step(net, Batch(images, labels, boxes, max_present=2), n, cfg, par,
+                        torch.Generator().manual_seed(0))
         out.loss.backward()
         assert torch.isfinite(out.loss), phase
     assert out.terms["seg"] > 0 and out.terms["ptc"] > 0
@@ -170,8 +171,8 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(name, par, one_tor
     for ckpt in (False, True):
         net = _net(name, seed=3, grad_checkpointing=ckpt)
         assert net.branch1.encoder.grad_checkpointing == ckpt
-        out = dupl_step(net, net, images, labels, boxes, 5, cfg, par, torch.Generator().manual_seed(0),
-                        max_present=2)
+        out = dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par,
+                        torch.Generator().manual_seed(0))
         out.loss.backward()
         results.append((out.loss.detach(), {k: p.grad for k, p in net.named_parameters() if p.grad is not None}))
     (loss0, g0), (loss1, g1) = results
@@ -187,8 +188,8 @@ def test_bf16_autocast_runs_a_phase_c_step(name, par, one_torch_thread):
     cfg = voc_config(max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
     images, labels, boxes = _batch(48)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = dupl_step(net, net, images, labels, boxes, 5, cfg, par, torch.Generator().manual_seed(0),
-                        max_present=2)
+        out = dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par,
+                        torch.Generator().manual_seed(0))
     out.loss.backward()
     assert torch.isfinite(out.loss) and net.branch1.encoder.patch_embed.proj.weight.grad is not None
 

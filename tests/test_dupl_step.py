@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import model.dupl as dupl
-from model.dupl import coco_config, dupl_step, voc_config
+from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet
 from model.par import PAR
+from model.schedule import coco_config, voc_config
+from utils.train_step import TrainingStep, training_visuals
 
 
 def _full_cams(student, x, scales, maps=None, final=True):
@@ -29,15 +31,17 @@ def _batch(seed=0, b=2, size=64, k=20):
     return images, labels, boxes
 
 
-def _step(net, cfg, n, monkeypatch=None, full=False, keep_visuals=False):
+def _step(net, cfg, n, monkeypatch=None, full=False, visuals=False):
+    """The step's output; with ``visuals`` also what the engine shows of it (CAMs, labels)."""
     if full:
         monkeypatch.setattr(dupl, "multiscale_cam", _full_cams)
-    images, labels, boxes = _batch(k=cfg.num_classes - 1)
-    out = dupl_step(net, net, images, labels, boxes, n, cfg, PAR(), torch.Generator().manual_seed(3),
-                    keep_visuals=keep_visuals, max_present=2)
+    batch = Batch(*_batch(k=cfg.num_classes - 1), max_present=2)
+    par = PAR()
+    out = dupl_step(net, batch, n, cfg, par, torch.Generator().manual_seed(3))
+    shown = training_visuals(net, batch, out, n, cfg, par) if visuals else None
     if full:
         monkeypatch.setattr(dupl, "multiscale_cam", FULL)
-    return out
+    return (out, shown) if visuals else out
 
 
 @pytest.mark.parametrize("config,n", [
@@ -64,13 +68,34 @@ def test_visuals_hold_both_cams_and_labels_equal_to_the_full_computation(monkeyp
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
     cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40, descent_start=20, descent_steps=40)
-    fast = _step(net, cfg, 25, keep_visuals=True)
-    full = _step(net, cfg, 25, monkeypatch, full=True, keep_visuals=True)
-    assert len(fast.cams) == 4 and all(c is not None for c in fast.cams)
-    for a, b in zip(fast.cams, full.cams):
+    _, (fast_cams, fast_labels) = _step(net, cfg, 25, visuals=True)
+    _, (full_cams, full_labels) = _step(net, cfg, 25, monkeypatch, full=True, visuals=True)
+    assert len(fast_cams) == 4 and all(c is not None for c in fast_cams)
+    for a, b in zip(fast_cams, full_cams):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
-    for a, b in zip(fast.pseudo_labels, full.pseudo_labels):
+    for a, b in zip(fast_labels, full_labels):
         assert (a != b).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("n", [5, 20])
+def test_visuals_add_what_the_step_left_out_as_a_step_that_needs_it_computes_it(n):
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40)
+    assert cfg.weights(n)["seg"] == 0          # phase A, and the boundary n == cam_iters
+    out, (cams, labels) = _step(net, cfg, n, visuals=True)
+    # the step itself computed the aux CAMs only (for the patch-token contrast) and no labels
+    assert out.pseudo_labels is None and all(cam is None for cam, _ in out.cams)
+    # the same weights and thresholds with the segmentation loss on: the step's own CAMs and labels
+    seg_on = voc_config(max_iters=60, cam_iters=19, gmm_iters=40, descent_start=20, descent_steps=40)
+    ref = _step(net, seg_on, 20)
+    assert len(cams) == 4
+    for a, b in zip(cams, [c for pair in ref.cams for c in pair]):
+        assert torch.equal(a, b)
+    if cfg.phase(n) == "A":
+        assert labels is None
+    else:
+        assert len(labels) == 2 and all(torch.equal(a, b) for a, b in zip(labels, ref.pseudo_labels))
 
 
 def _last_block_calls(net, cfg, n):
@@ -101,3 +126,29 @@ def test_aux_only_cam_equals_the_aux_cam_of_the_full_pass():
     cam, cam_aux = dupl.multiscale_cam(net.branch1, x, final=False)
     assert cam is None
     torch.testing.assert_close(cam_aux, dupl.multiscale_cam(net.branch1, x)[1], rtol=0, atol=0)
+
+
+def test_the_engine_step_keeps_idle_decoders_in_the_graph_with_zero_gradients():
+    # before the segmentation loss starts the decoders take no part in the loss; the engine's
+    # TrainingStep keeps them in the graph (DDP needs every parameter), with the same loss
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40)
+    batch = Batch(*_batch(), max_present=2)
+    out = TrainingStep(net, cfg)(batch, 5, PAR(), torch.Generator().manual_seed(3))
+    assert torch.equal(out.loss, _step(net, cfg, 5).loss)
+    out.loss.backward()
+    assert [k for k, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert all(not p.grad.any() for s in net.students for p in s.decoder.parameters())
+    assert any(p.grad.any() for p in net.branch1.encoder.parameters())
+
+
+def test_each_stage_is_a_profiler_range():
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 21)
+    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _step(net, cfg, 45)          # phase C: every stage
+    names = {e.name for e in prof.events() if e.name.startswith("dupl/")}
+    assert names == {f"dupl/{s}" for s in ("strong_view", "forward", "cams", "ptc", "par_refine", "gmm",
+                                             "consistency")}

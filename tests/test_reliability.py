@@ -20,7 +20,7 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists, read_list
 from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
-from utils import train_engine
+from utils import train_args
 from utils.evaluation import usable_cores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,9 +161,9 @@ def test_sigterm_writes_a_checkpoint_at_that_iteration_and_resume_auto_finishes(
     assert res.returncode == 0, res.stderr[-2000:]
     final = read_checkpoint(str(wd / "checkpoint.pth"))
     assert final["step"] == 40 and final["optimizer"]["global_step"] == 40
-    args = train_engine.get_args_parser("voc").parse_args(["--max_iters", "40", "--cam_iters", "2",
-                                                           "--gmm_iters", "4", "--lr", "1e-4",
-                                                           "--warmup_iters", "2"])
+    args = train_args.get_args_parser("voc").parse_args(["--max_iters", "40", "--cam_iters", "2",
+                                                         "--gmm_iters", "4", "--lr", "1e-4",
+                                                         "--warmup_iters", "2"])
     from utils.schedule import poly_warmup_lr
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
         poly_warmup_lr(39, 1e-4, 40, 2, 1e-6, 0.9), rel=1e-9)
@@ -293,7 +293,7 @@ def test_scales_take_either_form_and_the_launchers_local_rank_is_accepted(voc_co
     b = eval_seg_voc.run(base + ["--scales", "1.0,0.5", "--work_dir", str(tmp_path / "b"), "--local-rank", "0"])
     c = eval_seg_voc.run(base + ["--scales", "1.0 0.5", "--work_dir", str(tmp_path / "c"), "--local_rank=0"])
     assert a["Seg_1"]["miou"] == b["Seg_1"]["miou"] == c["Seg_1"]["miou"]
-    for parser in (train_engine.get_args_parser("voc"), eval_seg_coco_ddp.get_args_parser("coco")):
+    for parser in (train_args.get_args_parser("voc"), eval_seg_coco_ddp.get_args_parser("coco")):
         assert parser.parse_args(["--local-rank", "1"]).local_rank == 1
 
 

@@ -11,9 +11,9 @@ import train_final_coco
 import train_final_voc
 from utils import checkpoint
 from utils.checkpoint import read_checkpoint
-from model.dupl import coco_config, voc_config
 from model.network import DualStudentNet
-from utils import train_engine
+from model.schedule import coco_config, voc_config
+from utils import train_args, train_step
 from utils.validation import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,14 +77,14 @@ def test_resumed_run_reaches_the_same_step_lr_and_thresholds(voc_copy, tmp_path,
     common = ["--max_iters", "4", "--cam_iters", "1", "--gmm_iters", "3", "--log_iters", "2",
               "--eval_iters", "2"]
     train_final_voc.run(_voc_args(voc_copy, tmp_path / "full", *common))
-    real = train_engine.dupl_step
+    real = train_step.dupl_step
 
     def crash_at_three(*args, **kwargs):
-        if args[5] == 2:
+        if args[2] == 2:
             raise KeyboardInterrupt("simulated crash after the step-2 checkpoint")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_engine, "dupl_step", crash_at_three)
+    monkeypatch.setattr(train_step, "dupl_step", crash_at_three)
     with pytest.raises(KeyboardInterrupt):
         train_final_voc.run(_voc_args(voc_copy, tmp_path / "crashed", *common))
     monkeypatch.undo()
@@ -97,7 +97,7 @@ def test_resumed_run_reaches_the_same_step_lr_and_thresholds(voc_copy, tmp_path,
     assert full["optimizer"]["global_step"] == resumed["optimizer"]["global_step"] == 4
     assert [g["lr"] for g in full["optimizer"]["param_groups"]] == \
         [g["lr"] for g in resumed["optimizer"]["param_groups"]]
-    cfg = train_engine.config_from_args(train_engine.get_args_parser("voc").parse_args(common), "voc")
+    cfg = train_args.config_from_args(train_args.get_args_parser("voc").parse_args(common), "voc")
     assert torch.equal(cfg.class_thresholds(full["step"]), cfg.class_thresholds(resumed["step"]))
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert "Resumed from" in log and "Iter: 4;" in log and "Iter: 2;" not in log
@@ -121,15 +121,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(voc_copy, tmp_path, monkeypatch, capsys):
     wd = tmp_path / "nan"
-    real = train_engine.dupl_step
+    real = train_step.dupl_step
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
-        if args[5] >= 2:
+        if args[2] >= 2:
             out.terms["cls"] = out.terms["cls"] * float("nan")
         return out
 
-    monkeypatch.setattr(train_engine, "dupl_step", poisoned)
+    monkeypatch.setattr(train_step, "dupl_step", poisoned)
     with pytest.raises(SystemExit) as exc:
         train_final_voc.run(_voc_args(voc_copy, wd, "--max_iters", "4", "--cam_iters", "1",
                                       "--gmm_iters", "4", "--log_iters", "2", "--eval_iters", "2"))
@@ -175,14 +175,14 @@ def test_resume_from_another_backbone_is_refused(voc_copy, tmp_path, capsys):
 
 
 def test_help_lists_the_original_flags():
-    text = train_engine.get_args_parser("voc").format_help()
+    text = train_args.get_args_parser("voc").format_help()
     for flag in ("--data_folder", "--list_folder", "--backbone", "--pretrained", "--crop_size",
                  "--samples_per_gpu", "--max_iters", "--cam_iters", "--gmm_iters", "--eval_iters",
                  "--log_iters", "--lr", "--warmup_iters", "--w_ptc", "--w_seg", "--high_thre",
                  "--low_thre", "--bkg_thre", "--gamma", "--gmm_valid_thre", "--work_dir", "--seed",
                  "--num_workers", "--amp", "--grad_accum", "--resume", "--no-pretrained"):
         assert flag in text, flag
-    coco = train_engine.get_args_parser("coco")
+    coco = train_args.get_args_parser("coco")
     assert coco.parse_args(["--data_folder", "x"]).img_folder == "x"
     assert coco.parse_args([]).samples_per_gpu == 1 and coco.parse_args([]).aux_layer is None
 
@@ -241,3 +241,26 @@ def test_decoders_are_untouched_by_the_optimiser_until_the_segmentation_loss_sta
     assert all(not torch.equal(ckpt["model"][k], initial[k]) for k in decoder_keys)
     assert set(decoder_ids) <= set(ckpt["optimizer"]["state"])
     assert all(int(ckpt["optimizer"]["state"][i]["step"]) == 1 for i in decoder_ids)
+
+
+def _tensors(tree, path=""):
+    """``{path: tensor}`` of every tensor in a nested dict / list."""
+    if torch.is_tensor(tree):
+        return {path: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    return {k: v for key, sub in items for k, v in _tensors(sub, f"{path}/{key}").items()}
+
+
+def test_tensorboard_images_leave_the_training_unchanged(voc_copy, tmp_path):
+    # the images show what the step itself does not need (final-layer CAMs in phase A, pseudo
+    # labels at n == cam_iters); computing them must not change a single weight or moment
+    ckpts = {}
+    for name, flag in (("plain", "--no-tensorboard"), ("images", "--tensorboard")):
+        train_final_voc.run(_voc_args(voc_copy, tmp_path / name, "--max_iters", "5", "--cam_iters", "2",
+                                      "--gmm_iters", "4", "--log_iters", "1", "--eval_iters", "5", flag))
+        ckpts[name] = read_checkpoint(str(tmp_path / name / "checkpoint.pth"))
+    assert (tmp_path / "images" / "tb").is_dir() and not (tmp_path / "plain" / "tb").exists()
+    for part in ("model", "optimizer"):
+        plain, images = _tensors(ckpts["plain"][part]), _tensors(ckpts["images"][part])
+        assert plain.keys() == images.keys() and len(plain) > 100
+        assert [k for k in plain if not torch.equal(plain[k], images[k])] == []

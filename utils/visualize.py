@@ -39,23 +39,24 @@ def cam_overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> t
 
 
 @torch.no_grad()
-def training_grid(step_output, images: torch.Tensor, cls_label: torch.Tensor) -> torch.Tensor:
-    """First image of the batch: the image, each student's CAM and aux CAM (max over the present
-    classes), and each student's pseudo label when it exists, side by side: ``(3, H, n*W)``."""
+def training_grid(images: torch.Tensor, cls_label: torch.Tensor, cams, pseudo_labels=None) -> torch.Tensor:
+    """First image of the batch ``images (B, 3, H, W)`` (normalised): the image, each map of
+    ``cams`` (``(B, K, H, W)`` each, max over the classes present in ``cls_label (B, K)``) and each
+    of ``pseudo_labels`` (``(B, H, W)`` each, when given), side by side: ``(3, H, n*W)``."""
     rgb = denormalize(images[:1].float())[0].cpu()
     tiles = [rgb]
     present = cls_label[0] > 0
-    if step_output.cams is not None:
-        for cam in step_output.cams:
-            m = cam[0][present].amax(0) if present.any() else cam[0].amax(0)
-            tiles.append(cam_overlay(rgb, m.float().cpu()))
-    if step_output.pseudo_labels is not None:
-        tiles += [colorize_label(label[0].cpu()) for label in step_output.pseudo_labels]
+    for cam in cams:
+        m = cam[0][present].amax(0) if present.any() else cam[0].amax(0)
+        tiles.append(cam_overlay(rgb, m.float().cpu()))
+    if pseudo_labels is not None:
+        tiles += [colorize_label(label[0].cpu()) for label in pseudo_labels]
     return torch.cat(tiles, dim=2)
 
 
-def log_training_images(writer, step_output, images, cls_label, step: int) -> None:
-    writer.add_image("train/image_cams_labels", training_grid(step_output, images, cls_label), step)
+def log_training_images(writer, grid: torch.Tensor, step: int) -> None:
+    """Write a :func:`training_grid` to tensorboard."""
+    writer.add_image("train/image_cams_labels", grid, step)
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Run under torch.distributed.run by tests/test_train.py: one DDP training step and a sharded
-validation on a tiny model; rank 0 writes what the test compares to a JSON file."""
+"""Run under torch.distributed.run by tests/test_train.py: one DDP training step (the engine's
+TrainingStep wrapped by DistributedDataParallel) and a sharded validation on a tiny model; rank 0
+writes what the test compares to a JSON file."""
 import json
 import sys
 
@@ -11,11 +12,13 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
-from model.dupl import dupl_step, release_idle_gradients, voc_config
+from model.dupl import Batch
 from model.network import DualStudentNet
 from model.par import PAR
+from model.schedule import voc_config
 from utils.distributed import init_distributed
 from utils.schedule import PolyWarmupAdamW
+from utils.train_step import TrainingStep, release_idle_gradients
 from utils.validation import validate
 
 
@@ -27,7 +30,8 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     dist.barrier()
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    model = DistributedDataParallel(net)
+    cfg = voc_config(cam_iters=1, gmm_iters=2, max_iters=10)
+    model = DistributedDataParallel(TrainingStep(net, cfg))
     initial_decoders = [p.detach().clone() for s in net.students for p in s.decoder.parameters()]
     opt = PolyWarmupAdamW(net.param_groups(1e-3), lr=1e-3, max_iters=10, warmup_iters=1)
     torch.manual_seed(100 + info.rank)          # different data on each rank
@@ -36,8 +40,7 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     images = torch.stack([b[1] for b in batch])
     labels = torch.stack([b[2] for b in batch])
     boxes = torch.stack([b[3] for b in batch])
-    cfg = voc_config(cam_iters=1, gmm_iters=2, max_iters=10, descent_start=1, descent_steps=9)
-    out = dupl_step(model, net, images, labels, boxes, step, cfg, PAR(), torch.Generator().manual_seed(info.rank))
+    out = model(Batch(images, labels, boxes), step, PAR(), torch.Generator().manual_seed(info.rank))
     out.loss.backward()
     release_idle_gradients(net, cfg, step)
     opt.step()
