@@ -95,6 +95,63 @@ def peak_tflops(name: str, amp: bool) -> float:
     return float("nan")
 
 
+def one_iteration(step, opt, it, n: int, par, gen, device, amp: bool, staged: bool):
+    """One training iteration of the step at ``n``: ``(seconds, stage breakdown or None, batch)``.
+    ``staged``: the step runs under the profiler and backward / optimiser are synchronised."""
+    timer = StageTimer(device)
+    t0 = time.perf_counter()
+    _, images, labels, boxes = next(it)
+    batch = Batch(*(t.to(device, non_blocking=True) for t in (images, labels, boxes)),
+                  max_present=int(labels.sum(1).max()))
+    timer.times["data_wait"] = time.perf_counter() - t0
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with (profile(activities=activities) if staged else contextlib.nullcontext()) as prof:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = step(batch, n, par, gen)
+        if staged:
+            sync(device)             # the profile holds every kernel of the step
+    if staged:
+        timer.times.update(profiled_stages(prof, device))
+    with (timer("backward") if staged else contextlib.nullcontext()):
+        out.loss.backward()
+    with (timer("optimizer") if staged else contextlib.nullcontext()):
+        release_idle_gradients(step.net, step.cfg, n)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - t0, dict(timer.times) if staged else None, batch
+
+
+def time_phase(args, step, opt, it, n: int, par, gen, device, name: str) -> dict:
+    """``--warmup`` + ``--iters`` timed iterations at ``n``, one profiled iteration and the FLOP
+    count; prints and returns the phase's numbers."""
+    times, breakdown = [], None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(args.warmup + args.iters + 1):
+        staged = i == args.warmup + args.iters     # one extra iteration, profiled by stage
+        seconds, stages, batch = one_iteration(step, opt, it, n, par, gen, device, args.amp, staged)
+        if args.warmup <= i < args.warmup + args.iters:
+            times.append(seconds)
+        breakdown = stages or breakdown
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        flops = count_flops(step, batch, n, par, gen)
+    med = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    achieved = flops / med / 1e12
+    top = peak_tflops(name, args.amp)
+    fraction = achieved / top if top == top else None    # unknown device: no fraction
+    stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in breakdown.items())
+    mem = f"peak memory {peak:.2f} GiB" if peak is not None else "peak memory n/a (CPU)"
+    share = f"{100 * fraction:.0f}% of peak" if fraction is not None else "peak unknown"
+    print(f"phase {step.cfg.phase(n)}: {med:.3f} s/iter, {args.samples_per_gpu / med:.2f} images/s, {mem}, "
+          f"{flops / 1e9:.1f} GFLOP/iter = {achieved:.2f} TFLOP/s ({share})\n"
+          f"  breakdown: {stages}", flush=True)
+    return {"s_per_iter": med, "images_per_s": args.samples_per_gpu / med, "peak_mem_gib": peak,
+            "tflop_per_iter": flops / 1e12, "achieved_tflops": achieved, "fraction_of_peak": fraction,
+            "breakdown_s": breakdown}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description="DuPL training-step benchmark",
                                 formatter_class=DefaultsHelpFormatter)
@@ -144,55 +201,7 @@ def main() -> None:
     it = batches()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     for phase in args.phases:
-        n = phase_step[phase]
-        times, breakdowns = [], []
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        for i in range(args.warmup + args.iters + 1):
-            timed = args.warmup <= i < args.warmup + args.iters
-            staged = i == args.warmup + args.iters     # one extra iteration, profiled by stage
-            timer = StageTimer(device)
-            t0 = time.perf_counter()
-            _, images, labels, boxes = next(it)
-            batch = Batch(*(t.to(device, non_blocking=True) for t in (images, labels, boxes)),
-                          max_present=int(labels.sum(1).max()))
-            timer.times["data_wait"] = time.perf_counter() - t0
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with (profile(activities=activities) if staged else contextlib.nullcontext()) as prof:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-                    out = step(batch, n, par, gen)
-                if staged:
-                    sync(device)             # the profile holds every kernel of the step
-            if staged:
-                timer.times.update(profiled_stages(prof, device))
-            with (timer("backward") if staged else contextlib.nullcontext()):
-                out.loss.backward()
-            with (timer("optimizer") if staged else contextlib.nullcontext()):
-                release_idle_gradients(net, cfg, n)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            sync(device)
-            if timed:
-                times.append(time.perf_counter() - t0)
-            if staged:
-                breakdowns.append(dict(timer.times))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
-            flops = count_flops(step, batch, n, par, gen)
-        med = statistics.median(times)
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-        achieved = flops / med / 1e12
-        top = peak_tflops(name, args.amp)
-        fraction = achieved / top if top == top else None    # unknown device: no fraction
-        results[phase] = {"s_per_iter": med, "images_per_s": args.samples_per_gpu / med,
-                          "peak_mem_gib": peak, "tflop_per_iter": flops / 1e12,
-                          "achieved_tflops": achieved, "fraction_of_peak": fraction,
-                          "breakdown_s": breakdowns[0]}
-        stages = ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in breakdowns[0].items())
-        mem = f"peak memory {peak:.2f} GiB" if peak is not None else "peak memory n/a (CPU)"
-        share = f"{100 * fraction:.0f}% of peak" if fraction is not None else "peak unknown"
-        print(f"phase {phase}: {med:.3f} s/iter, {args.samples_per_gpu / med:.2f} images/s, {mem}, "
-              f"{flops / 1e9:.1f} GFLOP/iter = {achieved:.2f} TFLOP/s ({share})\n"
-              f"  breakdown: {stages}", flush=True)
+        results[phase] = time_phase(args, step, opt, it, phase_step[phase], par, gen, device, name)
     print(f"device {name}, backbone {args.backbone}, crop {args.crop_size}, "
           f"{args.samples_per_gpu} images per step, amp {args.amp}, "
           f"grad_checkpointing {args.grad_checkpointing}")

@@ -18,10 +18,11 @@ Iteration ``n`` is 0-based. The original decides *what is computed* with ``n < c
 ``n < gmm_iters`` (:meth:`DuPLConfig.phase`) but *how it is weighted* with ``n > cam_iters`` /
 ``n > gmm_iters`` (:meth:`DuPLConfig.weights`). The two disagree at the boundaries: at
 ``n == cam_iters`` the original computes the segmentation loss and weights it 0, and on VOC at
-``n == gmm_iters`` it computes the consistency loss and weights it 0. The training step follows
-the weights (a term weighted 0 is not computed and logs 0), so the parameters move exactly as in
-the original. COCO weights the consistency loss from ``n == gmm_iters`` on (``reg_from_gmm_iter``),
-so there only ``cam_iters`` is off by one.
+``n == gmm_iters`` it computes the consistency loss and weights it 0 (while the GMM filter already
+acts on the labels). The training step keeps both rules: the phase chooses the labels (GMM
+filtering from ``n == gmm_iters``), the weights choose the terms, and a term weighted 0 is not
+computed (it logs 0), so the parameters move as in the original. COCO weights the consistency
+loss from ``n == gmm_iters`` on (``reg_from_gmm_iter``), so there only ``cam_iters`` is off by one.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence

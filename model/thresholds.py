@@ -1,5 +1,6 @@
 """The progressive high threshold of the pseudo labels (docs/method.md#thresholds): a per-class
-threshold that descends along a half cosine, and the per-image threshold taken from it."""
+threshold that descends along a half cosine, and the per-image threshold taken from it. Where the
+descent starts and how long it lasts is :mod:`model.schedule`."""
 import math
 from typing import Union
 

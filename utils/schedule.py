@@ -1,5 +1,6 @@
 """The poly learning rate with linear warm-up and the AdamW that applies it
-(docs/method.md#optimisation). The threshold schedule of the method is in :mod:`model.thresholds`."""
+(docs/method.md#optimisation). The method's own schedule (phases, loss weights, thresholds) is
+:mod:`model.schedule`."""
 import torch
 
 

@@ -21,8 +21,8 @@ from model.schedule import DuPLConfig
 class TrainingStep(nn.Module):
     """``dupl_step`` of the network it holds; ``forward(batch, n, par, generator)``.
 
-    While the segmentation weight is 0 (VOC up to ``cam_iters``, COCO up to its ``cam_iters``
-    as well) the decoders take no part in the loss. They stay in the graph at weight 0
+    While the segmentation weight is 0 (iterations up to and including ``cam_iters``) the
+    decoders take no part in the loss. They stay in the graph at weight 0
     (``loss + 0.0 * sum(seg)``), so DDP needs no ``find_unused_parameters``; their gradients arrive
     as exact zeros and :func:`release_idle_gradients` drops them.
     """
