@@ -179,63 +179,190 @@ def scan_pickle(data: bytes, allowed: Iterable[str], max_bytes: int, max_memo: i
     array, the wrapper of the original's pickled dict) or a tensor/storage that does not fit, or
     when the arrays and tensors it builds declare more than ``max_bytes`` (re-uses are counted by
     :func:`check_tree` on the loaded object). ``storages``: record key -> bytes of a checkpoint's storage records."""
-    allowed = frozenset(allowed)
-    stack: list = []
-    marks: list = []
-    memo: dict = {}
-    total = 0
+    _PickleScan(frozenset(allowed), max_bytes, max_memo, storages, allow_object_scalar).run(data)
 
-    def count(v):
-        nonlocal total
+
+class _PickleScan:
+    """The pickle machine of :func:`scan_pickle`: its stack, marks and memo hold placeholders
+    (:class:`_Global`, :class:`_Array`, ...) instead of objects. Each group of opcodes has one
+    method (:data:`_PickleScan.HANDLERS`); an opcode of no group is refused."""
+
+    def __init__(self, allowed: frozenset, max_bytes: int, max_memo: int,
+                 storages: Optional[Dict[str, int]], allow_object_scalar: bool):
+        self.allowed, self.max_bytes, self.max_memo = allowed, max_bytes, max_memo
+        self.storages, self.allow_object_scalar = storages, allow_object_scalar
+        self.stack: list = []
+        self.marks: list = []
+        self.memo: dict = {}
+        self.total = 0
+
+    def run(self, data: bytes) -> None:
+        try:
+            for op, arg, _pos in pickletools.genops(data):
+                name = op.name
+                if name == "STOP":
+                    break
+                handler = self.HANDLERS.get(name)
+                if handler is None:
+                    raise Refused(f"pickle opcode {name} (it imports or calls code)")
+                handler(self, name, arg)
+            else:
+                raise Refused("a malformed pickle (no STOP)")
+        except Refused:
+            raise
+        except (ValueError, IndexError, KeyError, TypeError, EOFError, OverflowError,
+                UnicodeDecodeError, RecursionError) as exc:
+            raise Refused(f"a malformed pickle ({type(exc).__name__})") from None
+        if len(self.stack) != 1:
+            raise Refused("a malformed pickle (stack left over)")
+
+    # -------------------------------------------------------------- the stack and the byte budget
+    def count(self, v) -> None:
         if isinstance(v, _Array):
-            total += v.nbytes
-            if total > max_bytes:
-                raise Refused(f"arrays and tensors declaring more than {max_bytes} bytes")
+            self.total += v.nbytes
+            if self.total > self.max_bytes:
+                raise Refused(f"arrays and tensors declaring more than {self.max_bytes} bytes")
 
-    def pop_mark():
-        if not marks:
+    def pop(self):
+        if not self.stack:
+            raise Refused("a malformed pickle (empty stack)")
+        return self.stack.pop()
+
+    def pop_mark(self) -> list:
+        if not self.marks:
             raise Refused("a malformed pickle (no mark)")
-        start = marks.pop()
-        items = stack[start:]
-        del stack[start:]
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
         return items
 
-    def pop():
-        if not stack:
-            raise Refused("a malformed pickle (empty stack)")
-        return stack.pop()
+    # -------------------------------------------------------------- values, memo and containers
+    def push_arg(self, name: str, arg) -> None:
+        self.stack.append(arg)
 
-    def call(func, args):
+    def push_constant(self, name: str, arg) -> None:
+        self.stack.append(_CONSTANTS[name])
+
+    def skip(self, name: str, arg) -> None:
+        pass
+
+    def memo_put(self, name: str, arg) -> None:
+        index = len(self.memo) if name == "MEMOIZE" else arg
+        if not isinstance(index, int) or not 0 <= index <= self.max_memo:
+            raise Refused(f"a memo index of {index}, more than {self.max_memo}")
+        if not self.stack:
+            raise Refused("a malformed pickle (empty stack)")
+        self.memo[index] = self.stack[-1]
+
+    def memo_get(self, name: str, arg) -> None:
+        if arg not in self.memo:
+            raise Refused("a malformed pickle (unknown memo entry)")
+        self.stack.append(self.memo[arg])
+
+    def tuple_n(self, name: str, arg) -> None:
+        n = _TUPLE_N[name]
+        if len(self.stack) < n:
+            raise Refused("a malformed pickle (short stack)")
+        items = tuple(self.stack[len(self.stack) - n:])
+        del self.stack[len(self.stack) - n:]
+        self.stack.append(items)
+
+    def empty_container(self, name: str, arg) -> None:
+        self.stack.append(_Container(name[6:].lower()))
+
+    def mark(self, name: str, arg) -> None:
+        self.marks.append(len(self.stack))
+
+    def tuple_from_mark(self, name: str, arg) -> None:
+        self.stack.append(tuple(self.pop_mark()))
+
+    def container_from_mark(self, name: str, arg) -> None:
+        self.pop_mark()
+        self.stack.append(_Container(name.lower()))
+
+    def add_item(self, name: str, arg) -> None:
+        self.pop()
+        if name == "SETITEM":
+            self.pop()
+        self._check_container()
+
+    def add_items(self, name: str, arg) -> None:
+        self.pop_mark()
+        self._check_container()
+
+    def _check_container(self) -> None:
+        if not self.stack or not isinstance(self.stack[-1], _Container):
+            raise Refused("items added to something that is not a list or dict")
+
+    def pop_op(self, name: str, arg) -> None:
+        self.pop()
+
+    def pop_mark_op(self, name: str, arg) -> None:
+        self.pop_mark()
+
+    def dup(self, name: str, arg) -> None:
+        self.stack.append(self.stack[-1] if self.stack else self.pop())
+
+    # -------------------------------------------------------------- globals, calls and state
+    def global_op(self, name: str, arg) -> None:
+        if name == "GLOBAL":
+            module, _, attr = arg.partition(" ")
+        else:
+            attr, module = self.pop(), self.pop()
+            if not isinstance(module, str) or not isinstance(attr, str):
+                raise Refused("a malformed pickle (global without names)")
+        full = f"{module}.{attr}"
+        if full not in self.allowed:
+            raise Refused(f"Python objects other than data ({full[:100]})")
+        self.stack.append(_Global(full))
+
+    def reduce(self, name: str, arg) -> None:
+        args = self.pop()
+        self.stack.append(self.call(self.pop(), args))
+
+    def newobj(self, name: str, arg) -> None:
+        args, cls = self.pop(), self.pop()
+        self.stack.append(self.call(cls, args))
+
+    def build_op(self, name: str, arg) -> None:
+        state = self.pop()
+        if not self.stack:
+            raise Refused("a malformed pickle (empty stack)")
+        self.build(self.stack[-1], state)
+
+    def persistent_id(self, name: str, arg) -> None:
+        pid = self.pop() if name == "BINPERSID" else arg
+        storages = self.storages
+        if storages is None or not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+            raise Refused("a reference to data outside the pickle")
+        kind, key, _loc, numel = pid[1:]
+        if not isinstance(kind, _Global) or kind.name not in TORCH_STORAGE_ITEMSIZE:
+            raise Refused("a storage of an unknown type")
+        itemsize = TORCH_STORAGE_ITEMSIZE[kind.name]
+        numel = _int(numel, "a storage's size")
+        if not isinstance(key, str) or key not in storages:
+            raise Refused(f"a storage record {str(key)[:40]!r} that the file does not hold")
+        if numel < 0 or numel * itemsize > storages[key]:
+            raise Refused(f"a storage declaring {numel * itemsize} bytes in a record of "
+                          f"{storages[key]}")
+        self.stack.append(_Storage(numel, itemsize))
+
+    def call(self, func, args):
+        """The placeholder that calling the allowed global ``func`` with ``args`` gives."""
         if not isinstance(func, _Global):
             raise Refused("a call of something that is not an allowed global")
         name = func.name
         if not isinstance(args, tuple):
             raise Refused(f"a call of {name} without an argument tuple")
         if name in NUMPY_RECONSTRUCT:
-            if len(args) != 3 or not (isinstance(args[0], _Global) and args[0].name == "numpy.ndarray"):
-                raise Refused(f"{name} used for something other than a numpy array")
-            dims = _shape(args[1], "an array's initial shape")
-            if math.prod(dims) > 1:
-                raise Refused(f"{name} allocating {math.prod(dims)} elements before its data")
-            return _Array("ndarray")
+            return _reconstruct_array(name, args)
         if name == "numpy.dtype":
             if not 1 <= len(args) <= 3:
                 raise Refused("numpy.dtype called with odd arguments")
-            return _DType(_simple_dtype(args[0], allow_object_scalar))
+            return _DType(_simple_dtype(args[0], self.allow_object_scalar))
         if name == "torch._utils._rebuild_tensor_v2":
-            if len(args) < 4 or not isinstance(args[0], _Storage):
-                raise Refused("a tensor without its storage")
-            storage = args[0]
-            offset = _int(args[1], "a tensor's offset")
-            size, stride = _shape(args[2], "a tensor's size"), _shape(args[3], "a tensor's stride")
-            if len(size) != len(stride):
-                raise Refused("a tensor whose size and stride differ in length")
-            numel = math.prod(size)
-            last = offset + sum((s - 1) * st for s, st in zip(size, stride)) if numel else offset
-            if offset < 0 or (numel and last >= storage.numel):
-                raise Refused("a tensor that reaches past its storage")
-            tensor = _Array("tensor", numel * storage.itemsize)
-            count(tensor)
+            tensor = _rebuild_tensor(args)
+            self.count(tensor)
             return tensor
         if name == "torch._utils._rebuild_parameter":
             if not args or not isinstance(args[0], _Array):
@@ -253,23 +380,12 @@ def scan_pickle(data: bytes, allowed: Iterable[str], max_bytes: int, max_memo: i
             return _Other()
         raise Refused(f"a call of {name}")
 
-    def build(inst, state):
+    def build(self, inst, state) -> None:
+        """Check the state that BUILD sets on ``inst``: a numpy array's shape, dtype and data, a
+        dtype's, an OrderedDict's or a tensor's."""
         if isinstance(inst, _Array) and inst.kind == "ndarray":
-            if inst.built or not isinstance(state, tuple) or len(state) != 5:
-                raise Refused("a numpy array with an odd state")
-            dims = _shape(state[1], "an array's shape")
-            if not isinstance(state[2], _DType):
-                raise Refused("a numpy array without a checked dtype")
-            dtype, numel = state[2].dtype, math.prod(dims)
-            if dtype.kind == "O" and dims:
-                raise Refused("a numpy object array (only data arrays are read)")
-            raw = state[4]
-            if dtype.kind != "O" and not (isinstance(raw, (bytes, str, _Other))):
-                raise Refused("a numpy array whose data is not bytes")
-            if isinstance(raw, (bytes, str)) and len(raw) != numel * dtype.itemsize:
-                raise Refused("a numpy array whose data does not match its shape")
-            inst.nbytes, inst.built = numel * dtype.itemsize, True
-            count(inst)
+            _build_array(inst, state)
+            self.count(inst)
             return
         if isinstance(inst, _DType):
             if not isinstance(state, tuple) or len(state) < 8 or any(s is not None for s in state[2:5]):
@@ -283,108 +399,69 @@ def scan_pickle(data: bytes, allowed: Iterable[str], max_bytes: int, max_memo: i
             return   # torch sets the parameter's or tensor's attributes (hooks)
         raise Refused("state set on an object that is not an array, dtype or dict")
 
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            name = op.name
-            if name in _PUSH_ARG:
-                stack.append(arg)
-            elif name in _MEMO_PUT:
-                index = len(memo) if name == "MEMOIZE" else arg
-                if not isinstance(index, int) or not 0 <= index <= max_memo:
-                    raise Refused(f"a memo index of {index}, more than {max_memo}")
-                if not stack:
-                    raise Refused("a malformed pickle (empty stack)")
-                memo[index] = stack[-1]
-            elif name in _MEMO_GET:
-                if arg not in memo:
-                    raise Refused("a malformed pickle (unknown memo entry)")
-                stack.append(memo[arg])
-            elif name in _TUPLE_N:
-                n = _TUPLE_N[name]
-                if len(stack) < n:
-                    raise Refused("a malformed pickle (short stack)")
-                items = tuple(stack[len(stack) - n:])
-                del stack[len(stack) - n:]
-                stack.append(items)
-            elif name in _CONSTANTS:
-                stack.append(_CONSTANTS[name])
-            elif name in ("PROTO", "FRAME"):
-                continue
-            elif name == "STOP":
-                break
-            elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
-                stack.append(_Container(name[6:].lower()))
-            elif name == "MARK":
-                marks.append(len(stack))
-            elif name == "TUPLE":
-                stack.append(tuple(pop_mark()))
-            elif name in ("LIST", "DICT", "FROZENSET"):
-                pop_mark()
-                stack.append(_Container(name.lower()))
-            elif name in ("APPEND", "SETITEM"):
-                pop()
-                if name == "SETITEM":
-                    pop()
-                if not stack or not isinstance(stack[-1], _Container):
-                    raise Refused("items added to something that is not a list or dict")
-            elif name in ("APPENDS", "SETITEMS", "ADDITEMS"):
-                pop_mark()
-                if not stack or not isinstance(stack[-1], _Container):
-                    raise Refused("items added to something that is not a list or dict")
-            elif name == "POP":
-                pop()
-            elif name == "POP_MARK":
-                pop_mark()
-            elif name == "DUP":
-                stack.append(stack[-1] if stack else pop())
-            elif name in ("GLOBAL", "STACK_GLOBAL"):
-                if name == "GLOBAL":
-                    module, _, attr = arg.partition(" ")
-                else:
-                    attr, module = pop(), pop()
-                    if not isinstance(module, str) or not isinstance(attr, str):
-                        raise Refused("a malformed pickle (global without names)")
-                full = f"{module}.{attr}"
-                if full not in allowed:
-                    raise Refused(f"Python objects other than data ({full[:100]})")
-                stack.append(_Global(full))
-            elif name == "REDUCE":
-                args = pop()
-                stack.append(call(pop(), args))
-            elif name == "NEWOBJ":
-                args, cls = pop(), pop()
-                stack.append(call(cls, args))
-            elif name == "BUILD":
-                state = pop()
-                if not stack:
-                    raise Refused("a malformed pickle (empty stack)")
-                build(stack[-1], state)
-            elif name in ("PERSID", "BINPERSID"):
-                pid = pop() if name == "BINPERSID" else arg
-                if storages is None or not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-                    raise Refused("a reference to data outside the pickle")
-                kind, key, _loc, numel = pid[1:]
-                if not isinstance(kind, _Global) or kind.name not in TORCH_STORAGE_ITEMSIZE:
-                    raise Refused("a storage of an unknown type")
-                itemsize = TORCH_STORAGE_ITEMSIZE[kind.name]
-                numel = _int(numel, "a storage's size")
-                if not isinstance(key, str) or key not in storages:
-                    raise Refused(f"a storage record {str(key)[:40]!r} that the file does not hold")
-                if numel < 0 or numel * itemsize > storages[key]:
-                    raise Refused(f"a storage declaring {numel * itemsize} bytes in a record of "
-                                  f"{storages[key]}")
-                stack.append(_Storage(numel, itemsize))
-            else:
-                raise Refused(f"pickle opcode {name} (it imports or calls code)")
-        else:
-            raise Refused("a malformed pickle (no STOP)")
-    except Refused:
-        raise
-    except (ValueError, IndexError, KeyError, TypeError, EOFError, OverflowError,
-            UnicodeDecodeError, RecursionError) as exc:
-        raise Refused(f"a malformed pickle ({type(exc).__name__})") from None
-    if len(stack) != 1:
-        raise Refused("a malformed pickle (stack left over)")
+    HANDLERS = {
+        **dict.fromkeys(_PUSH_ARG, push_arg),
+        **dict.fromkeys(_MEMO_PUT, memo_put),
+        **dict.fromkeys(_MEMO_GET, memo_get),
+        **dict.fromkeys(_TUPLE_N, tuple_n),
+        **dict.fromkeys(_CONSTANTS, push_constant),
+        "PROTO": skip, "FRAME": skip,
+        **dict.fromkeys(("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"), empty_container),
+        "MARK": mark,
+        "TUPLE": tuple_from_mark,
+        **dict.fromkeys(("LIST", "DICT", "FROZENSET"), container_from_mark),
+        **dict.fromkeys(("APPEND", "SETITEM"), add_item),
+        **dict.fromkeys(("APPENDS", "SETITEMS", "ADDITEMS"), add_items),
+        "POP": pop_op, "POP_MARK": pop_mark_op, "DUP": dup,
+        **dict.fromkeys(("GLOBAL", "STACK_GLOBAL"), global_op),
+        "REDUCE": reduce, "NEWOBJ": newobj, "BUILD": build_op,
+        **dict.fromkeys(("PERSID", "BINPERSID"), persistent_id),
+    }
+
+
+def _reconstruct_array(name: str, args: tuple) -> _Array:
+    """numpy's ``_reconstruct(ndarray, shape, dtype)``: an empty array whose data BUILD sets."""
+    if len(args) != 3 or not (isinstance(args[0], _Global) and args[0].name == "numpy.ndarray"):
+        raise Refused(f"{name} used for something other than a numpy array")
+    dims = _shape(args[1], "an array's initial shape")
+    if math.prod(dims) > 1:
+        raise Refused(f"{name} allocating {math.prod(dims)} elements before its data")
+    return _Array("ndarray")
+
+
+def _rebuild_tensor(args: tuple) -> _Array:
+    """torch's ``_rebuild_tensor_v2(storage, offset, size, stride, ...)``: a view inside its storage."""
+    if len(args) < 4 or not isinstance(args[0], _Storage):
+        raise Refused("a tensor without its storage")
+    storage = args[0]
+    offset = _int(args[1], "a tensor's offset")
+    size, stride = _shape(args[2], "a tensor's size"), _shape(args[3], "a tensor's stride")
+    if len(size) != len(stride):
+        raise Refused("a tensor whose size and stride differ in length")
+    numel = math.prod(size)
+    last = offset + sum((s - 1) * st for s, st in zip(size, stride)) if numel else offset
+    if offset < 0 or (numel and last >= storage.numel):
+        raise Refused("a tensor that reaches past its storage")
+    return _Array("tensor", numel * storage.itemsize)
+
+
+def _build_array(inst: _Array, state) -> None:
+    """A numpy array's state ``(version, shape, dtype, fortran, data)``: numeric data of the size
+    its shape and dtype declare (a 0-d object array holds no data to check)."""
+    if inst.built or not isinstance(state, tuple) or len(state) != 5:
+        raise Refused("a numpy array with an odd state")
+    dims = _shape(state[1], "an array's shape")
+    if not isinstance(state[2], _DType):
+        raise Refused("a numpy array without a checked dtype")
+    dtype, numel = state[2].dtype, math.prod(dims)
+    if dtype.kind == "O" and dims:
+        raise Refused("a numpy object array (only data arrays are read)")
+    raw = state[4]
+    if dtype.kind != "O" and not (isinstance(raw, (bytes, str, _Other))):
+        raise Refused("a numpy array whose data is not bytes")
+    if isinstance(raw, (bytes, str)) and len(raw) != numel * dtype.itemsize:
+        raise Refused("a numpy array whose data does not match its shape")
+    inst.nbytes, inst.built = numel * dtype.itemsize, True
 
 
 # ------------------------------------------------------------------------------ loaded objects
