@@ -54,48 +54,24 @@ class Lattice:
     def __init__(self, features: torch.Tensor, image_index: torch.Tensor):
         n, d = features.shape
         self.d = d
-        dev = features.device
-        # scale and embed in H_d (the elevation of Adams et al., eq. on p.5)
-        inv_std = math.sqrt(2.0 / 3.0) * (d + 1)
-        scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)],
-                             dtype=torch.float64).to(device=dev, dtype=torch.float32)
-        cf = features.float() * scale                                  # (N, d)
-        tail = torch.flip(torch.cumsum(torch.flip(cf, [1]), 1), [1])   # tail[:, j] = sum_{i>=j} cf_i
-        elevated = torch.empty(n, d + 1, device=dev, dtype=torch.float32)
-        elevated[:, 0] = tail[:, 0]
-        j = torch.arange(1, d + 1, device=dev, dtype=torch.float32)
-        rest = torch.cat([tail[:, 1:], torch.zeros(n, 1, device=dev)], 1)
-        elevated[:, 1:] = rest - j * cf
-        # the nearest remainder-0 lattice point, then the simplex through the ranks of the residuals
-        down = torch.round(elevated * (1.0 / (d + 1)))
-        rem0 = down * (d + 1)
-        total = down.sum(1, keepdim=True)                              # integral
-        resid = elevated - rem0
-        # rank[i] = #{j > i: r_j > r_i} + #{j < i: r_j >= r_i}: position in the descending order
-        ri, rj = resid.unsqueeze(2), resid.unsqueeze(1)
-        idx = torch.arange(d + 1, device=dev)
-        later = (idx.view(1, -1) > idx.view(-1, 1))                    # [i, j]: j > i
-        greater = torch.where(later, rj > ri, rj >= ri) & (idx.view(1, -1) != idx.view(-1, 1))
-        rank = greater.sum(2).float() + total
-        wrap_up, wrap_down = rank < 0, rank > d
-        rank = rank + (d + 1) * wrap_up - (d + 1) * wrap_down
-        rem0 = rem0 + (d + 1) * wrap_up - (d + 1) * wrap_down
-        rank = rank.long()
-        # barycentric weights of the d+1 vertices
-        v = (elevated - rem0) * (1.0 / (d + 1))
-        bary = torch.zeros(n, d + 2, device=dev, dtype=torch.float32)
-        bary.scatter_add_(1, d - rank, v)
-        bary.scatter_add_(1, d - rank + 1, -v)
-        bary[:, 0] += 1.0 + bary[:, d + 1]
-        weights = bary[:, : d + 1].contiguous()                        # (N, d+1)
-        # vertex r of the simplex: rem0 + canonical[r][rank], first d coordinates (the last follows)
-        r = torch.arange(d + 1, device=dev).view(1, -1, 1)            # (1, d+1, 1)
-        rk = rank[:, None, :d]                                          # (N, 1, d)
-        canonical = torch.where(rk <= d - r, r, r - (d + 1))           # (N, d+1, d)
-        keys = rem0[:, None, :d].long() + canonical                    # (N, d+1, d)
-        # one int64 per vertex: mixed radix over the coordinates (with room for the neighbours
-        # one step away) and the image index
+        elevated = _elevate(features)
+        rem0, rank = _enclosing_simplex(elevated)
+        weights = _barycentric(elevated, rem0, rank)                   # (N, d+1)
+        keys = _simplex_vertices(rem0, rank)                           # (N, d+1, d)
         flat = keys.reshape(-1, d)
+        self._set_codes(flat, image_index)
+        image_of_vertex = image_index.long().repeat_interleave(d + 1)
+        codes = self._encode(flat, image_of_vertex)
+        uniq, inverse = torch.unique(codes, return_inverse=True)       # sorted codes
+        self.m = uniq.numel()
+        offsets = inverse.view(n, d + 1)                               # (N, d+1) vertex ids
+        self._build_matrices(offsets, weights, self._neighbours(uniq))
+
+    def _set_codes(self, flat: torch.Tensor, image_index: torch.Tensor) -> None:
+        """One int64 per vertex ``flat (V, d)``: mixed radix over the coordinates (with room for
+        the neighbours one step away) and the image index."""
+        d = self.d
+        n = flat.shape[0] // (d + 1)
         lo = flat.amin(0) - (d + 1)
         span = flat.amax(0) + (d + 1) - lo + 1
         images = int(image_index.max()) + 1 if n else 1
@@ -106,14 +82,13 @@ class Lattice:
         for i in range(d - 2, -1, -1):
             mult[i] = mult[i + 1] * radix[i + 1]
         self._lo = lo
-        self._mult = torch.tensor(mult, device=dev, dtype=torch.int64)
+        self._mult = torch.tensor(mult, device=flat.device, dtype=torch.int64)
         self._image_mult = mult[0] * radix[0]
-        image_of_vertex = image_index.long().repeat_interleave(d + 1)
-        codes = self._encode(flat, image_of_vertex)
-        uniq, inverse = torch.unique(codes, return_inverse=True)       # sorted codes
-        self.m = uniq.numel()
-        offsets = inverse.view(n, d + 1)                               # (N, d+1) vertex ids
-        # neighbours along each direction: n1 = key - 1 (+ (d+1) on coordinate j), n2 = key + 1 (...)
+
+    def _neighbours(self, uniq: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """For each of the d+1 directions, the ids of each vertex's two neighbours (``m`` where
+        absent): n1 = key - 1 (+ (d+1) on coordinate j), n2 = key + 1 (...)."""
+        d, dev = self.d, uniq.device
         keys_u = self._decode(uniq)                                    # (M, d)
         img_u = uniq // self._image_mult
         eye = torch.zeros(d + 1, d, dtype=torch.int64, device=dev)
@@ -124,8 +99,12 @@ class Lattice:
             n2 = keys_u + 1 - eye[j]
             neigh.append((self._find(uniq, self._encode(n1, img_u)),
                           self._find(uniq, self._encode(n2, img_u))))
-        # splat, each blur and slice as sparse matrices (CSR): sparse x dense products replace
-        # scatters and gathers of (N, d+1, C) tensors, on the CPU and on the GPU alike
+        return neigh
+
+    def _build_matrices(self, offsets: torch.Tensor, weights: torch.Tensor, neigh) -> None:
+        """Splat, each blur and slice as sparse matrices (CSR): sparse x dense products replace
+        scatters and gathers of (N, d+1, C) tensors, on the CPU and on the GPU alike."""
+        n, d, dev = offsets.shape[0], self.d, offsets.device
         pixels = torch.arange(n, device=dev).repeat_interleave(d + 1)
         vertex = offsets.reshape(-1)
         self.splat_mat = _csr(vertex, pixels, weights.reshape(-1), (self.m, n))
@@ -161,6 +140,65 @@ class Lattice:
         for blur in self.blur_mats:
             grid = blur @ grid
         return self.slice_mat @ grid
+
+
+def _elevate(features: torch.Tensor) -> torch.Tensor:
+    """Features ``(N, d)`` scaled and embedded in H_d: ``(N, d+1)`` float32 (the elevation of
+    Adams et al., eq. on p.5)."""
+    n, d = features.shape
+    dev = features.device
+    inv_std = math.sqrt(2.0 / 3.0) * (d + 1)
+    scale = torch.tensor([inv_std / math.sqrt((i + 1) * (i + 2)) for i in range(d)],
+                         dtype=torch.float64).to(device=dev, dtype=torch.float32)
+    cf = features.float() * scale                                  # (N, d)
+    tail = torch.flip(torch.cumsum(torch.flip(cf, [1]), 1), [1])   # tail[:, j] = sum_{i>=j} cf_i
+    elevated = torch.empty(n, d + 1, device=dev, dtype=torch.float32)
+    elevated[:, 0] = tail[:, 0]
+    j = torch.arange(1, d + 1, device=dev, dtype=torch.float32)
+    rest = torch.cat([tail[:, 1:], torch.zeros(n, 1, device=dev)], 1)
+    elevated[:, 1:] = rest - j * cf
+    return elevated
+
+
+def _enclosing_simplex(elevated: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The nearest remainder-0 lattice point ``rem0 (N, d+1)`` of each elevated point and the
+    ranks ``(N, d+1)`` int64 of its residuals, which name the enclosing simplex."""
+    d = elevated.shape[1] - 1
+    down = torch.round(elevated * (1.0 / (d + 1)))
+    rem0 = down * (d + 1)
+    total = down.sum(1, keepdim=True)                              # integral
+    resid = elevated - rem0
+    # rank[i] = #{j > i: r_j > r_i} + #{j < i: r_j >= r_i}: position in the descending order
+    ri, rj = resid.unsqueeze(2), resid.unsqueeze(1)
+    idx = torch.arange(d + 1, device=elevated.device)
+    later = (idx.view(1, -1) > idx.view(-1, 1))                    # [i, j]: j > i
+    greater = torch.where(later, rj > ri, rj >= ri) & (idx.view(1, -1) != idx.view(-1, 1))
+    rank = greater.sum(2).float() + total
+    wrap_up, wrap_down = rank < 0, rank > d
+    rank = rank + (d + 1) * wrap_up - (d + 1) * wrap_down
+    rem0 = rem0 + (d + 1) * wrap_up - (d + 1) * wrap_down
+    return rem0, rank.long()
+
+
+def _barycentric(elevated: torch.Tensor, rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """The barycentric weights ``(N, d+1)`` of the d+1 vertices of each point's simplex."""
+    n, d = elevated.shape[0], elevated.shape[1] - 1
+    v = (elevated - rem0) * (1.0 / (d + 1))
+    bary = torch.zeros(n, d + 2, device=elevated.device, dtype=torch.float32)
+    bary.scatter_add_(1, d - rank, v)
+    bary.scatter_add_(1, d - rank + 1, -v)
+    bary[:, 0] += 1.0 + bary[:, d + 1]
+    return bary[:, : d + 1].contiguous()
+
+
+def _simplex_vertices(rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """The first d coordinates ``(N, d+1, d)`` int64 of each point's d+1 simplex vertices
+    (vertex r is rem0 + canonical[r][rank]; the last coordinate follows from the others)."""
+    d = rem0.shape[1] - 1
+    r = torch.arange(d + 1, device=rem0.device).view(1, -1, 1)    # (1, d+1, 1)
+    rk = rank[:, None, :d]                                          # (N, 1, d)
+    canonical = torch.where(rk <= d - r, r, r - (d + 1))           # (N, d+1, d)
+    return rem0[:, None, :d].long() + canonical
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape) -> torch.Tensor:
