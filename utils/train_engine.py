@@ -250,9 +250,9 @@ def set_up(args, dataset: str, info: DistInfo, logger) -> Optional[Run]:
                aug_gen, writer, start, best)
 
 
-def optimizer_step(run: Run, n: int, meter: LossMeter, images: bool = False) -> Optional[torch.Tensor]:
+def optimizer_step(run: Run, n: int, meter: LossMeter, want_grid: bool = False) -> Optional[torch.Tensor]:
     """Iteration ``n``: ``--grad_accum`` micro-batches through the step (DDP synchronises the
-    gradients with the last one), then one AdamW update. With ``images``, returns the
+    gradients with the last one), then one AdamW update. With ``want_grid``, returns the
     tensorboard grid of the last micro-batch (computed before the update)."""
     args, device = run.args, run.info.device
     grid = None
@@ -263,7 +263,7 @@ def optimizer_step(run: Run, n: int, meter: LossMeter, images: bool = False) -> 
         with sync_ctx:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
                 out = run.model(batch, n, run.par, run.aug_gen)
-                if images and last_micro:
+                if want_grid and last_micro:
                     cams, labels = training_visuals(run.net, batch, out, n, run.cfg, run.par)
                     grid = training_grid(batch.images, batch.cls_label, cams, labels)
             (out.loss / args.grad_accum).backward()
@@ -361,7 +361,7 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
         for n in range(run.start, args.max_iters):
             log_now = (n + 1) % args.log_iters == 0
             eval_now = (n + 1) % args.eval_iters == 0 or n + 1 == args.max_iters
-            grid = optimizer_step(run, n, meter, images=log_now and run.writer is not None)
+            grid = optimizer_step(run, n, meter, want_grid=log_now and run.writer is not None)
             if progress is not None:
                 progress.update(1)
             if stop.requested(info.device):
