@@ -12,7 +12,7 @@ import eval_seg_coco_ddp
 import eval_seg_voc
 from datasets.prepare import read_list
 from model.network import DualStudentNet
-from utils.evaluation import crf_job
+from utils.evaluation import column_predictions, crf_job, multiscale_logits
 from utils.inference import (coco_msc_logits, load_logits, save_logits, select_branch, voc_msc_logits,
                              voc_raw_logits)
 
@@ -166,6 +166,31 @@ def test_saved_voc_logits_rebuild_every_branch_exactly(checkpoints, tmp_path, br
     expected = select_branch(voc_msc_logits(net, image, scales), branch)[0].numpy()
     np.testing.assert_array_equal(load_logits(str(tmp_path / "a.npz"), branch), expected)
 
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_one_image_gives_the_network_outputs_saved_and_the_three_columns(checkpoints, dataset):
+    """multiscale_logits keeps the outputs save_logits writes (VOC: before resizing) and the rule's
+    logits; column_predictions gives student 1, student 2 and the argmax of their mean softmax at
+    the image size."""
+    torch.manual_seed(2)
+    net = _tiny_net(checkpoints / "voc.pth")
+    image = torch.randn(3, 45, 61)
+    scales = (1.0, 1.25)
+    raw, logits = multiscale_logits(net, image, dataset, scales, torch.device("cpu"), amp=False)
+    if dataset == "voc":
+        expected_raw, expected = voc_raw_logits(net, image[None], scales), voc_msc_logits(net, image[None], scales)
+        assert all(torch.equal(a, b) for ra, rb in zip(raw, expected_raw) for a, b in zip(ra, rb))
+    else:
+        expected = coco_msc_logits(net, image[None], scales=scales)
+        assert all(torch.equal(a, b) for a, b in zip(raw, expected))
+    assert all(torch.equal(a, b) for a, b in zip(logits, expected))
+    preds = column_predictions(logits, (45, 61))
+    full = [torch.nn.functional.interpolate(l, size=(45, 61), mode="bilinear", align_corners=False)
+            if l.shape[-2:] != (45, 61) else l for l in expected]
+    assert torch.equal(preds[0], full[0][0].argmax(0)) and torch.equal(preds[1], full[1][0].argmax(0))
+    assert torch.equal(preds[2], ((full[0].softmax(1) + full[1].softmax(1)) / 2)[0].argmax(0))
+    assert all(p.shape == (45, 61) for p in preds)
 
 def test_saved_coco_logits_rebuild_the_upsampled_branch(checkpoints, tmp_path):
     torch.manual_seed(0)
