@@ -198,50 +198,12 @@ def load_vit_weights(vit: Encoder, path: str) -> None:
         raise UserError(f"--pretrained_path {path} does not exist")
     plain = is_plain_vit(vit)
     if path.endswith(".npz"):
-        if not isinstance(vit, _vit_classes()[0]):
-            raise UserError(f"--pretrained_path {path}: .npz (JAX/big_vision) weights exist for "
-                            "VisionTransformer families only; give this backbone's .safetensors or .pth")
-        # numpy reads it without pickle; each record inflates at most to its declared size
-        check_zip(path, "--pretrained_path", max_member=NPZ_MAX_RATIO * os.path.getsize(path),
-                  max_ratio=NPZ_MAX_RATIO)
-        try:
-            vit.load_pretrained(path)
-        except Exception as exc:
-            msg = _first_line(exc, 120)
-            raise UserError(f"cannot load --pretrained_path {path} into this backbone ({msg}); "
-                            "check --backbone") from None
+        _load_npz_weights(vit, path)
         return
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-            state = load_file(path)
-        else:   # the checkpoint reader's budgets (docs/data.md#untrusted-files)
-            state = read_checkpoint(path)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"cannot read --pretrained_path {path} ({exc})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"--pretrained_path {path} holds no state dict")
+    state = _read_state_dict(path)
     own = vit.state_dict()
     if not plain:
-        kernel = _patch_kernel(state)
-        patch = tuple(vit.patch_embed.proj.weight.shape[-2:])
-        if kernel is not None and kernel != patch:
-            raise UserError(f"--pretrained_path {path} holds a patch-{kernel[0]} encoder but --backbone is "
-                            f"patch {patch[0]}; check --backbone")
-        # the family's own converter (OpenAI CLIP, DINOv2/v3 and EVA-02 releases, OpenCLIP prefixes)
-        filter_fn = getattr(sys.modules[type(vit).__module__], "checkpoint_filter_fn", None)
-        if filter_fn is not None:
-            try:
-                state = filter_fn(state, vit)
-            except Exception as exc:
-                msg = _first_line(exc, 120)
-                raise UserError(f"--pretrained_path {path} does not hold weights of this backbone "
-                                f"({msg}); check --backbone") from None
+        state = _family_state(vit, state, path)
     # the classification / pooling head is never used; drop it when its size differs
     unused = ("head.", "attn_pool.", "fc_norm.") if not plain else ("head.",)
     state = {k: v for k, v in state.items()
@@ -254,6 +216,63 @@ def load_vit_weights(vit: Encoder, path: str) -> None:
         raise UserError(f"--pretrained_path {path} does not hold weights of this backbone ({what}); "
                         "check --backbone")
     vit.load_state_dict(state, strict=False)
+
+
+def _load_npz_weights(vit: Encoder, path: str) -> None:
+    """A timm/JAX/big_vision ``.npz`` into a VisionTransformer family, through timm's loader."""
+    if not isinstance(vit, _vit_classes()[0]):
+        raise UserError(f"--pretrained_path {path}: .npz (JAX/big_vision) weights exist for "
+                        "VisionTransformer families only; give this backbone's .safetensors or .pth")
+    # numpy reads it without pickle; each record inflates at most to its declared size
+    check_zip(path, "--pretrained_path", max_member=NPZ_MAX_RATIO * os.path.getsize(path),
+              max_ratio=NPZ_MAX_RATIO)
+    try:
+        vit.load_pretrained(path)
+    except Exception as exc:
+        msg = _first_line(exc, 120)
+        raise UserError(f"cannot load --pretrained_path {path} into this backbone ({msg}); "
+                        "check --backbone") from None
+
+
+def _read_state_dict(path: str) -> dict:
+    """The state dict of a ``.safetensors`` or ``.pth`` file (bare, or under ``model`` /
+    ``state_dict``); a ``.pth`` is read within the checkpoint reader's budgets
+    (docs/data.md#untrusted-files)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = read_checkpoint(path)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read --pretrained_path {path} ({exc})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--pretrained_path {path} holds no state dict")
+    return state
+
+
+def _family_state(vit: Encoder, state: dict, path: str) -> dict:
+    """``state`` with the patch size checked and converted by the family's own converter (OpenAI
+    CLIP, DINOv2/v3 and EVA-02 releases, OpenCLIP prefixes), for an encoder that is not a plain ViT."""
+    kernel = _patch_kernel(state)
+    patch = tuple(vit.patch_embed.proj.weight.shape[-2:])
+    if kernel is not None and kernel != patch:
+        raise UserError(f"--pretrained_path {path} holds a patch-{kernel[0]} encoder but --backbone is "
+                        f"patch {patch[0]}; check --backbone")
+    filter_fn = getattr(sys.modules[type(vit).__module__], "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, vit)
+        except Exception as exc:
+            msg = _first_line(exc, 120)
+            raise UserError(f"--pretrained_path {path} does not hold weights of this backbone "
+                            f"({msg}); check --backbone") from None
+    return state
 
 
 def _weights_cached(tag: str) -> bool:
