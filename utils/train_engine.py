@@ -43,6 +43,7 @@ from .checkpoint import (adopt_model_flags, checkpoint_payload, load_network, re
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .errors import UserError
 from .results import write_results
+from .safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
 from .schedule import PolyWarmupAdamW
 from .train_args import (BEST_CHECKPOINT, CHECKPOINT, DEFAULTS, check_args, check_crop,
                          config_from_args, resolve_resume)
@@ -66,8 +67,8 @@ def setup_logger(work_dir: Optional[str], is_main: bool) -> logging.Logger:
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(fmt)
         logger.addHandler(console)
-        if work_dir:
-            fh = logging.FileHandler(os.path.join(work_dir, "train.log"))
+        if work_dir:   # appended to without following a link planted at train.log
+            fh = logging.StreamHandler(open_for_append(os.path.join(work_dir, "train.log")))
             fh.setFormatter(fmt)
             logger.addHandler(fh)
     return logger
@@ -209,7 +210,7 @@ def log_batch_and_data(args, dataset: str, info: DistInfo, train_set, val_set, l
                 f"{len(val_set)} images ({args.val_set})")
 
 
-def set_up(args, dataset: str, info: DistInfo, logger) -> Optional[Run]:
+def set_up(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict]) -> Optional[Run]:
     """Everything the loop needs, or None when a resumed run is already complete. The order of
     the calls fixes the random streams: the data seed, the initial weights, then the run's seed
     (offset by the resumed step) and the checkpoint's RNG state."""
@@ -219,7 +220,6 @@ def set_up(args, dataset: str, info: DistInfo, logger) -> Optional[Run]:
     torch.backends.cudnn.deterministic = args.deterministic
     seed_everything(args.seed + info.rank)
     layout, train_set, val_set = build_data(args, dataset, info, logger)
-    ckpt = read_checkpoint(args.resume) if args.resume else None
     if ckpt is not None:
         adopt_model_flags(args, ckpt, DEFAULTS[dataset], logger.info)
     net = build_network(args, ckpt, device)
@@ -245,7 +245,9 @@ def set_up(args, dataset: str, info: DistInfo, logger) -> Optional[Run]:
     writer = None
     if info.is_main and args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(args.work_dir, "tb"))
+        # each launch writes into a folder of its own, made now: nothing in it can be planted
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
+        writer = SummaryWriter(fresh_dir(os.path.join(args.work_dir, "tb"), stamp))
     return Run(args, dataset, info, logger, cfg, layout, val_set, net, model, optimizer, par, stream,
                aug_gen, writer, start, best)
 
@@ -342,9 +344,10 @@ def stop_for_preemption(run: Run, n: int, stop: PreemptionFlag) -> None:
     barrier()
 
 
-def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
-    """Run DuPL training; returns the last validation result."""
-    run = set_up(args, dataset, info, logger)
+def train(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict] = None) -> Dict[str, object]:
+    """Run DuPL training (from ``ckpt``, the object of ``args.resume``, when resuming); returns the
+    last validation result."""
+    run = set_up(args, dataset, info, logger, ckpt)
     if run is None:
         return {}
     meter = LossMeter(info.device)
@@ -384,6 +387,8 @@ def train(args, dataset: str, info: DistInfo, logger) -> Dict[str, object]:
 def main(args, dataset: str) -> Dict[str, object]:
     check_args(args, dataset)
     resolve_resume(args)
+    # a checkpoint is read (and refused) before anything is written next to it
+    ckpt = read_checkpoint(args.resume) if args.resume else None
     info = init_distributed(cpu=args.cpu, require_gpu=True, join_timeout_s=args.join_timeout)
     created = False
     try:
@@ -391,20 +396,17 @@ def main(args, dataset: str) -> Dict[str, object]:
             stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
             args.work_dir = os.path.join("work_dirs", dataset, stamp)
         if info.is_main:
-            created = not os.path.exists(args.work_dir)
-            try:
-                os.makedirs(args.work_dir, exist_ok=True)
-            except OSError:
-                raise UserError(f"cannot create --work_dir {args.work_dir}") from None
+            created = not os.path.lexists(args.work_dir)
+            make_output_dir(args.work_dir, "--work_dir", allow_link=True)
         barrier()
         logger = setup_logger(args.work_dir, info.is_main)
         if info.is_main:
             gpu = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
             logger.info(f"Pytorch version: {torch.__version__}; device: {gpu}")
             logger.info(f"Args: {args}")
-            with open(os.path.join(args.work_dir, "args.json"), "w") as f:
-                json.dump(vars(args), f, indent=1, default=str)
-        return train(args, dataset, info, logger)
+            text = json.dumps(vars(args), indent=1, default=str)
+            write_atomically(os.path.join(args.work_dir, "args.json"), lambda f: f.write(text))
+        return train(args, dataset, info, logger, ckpt)
     except BaseException:
         # a launch that fails before its first checkpoint leaves no run folder behind
         if created and not os.path.exists(os.path.join(args.work_dir, CHECKPOINT)):
