@@ -20,7 +20,7 @@ from PIL import Image
 from datasets.classes import VOC_CLASSES, voc_server_palette
 from datasets.layout import voc_layout
 from datasets.prepare import read_list
-from utils.safe_io import output_path, write_atomically
+from utils.safe_io import make_output_dir, output_path, write_atomically
 from datasets.readers import image_size, open_image
 from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
@@ -115,8 +115,9 @@ def check_predictions(ids: Sequence[str], input_dir: str, data_folder: Optional[
 
 def write_server_pngs(ids: Sequence[str], input_dir: str, out_dir: str) -> str:
     """Write the palette PNGs of ``ids``; return the comp6_test_cls folder."""
-    dst = os.path.join(out_dir, *SERVER_SUBDIR)
-    os.makedirs(dst, exist_ok=True)
+    make_output_dir(out_dir, "--output", allow_link=True)
+    for depth in range(1, len(SERVER_SUBDIR) + 1):   # the server's folders: made here, never links
+        dst = make_output_dir(os.path.join(out_dir, *SERVER_SUBDIR[:depth]))
     palette = voc_server_palette().reshape(-1).tolist()
     for img_id in ids:
         arr = _read_prediction(os.path.join(input_dir, img_id + ".png"), img_id).astype(np.uint8)

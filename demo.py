@@ -28,6 +28,7 @@ from datasets.transforms import TrainAugmentation
 from utils.cli import ArgumentParser
 from utils.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
+from utils.safe_io import open_for_append, write_atomically
 from utils.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
 from utils.train_args import CHECKPOINT
@@ -113,8 +114,9 @@ def main(argv=None) -> None:
     net = load_model(os.path.join(args.work_dir, CHECKPOINT), None, voc.num_classes, None,
                      torch.device("cpu"))   # backbone and aux block from the checkpoint
     figure = os.path.join(args.work_dir, "demo_figure.png")
-    Image.fromarray(demo_figure(net, val, voc.display_names, torch.device("cpu"),
-                                crop_size=args.crop_size)).save(figure, optimize=True)
+    picture = Image.fromarray(demo_figure(net, val, voc.display_names, torch.device("cpu"),
+                                          crop_size=args.crop_size))
+    write_atomically(figure, lambda f: picture.save(f, format="PNG", optimize=True), binary=True)
     print(f"picture of {len(pick_images(val, 5))} val images: {figure}")
     summary = (f"demo finished in {time.time() - start:.0f} s: segmentation mIoU "
                f"{miou['Seg_1']:.2f} / {miou['Seg_2']:.2f} (students 1 / 2), CAM mIoU "
@@ -127,7 +129,7 @@ def log_summary(log_path: str, summary: str) -> None:
     """Append the demo's summary (its whole time and the baseline) to the run's ``train.log``, in
     the engine's line format, so that one file holds every number the demo reports."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
-    with open(log_path, "a", encoding="utf-8") as f:
+    with open_for_append(log_path) as f:
         f.write(f"{stamp} - demo.py - INFO: {summary}\n")
 
 

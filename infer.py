@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
-from datasets.readers import read_image
+from datasets.readers import MAX_IMAGE_PIXELS, read_image
 from datasets.transforms import normalize
 from utils.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
+from utils.safe_io import make_output_dir, output_path, save_image
 from utils.evaluation import DEFAULT_MODEL, add_model_flags
 from utils.checkpoint import resolve_model_flags
 from utils.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size, voc_msc_logits
@@ -116,8 +117,9 @@ def output_names(paths: Sequence[str]) -> List[str]:
 
 
 def read_input_image(path: str) -> np.ndarray:
-    """The RGB image of an input file (JPEG or PNG only; anything else is a one-line error)."""
-    return read_image(path)
+    """The RGB image of an input file (JPEG or PNG only; anything else is a one-line error), up to
+    the decoder's pixel limit (a photo may be larger than a dataset image)."""
+    return read_image(path, max_pixels=MAX_IMAGE_PIXELS)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -156,7 +158,7 @@ def main(argv=None) -> None:
     net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
     del ckpt
     names = class_names(args.num_classes)
-    os.makedirs(args.out, exist_ok=True)
+    make_output_dir(args.out, "--out", allow_link=True)
 
     start = time.time()
     found = np.zeros(args.num_classes, dtype=np.int64)
@@ -165,10 +167,10 @@ def main(argv=None) -> None:
 
     def write(path: str, name: str, rgb: np.ndarray, pred: np.ndarray) -> None:
         color = label_image(pred, palette=True)
-        label_image(pred).save(os.path.join(args.out, name + ".png"))
-        color.save(os.path.join(args.out, name + "_color.png"))
+        save_image(output_path(args.out, name + ".png"), label_image(pred))
+        save_image(output_path(args.out, name + "_color.png"), color)
         overlay = blend(rgb, np.asarray(color.convert("RGB")))
-        Image.fromarray(overlay).save(os.path.join(args.out, name + "_overlay.png"))
+        save_image(output_path(args.out, name + "_overlay.png"), Image.fromarray(overlay))
         present = [int(c) for c in np.unique(pred) if c != 0]
         found[present] += 1
         shown = ", ".join(names[c] for c in present) or "background only"

@@ -33,7 +33,7 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
-from utils.safe_io import output_path
+from utils.safe_io import make_output_dir, output_path, save_image
 from datasets.transforms import denormalize, normalize
 from infer import class_names, collect_inputs, output_names, pick_device, segment_logits
 from model.cam import multiscale_cam
@@ -238,13 +238,13 @@ def main(argv=None) -> None:
     del ckpt
     names = class_names(args.num_classes)
     par = PAR().to(device)
-    os.makedirs(args.out, exist_ok=True)
+    make_output_dir(args.out, "--out", allow_link=True)
 
     start = time.time()
     for n, item in enumerate(items, 1):
         grid, drawn = draw(net, par, item, dataset, args, device, names)
         path = output_path(args.out, item[0] + ".png")
-        Image.fromarray(grid).save(path)
+        save_image(path, Image.fromarray(grid))
         print(f"[{n}/{count}] {path}: {', '.join(drawn)}", flush=True)
     print(f"drew {count} grid(s) into {args.out} in {time.time() - start:.1f} s on {device.type}")
 

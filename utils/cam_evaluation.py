@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from utils.errors import UserError
 from datasets.segmentation import EvalDataset
-from utils.safe_io import output_path
+from utils.safe_io import make_output_dir, output_path, save_image, save_npz
 from datasets.transforms import denormalize
 from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
@@ -35,7 +35,8 @@ from model.pseudo_labels import refine_cams_with_par
 from .crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from .distributed import barrier, cleanup, init_distributed
 from .cli import ArgumentParser, add_launcher_flags, add_numbers
-from .evaluation import DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split
+from .evaluation import (DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split,
+                         output_folder)
 from .checkpoint import resolve_model_flags
 from .inference import load_model
 from .metric import ConfusionMatrix, format_table
@@ -63,7 +64,8 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--save_cams", action=B, default=False,
                    help="write cams/<id>.npz: present classes' CAMs (float16, mask size) of both students")
     p.add_argument("--save_labels", action=B, default=False, help="write label PNGs per column")
-    p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/cam_<infer_set>)")
+    p.add_argument("--work_dir", help="output folder (default: a new folder <checkpoint folder>/cam_<infer_set>, "
+                   "numbered _2, _3... when that exists)")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
     add_launcher_flags(p)
@@ -115,8 +117,7 @@ class CamEvaluation:
         self.args, self.dataset, self.info, self.log = args, dataset, info, log
         self.layout, lists = eval_split(args, dataset, info.is_main, log)
         self.data = EvalDataset(self.layout, lists, args.infer_set)
-        self.work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
-                                                  f"cam_{args.infer_set}")
+        self.work = output_folder(args, f"cam_{args.infer_set}", info.is_main)
         self.net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
                               source=args.model_path)
         self.step = ckpt.get("step") if isinstance(ckpt, dict) else None
@@ -126,11 +127,11 @@ class CamEvaluation:
         self.sweep = {col: [ConfusionMatrix(c, info.device) for _ in self.thresholds] for col in self.sweep_cols}
         self.mats = {col: ConfusionMatrix(c, info.device) for col in self.label_cols}
         if info.is_main:
-            os.makedirs(self.work, exist_ok=True)
+            for sub in (["cams"] if args.save_cams else []) + (
+                    ["labels"] + [f"labels/{col}" for col in self.sweep_cols + self.label_cols]
+                    if args.save_labels else []):
+                make_output_dir(os.path.join(self.work, sub))
         barrier()
-        for sub in (["cams"] if args.save_cams else []) + (
-                [f"labels/{col}" for col in self.sweep_cols + self.label_cols] if args.save_labels else []):
-            os.makedirs(os.path.join(self.work, sub), exist_ok=True)
         self.at = self.thresholds.index(args.bkg_thre)
         self.crf = CRFQueue(backend, info.device, crf_batch_size(args, info.device), args.crf_class_chunk or None)
 
@@ -158,7 +159,7 @@ class CamEvaluation:
         for k, student in enumerate(self.net.students, 1):
             self.student(k, student, img_id, x, gt, label, present, rgb, saved)
         if args.save_cams:
-            np.savez(output_path(os.path.join(self.work, "cams"), img_id + ".npz"),
+            save_npz(output_path(os.path.join(self.work, "cams"), img_id + ".npz"),
                      classes=present.cpu().numpy() + 1, **saved)
 
     def student(self, k: int, student, img_id: str, x, gt, label, present, rgb, saved: dict) -> None:
@@ -205,8 +206,8 @@ class CamEvaluation:
 
     def save_label(self, column: str, img_id: str, label: torch.Tensor) -> None:
         if self.args.save_labels:
-            label_image(label.byte().cpu().numpy(), palette=True).save(
-                output_path(os.path.join(self.work, "labels", column), img_id + ".png"))
+            save_image(output_path(os.path.join(self.work, "labels", column), img_id + ".png"),
+                       label_image(label.byte().cpu().numpy(), palette=True))
 
     def scores(self):
         """Over all ranks: each column's scores at ``--bkg_thre``, the sweep's mIoU curves and each

@@ -30,13 +30,13 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
-from utils.safe_io import output_path
+from utils.safe_io import fresh_dir, make_output_dir, output_path, save_image
 
 from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
                   refine_labels, resolve_crf_backend)
 from .checkpoint import resolve_model_flags
 from .crf_torch import TorchCRFStream
-from .distributed import barrier, cleanup, init_distributed
+from .distributed import barrier, cleanup, from_main_rank, init_distributed
 from utils.errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
                         load_model, merge_voc, save_logits, select_branch,
@@ -78,7 +78,8 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
                    help="pydensecrf worker processes per rank (default: the cores this process may "
                    "use, shared by the ranks of a machine)")
     add_crf_backend_flags(p)
-    p.add_argument("--work_dir", help="output folder (default: <checkpoint folder>/eval_<infer_set>)")
+    p.add_argument("--work_dir", help="output folder (default: a new folder <checkpoint folder>/eval_<infer_set>, "
+                   "numbered _2, _3... when that exists)")
     p.add_argument("--amp", action=B, default=False, help="bf16 autocast for inference on GPU")
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
@@ -155,7 +156,8 @@ def usable_cores() -> int:
 
 
 def save_png(path: str, label: np.ndarray, palette: bool = False) -> None:
-    label_image(label, palette).save(path)
+    """A label map as an index (or colour) PNG, written without following a planted link."""
+    save_image(path, label_image(label, palette))
 
 
 def crf_inputs(job) -> Tuple[np.ndarray, object]:
@@ -217,15 +219,26 @@ def check_eval_flags(args, dataset: str):
     return ckpt
 
 
+def output_folder(args, name: str, is_main: bool) -> str:
+    """The folder an evaluation writes to: ``--work_dir`` as given (it may be a link: the user
+    chose it), else a folder made now next to the checkpoint, ``name`` or ``name_2``, ``name_3``...
+    when that exists (a downloaded run folder's own outputs, or a link planted under that name, are
+    never written through or over). Made by the main rank; every rank gets its path."""
+    if args.work_dir:
+        if is_main:
+            make_output_dir(args.work_dir, "--work_dir", allow_link=True)
+        return args.work_dir
+    work = fresh_dir(os.path.dirname(os.path.abspath(args.model_path)), name) if is_main else None
+    return from_main_rank(work)
+
+
 def make_output_folders(work: str, is_main: bool) -> Dict[str, str]:
-    """``{name: folder}`` of the evaluation's outputs under ``work``, created by the main rank."""
+    """``{name: folder}`` of the evaluation's outputs under ``work``, created by the main rank; a
+    sub-folder that is a link (to elsewhere) is refused."""
     dirs = {k: os.path.join(work, k) for k in ("logits", "prediction", "prediction_color", "crf", "crf_color")}
     if is_main:
         for d in dirs.values():
-            try:
-                os.makedirs(d, exist_ok=True)
-            except OSError:
-                raise UserError(f"cannot create {d}; pass a writable --work_dir") from None
+            make_output_dir(d)
     barrier()
     return dirs
 
@@ -270,8 +283,7 @@ class SegEvaluation:
                             f"{args.infer_set} split does not have; use --branch 1, 2 or ensemble")
         self.data = EvalDataset(self.layout, lists, args.infer_set, with_masks=self.with_masks,
                                 with_labels=False)
-        self.work = args.work_dir or os.path.join(os.path.dirname(os.path.abspath(args.model_path)),
-                                                  f"eval_{args.infer_set}")
+        self.work = output_folder(args, f"eval_{args.infer_set}", info.is_main)
         self.dirs = make_output_folders(self.work, info.is_main)
         # pydensecrf's workers start before the model takes the GPU; they (or the torch CRF's
         # batches on the device) refine each image's float32 probabilities while the next images

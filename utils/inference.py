@@ -19,6 +19,7 @@ from utils.checkpoint import load_network, model_settings, read_checkpoint, save
 from model.network import DualStudentNet
 
 from utils.errors import UserError
+from utils.safe_io import save_npz
 
 VOC_EVAL_SCALES = (1.0, 1.5, 1.25)
 COCO_EVAL_SCALES = (1.0, 1.25, 1.5)
@@ -45,7 +46,13 @@ def load_model(model, backbone: Optional[str], num_classes: Optional[int],
 
 def _flip_pair(student, x: torch.Tensor) -> torch.Tensor:
     """Decoder logits of ``x (1, 3, h, w)`` and of its mirror in one pass: ``(2, C, h', w')`` float32,
-    contiguous (the layout of a saved and reloaded copy, so resizing either gives the same bits)."""
+    contiguous (the layout of a saved and reloaded copy, so resizing either gives the same bits).
+    An image smaller than one patch (a tiny dataset image, or a small one at a small scale) is
+    padded at the bottom and right with zeros (the mean colour once normalised) to one patch."""
+    p = student.patch_size
+    h, w = x.shape[-2:]
+    if h < p or w < p:
+        x = F.pad(x, (0, max(0, p - w), 0, max(0, p - h)))
     return student.segment(torch.cat([x, x.flip(-1)], dim=0)).float().contiguous()
 
 
@@ -67,7 +74,9 @@ def to_size(t: torch.Tensor, size) -> torch.Tensor:
 def _resized(image: torch.Tensor, s: float, h: int, w: int) -> torch.Tensor:
     if s == 1.0:
         return image
-    return F.interpolate(image, size=(int(s * h), int(s * w)), mode="bilinear", align_corners=False)
+    # at least one pixel a side (a tiny image at a small scale), padded to a patch by _flip_pair
+    return F.interpolate(image, size=(max(1, int(s * h)), max(1, int(s * w))), mode="bilinear",
+                         align_corners=False)
 
 
 @torch.no_grad()
@@ -152,7 +161,7 @@ def save_logits(path: str, rule: str, raw, size, scales: Sequence[float]) -> Non
             arrays[f"student{k}"] = student.float().cpu().numpy()
         else:
             raise ValueError("rule must be 'voc' or 'coco'")
-    np.savez(path, **arrays)
+    save_npz(path, **arrays)
 
 
 def load_logits(path: str, branch: str = "ensemble") -> np.ndarray:
