@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from utils.errors import UserError
-from utils.safe_io import check_zip
+from utils.safe_io import check_safetensors, check_zip, npz_shapes
 
 from utils.checkpoint import read_checkpoint
 
@@ -226,12 +226,25 @@ def _load_npz_weights(vit: Encoder, path: str) -> None:
     # numpy reads it without pickle; each record inflates at most to its declared size
     check_zip(path, "--pretrained_path", max_member=NPZ_MAX_RATIO * os.path.getsize(path),
               max_ratio=NPZ_MAX_RATIO)
+    _check_npz_patch(vit, path)
     try:
         vit.load_pretrained(path)
     except Exception as exc:
         msg = _first_line(exc, 120)
         raise UserError(f"cannot load --pretrained_path {path} into this backbone ({msg}); "
                         "check --backbone") from None
+
+
+def _check_npz_patch(vit: Encoder, path: str) -> None:
+    """The patch kernel of an ``.npz`` (``.../embedding/kernel``, JAX layout ``(p, p, 3, D)``), read
+    from its array header, must be this backbone's: timm would otherwise resample the kernel to the
+    model's patch through a ``(p*p) x (p*p)`` matrix (a 160-pixel kernel: 25600 squared floats)."""
+    patch, width = tuple(vit.patch_embed.proj.weight.shape[-2:]), vit.patch_embed.proj.weight.shape[0]
+    for name, shape in npz_shapes(path, "--pretrained_path").items():
+        if name.endswith("embedding/kernel") and (len(shape) != 4 or tuple(shape[:2]) != patch
+                                                   or shape[3] != width):
+            raise UserError(f"--pretrained_path {path} holds a patch kernel of shape {tuple(shape)}, "
+                            f"not this backbone's {patch + (3, width)}; check --backbone")
 
 
 def _read_state_dict(path: str) -> dict:
@@ -241,6 +254,7 @@ def _read_state_dict(path: str) -> dict:
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
+            check_safetensors(path, "--pretrained_path")
             state = load_file(path)
         else:
             state = read_checkpoint(path)

@@ -114,14 +114,43 @@ def _simple_dtype(spec, allow_object: bool):
 
 _FLAGS = {"LONG_BINPUT": 1, "PUT": 2, "MEMOIZE": 3, "STOP": 4}
 
+# What loading a pickle may hold in memory, per opcode (bytes, CPython on 64 bits, rounded up): the
+# object an opcode makes, or the slot it adds to a container or the memo. An opcode with an
+# argument of variable length (a string, bytes, a long) makes an object of 56 + that length. A
+# legitimate file builds 2-9 times its size (a checkpoint's structure, the original's labels);
+# a file of 1-byte opcodes that each make a set or a list builds 50-200 times its size.
+BUILT_BYTES = {
+    "EMPTY_LIST": 56, "EMPTY_DICT": 64, "EMPTY_SET": 216, "FROZENSET": 216, "LIST": 56, "DICT": 64,
+    "TUPLE": 48, "TUPLE1": 48, "TUPLE2": 56, "TUPLE3": 64, "APPEND": 8, "APPENDS": 8, "SETITEM": 16,
+    "SETITEMS": 16, "ADDITEMS": 16, "REDUCE": 112, "NEWOBJ": 112, "NEWOBJ_EX": 112, "BUILD": 16,
+    "GLOBAL": 64, "STACK_GLOBAL": 64, "INST": 112, "OBJ": 112, "BININT": 32, "BININT1": 32,
+    "BININT2": 32, "BINFLOAT": 24, "PUT": 8, "BINPUT": 8, "LONG_BINPUT": 8, "MEMOIZE": 8,
+    "GET": 8, "BINGET": 8, "LONG_BINGET": 8, "DUP": 8,
+}
+VARIABLE_BYTES = 56          # an object whose argument is a string, bytes or a long, plus its length
+MAX_BUILT_RATIO = 16         # what a pickle may build, as a multiple of its size ...
+BUILT_SLACK = 16 << 20       # ... plus this
+
+
+def built_budget(data: bytes) -> int:
+    """The bytes of objects that loading the pickle ``data`` may build (see :data:`BUILT_BYTES`)."""
+    return MAX_BUILT_RATIO * len(data) + BUILT_SLACK
+
+
+def _too_much_built(budget: int) -> Refused:
+    return Refused(f"a pickle that builds more than {budget >> 20} MiB of objects ({MAX_BUILT_RATIO} "
+                   "times its size: many small containers or strings, not data)")
+
 
 def _opcode_table():
-    """Per opcode byte: (argument kind, flag): kind >= 0 a fixed length, -1 one text line, -6 two
-    lines, -2..-5 a length prefix of 1, 4 (signed), 4 or 8 bytes; flag marks memo ops and STOP."""
+    """Per opcode byte: (argument kind, flag, built bytes): kind >= 0 a fixed length, -1 one text
+    line, -6 two lines, -2..-5 a length prefix of 1, 4 (signed), 4 or 8 bytes; flag marks memo ops
+    and STOP; built bytes as :data:`BUILT_BYTES` (variable-length arguments add their length)."""
     table = [None] * 256
     for op in pickletools.opcodes:
         kind = 0 if op.arg is None else (-6 if op.arg.name == "stringnl_noescape_pair" else op.arg.n)
-        table[op.code.encode("latin-1")[0]] = (kind, _FLAGS.get(op.name, 0))
+        cost = BUILT_BYTES.get(op.name, VARIABLE_BYTES if kind < 0 else 0)
+        table[op.code.encode("latin-1")[0]] = (kind, _FLAGS.get(op.name, 0), cost)
     return table
 
 
@@ -130,16 +159,20 @@ _LENGTH_BYTES = {-2: 1, -3: 4, -4: 4, -5: 8}
 
 
 def check_pickle_memo(data: bytes, max_memo: int = 1 << 22) -> None:
-    """Check every opcode of the pickle ``data`` is known and every memo index is at most
-    ``max_memo``, without building anything (a fast pass before the C unpickler, whose memo
-    grows to the largest index: one 5-byte opcode could otherwise take gigabytes)."""
-    i, n, memo = 0, len(data), 0
+    """Check every opcode of the pickle ``data`` is known, every memo index is at most
+    ``max_memo`` and what loading it may build stays within :func:`built_budget`, without
+    building anything (a fast pass before the C unpickler, whose memo grows to the largest index:
+    one 5-byte opcode could otherwise take gigabytes, as could millions of 1-byte empty sets)."""
+    i, n, memo, built, budget = 0, len(data), 0, 0, built_budget(data)
     table, lengths, from_bytes = _OPCODES, _LENGTH_BYTES, int.from_bytes
     while i < n:
         entry = table[data[i]]
         if entry is None:
             raise Refused(f"an unknown pickle opcode {data[i]} at byte {i}")
-        kind, flag = entry
+        kind, flag, cost = entry
+        built += cost
+        if built > budget:
+            raise _too_much_built(budget)
         i += 1
         if kind > 0:
             if flag == 1 and from_bytes(data[i:i + 4], "little") > max_memo:
@@ -167,6 +200,7 @@ def check_pickle_memo(data: bytes, max_memo: int = 1 << 22) -> None:
             length = from_bytes(data[i:i + width], "little", signed=kind == -3)
             if length < 0:
                 raise Refused("a malformed pickle (negative length)")
+            built += length
             i += width + length
     raise Refused("a malformed pickle (no STOP)")
 
@@ -197,11 +231,16 @@ class _PickleScan:
         self.total = 0
 
     def run(self, data: bytes) -> None:
+        built, budget = 0, built_budget(data)
         try:
             for op, arg, _pos in pickletools.genops(data):
                 name = op.name
                 if name == "STOP":
                     break
+                built += BUILT_BYTES.get(name, 0) if not isinstance(arg, (str, bytes, bytearray)) \
+                    else VARIABLE_BYTES + len(arg)
+                if built > budget:
+                    raise _too_much_built(budget)
                 handler = self.HANDLERS.get(name)
                 if handler is None:
                     raise Refused(f"pickle opcode {name} (it imports or calls code)")

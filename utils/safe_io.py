@@ -151,11 +151,12 @@ def save_npz(path: str, **arrays) -> None:
     write_atomically(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
-def make_output_dir(path: str, what: str = "output folder") -> str:
+def make_output_dir(path: str, what: str = "output folder", allow_link: bool = False) -> str:
     """Create the folder ``path`` (and its parents) for outputs; an existing ``path`` that is a
-    symbolic link or not a folder is refused in one line (a folder the user names on the command
-    line, such as ``--work_dir``, may be a link: it is not checked here)."""
-    if os.path.islink(path):
+    symbolic link (unless ``allow_link``: a folder the user names on the command line, such as
+    ``--work_dir``, is theirs to choose) or not a folder is refused in one line, as is a folder
+    this user cannot write to."""
+    if os.path.islink(path) and not allow_link:
         raise UserError(f"refused {what} {path}: it is a symbolic link (to {os.readlink(path)!r}); "
                         "outputs are written only into folders the run created or was given: "
                         "remove the link or pass another --work_dir")
@@ -255,3 +256,47 @@ def check_zip(path: str, what: str, max_member: int, max_members: int = 100_000,
         raise UserError(f"refused {what} {path}: its records declare {total} bytes in a file of "
                         f"{size} ({why}){fix}")
     return {i.filename: i for i in infos}
+
+
+# ------------------------------------------------------------------------------ weight files
+MAX_SAFETENSORS_HEADER = 4 << 20    # a ViT-L's header is about 60 KB (one JSON entry per tensor)
+MAX_WEIGHT_TENSORS = 20_000         # EVA-02-L has about 600
+
+
+def check_safetensors(path: str, what: str) -> None:
+    """Refuse a ``.safetensors`` file whose JSON header is longer than MAX_SAFETENSORS_HEADER or
+    lists more than MAX_WEIGHT_TENSORS tensors, before the header is parsed (a header of a million
+    empty tensors takes gigabytes to parse)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UserError(f"cannot read {what} {path}: not a safetensors file (shorter than its header)")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise UserError(f"refused {what} {path}: its header declares {length} bytes, more than "
+                            f"the {MAX_SAFETENSORS_HEADER >> 20} MiB a network's weights need (or than the file)")
+        entries = f.read(length).count(b'"dtype"')
+    if entries > MAX_WEIGHT_TENSORS:
+        raise UserError(f"refused {what} {path}: its header lists {entries} tensors, more than the "
+                        f"{MAX_WEIGHT_TENSORS} of any encoder")
+
+
+def npz_shapes(path: str, what: str) -> Dict[str, tuple]:
+    """The shape of every array of an ``.npz`` file (record name without ``.npy``), read from the
+    arrays' headers only (call :func:`check_zip` first)."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if not name.endswith(".npy"):
+                    continue
+                with zf.open(name) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    header = (np.lib.format.read_array_header_1_0 if major == 1
+                              else np.lib.format.read_array_header_2_0)
+                    shapes[name[:-4]] = header(f)[0]
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"cannot read {what} {path} ({str(exc)[:120]}); the file is incomplete or "
+                        "not an .npz of arrays") from None
+    return shapes
