@@ -190,3 +190,60 @@ def test_the_directory_count_of_real_zips(tmp_path):
     assert 300 <= zip_directory_entries(str(tmp_path / "z.zip")) <= 600
     (tmp_path / "not.zip").write_bytes(b"plain text")
     assert zip_directory_entries(str(tmp_path / "not.zip")) is None
+
+
+# ---------------------------------------------------------------- pickles: what loading builds
+def test_a_checkpoint_pickle_of_millions_of_empty_lists_is_refused(tmp_path, junk):  # noqa: F811
+    from tests.test_untrusted import torch_zip
+    path = tmp_path / "lists.pth"
+    torch_zip(path, b"]" * (6 << 20))          # one empty list per byte: the scanner kept them all
+    refused_reading("checkpoint", path, junk / "junk.pth", tmp_path, "refused checkpoint", "builds more than")
+
+
+def test_a_labels_pickle_of_millions_of_empty_sets_is_refused(tmp_path, junk):  # noqa: F811
+    from tests.test_untrusted import labels_npy
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    labels_npy(lists / "cls_labels_onehot.npy", b"\x8f" * (4 << 20))   # EMPTY_SET x 4 Mi
+    refused_reading("labels", lists, junk / "lists", tmp_path, "refused image-level labels", "builds more than")
+
+
+def test_real_pickles_stay_within_what_they_may_build(tmp_path):
+    import pickle
+    from datasets.prepare import load_labels
+    from utils.pickle_scan import check_pickle_memo
+    labels = {f"2008_{i:06d}": np.eye(80, dtype=np.float64)[i % 80] for i in range(3000)}
+    for protocol in (2, 3, 4):
+        check_pickle_memo(pickle.dumps(np.array(labels, dtype=object), protocol=protocol))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    np.save(lists / "cls_labels_onehot.npy", np.array(labels, dtype=object), allow_pickle=True)
+    assert len(load_labels(str(lists))) == 3000
+
+
+# ---------------------------------------------------------------- --pretrained_path weight files
+def test_a_safetensors_header_of_a_million_empty_tensors_is_refused(tmp_path, junk):  # noqa: F811
+    entries = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(1_000_000))
+    header = ("{" + entries + "}").encode()
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    refused_reading("pretrained", path, junk / "junk.pth", tmp_path, "--pretrained_path", "header")
+
+
+def test_a_safetensors_header_listing_too_many_tensors_is_refused(tmp_path):
+    from utils.safe_io import MAX_WEIGHT_TENSORS, check_safetensors
+    entries = ",".join(f'"{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(MAX_WEIGHT_TENSORS + 1))
+    header = ("{" + entries + "}").encode()
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(UserError, match=f"lists {MAX_WEIGHT_TENSORS + 1} tensors"):
+        check_safetensors(str(path), "--pretrained_path")
+
+
+@pytest.mark.parametrize("kernel", [160, 256])
+def test_an_npz_whose_patch_kernel_is_not_the_models_is_refused_before_timm_resamples_it(tmp_path, junk, kernel):  # noqa: F811
+    path = tmp_path / "weights.npz"
+    np.savez(path, **{"embedding/kernel": np.zeros((kernel, kernel, 3, 1), np.float32),
+                      "embedding/bias": np.zeros(1, np.float32)})
+    assert os.path.getsize(path) < 800_000
+    refused_reading("pretrained", path, junk / "junk.pth", tmp_path, "--pretrained_path", "patch kernel")
