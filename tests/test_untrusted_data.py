@@ -247,3 +247,50 @@ def test_an_npz_whose_patch_kernel_is_not_the_models_is_refused_before_timm_resa
                       "embedding/bias": np.zeros(1, np.float32)})
     assert os.path.getsize(path) < 800_000
     refused_reading("pretrained", path, junk / "junk.pth", tmp_path, "--pretrained_path", "patch kernel")
+
+
+# ---------------------------------------------------------------- refused before, kept so
+@pytest.mark.parametrize("kind,name", [("image", "x.jpg"), ("mask", "x.png"), ("list", "val.txt"),
+                                       ("checkpoint", "c.pth"), ("labels", "lists")])
+def test_a_fifo_in_place_of_a_file_is_one_line_and_never_blocks(tmp_path, junk, kind, name):  # noqa: F811
+    if kind == "labels":
+        (tmp_path / name).mkdir()
+        os.mkfifo(tmp_path / name / "cls_labels.npz")
+        junk_path = junk / "lists"
+    else:
+        os.mkfifo(tmp_path / name)
+        junk_path = junk / {"image": "junk.jpg", "mask": "junk.png", "list": "junk.txt", "checkpoint": "junk.pth"}[kind]
+    refused_reading(kind, tmp_path / name, junk_path, tmp_path, str(tmp_path / name))
+
+
+@pytest.mark.parametrize("kind", ["image", "checkpoint"])
+def test_a_link_to_a_device_is_one_line(tmp_path, junk, kind):  # noqa: F811
+    path = tmp_path / ("x.jpg" if kind == "image" else "c.pth")
+    path.symlink_to("/dev/zero")
+    refused_reading(kind, path, junk / ("junk.jpg" if kind == "image" else "junk.pth"), tmp_path, str(path))
+
+
+def test_an_npy_header_of_a_huge_declared_length_is_one_line(tmp_path, junk):  # noqa: F811
+    import zipfile
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    npy = b"\x93NUMPY\x02\x00" + struct.pack("<I", 1 << 31) + b" " * 64
+    with zipfile.ZipFile(lists / "cls_labels.npz", "w") as z:
+        z.writestr("labels.npy", npy)
+        z.writestr("names.npy", npy)
+    refused_reading("labels", lists, junk / "lists", tmp_path, "image-level labels")
+
+
+@pytest.mark.parametrize("chunk", [b"zTXt", b"iCCP"])
+def test_a_png_whose_compressed_chunk_inflates_to_gigabytes_is_one_line(tmp_path, junk, chunk):  # noqa: F811
+    body = b"k\x00\x00" + zlib.compress(bytes(256 << 20), 9)          # 256 MiB of zeros, ~256 KB
+    data = png_bytes(16, 16, 8, 2)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data[:33] + _chunk(chunk, body) + data[33:])
+    refused_reading("image", path, junk / "junk.png", tmp_path, str(path))
+
+
+def test_a_cmyk_jpeg_mask_is_one_line(tmp_path, junk):  # noqa: F811
+    path = tmp_path / "cmyk.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).convert("CMYK").save(path, format="JPEG")
+    refused_reading("mask", path, junk / "junk.png", tmp_path, "refused mask", "JPEG")
