@@ -15,7 +15,7 @@ from utils.errors import UserError
 from .layout import DatasetLayout
 from .prepare import labels_path, load_labels, read_list
 from .readers import read_image, read_mask
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugmentation
+from .transforms import PAPER_STATS, InputStats, TrainAugmentation
 
 
 def _load_split(layout: DatasetLayout, list_folder: str, split: str, need_masks: bool,
@@ -73,19 +73,18 @@ class TrainDataset(Dataset):
 class EvalDataset(Dataset):
     """Un-augmented images at their own size for validation and testing.
 
-    Item: ``(id, image float32 (3, H, W) normalised, mask uint8 (H, W), label float32 (K,))``.
-    Without masks (``with_masks=False``, e.g. the VOC test split) the mask is an empty
+    Item: ``(id, image float32 (3, H, W) normalised, mask uint8 (H, W), label float32 (K,))``;
+    images are normalised with ``stats``, the encoder's input statistics (the paper's ImageNet
+    constants by default). Without masks (``with_masks=False``, e.g. the VOC test split) the mask is an empty
     ``(0, 0)`` tensor; without labels the label vector is all zeros.
     """
 
     def __init__(self, layout: DatasetLayout, list_folder: str, split: str = "val",
-                 with_masks: bool = True, with_labels: bool = True):
-        self.layout, self.split = layout, split
+                 with_masks: bool = True, with_labels: bool = True, stats: InputStats = PAPER_STATS):
+        self.layout, self.split, self.stats = layout, split, stats
         self.with_masks, self.with_labels = with_masks, with_labels
         self.ids, self.labels = _load_split(layout, list_folder, split, need_masks=with_masks,
                                             need_labels=with_labels)
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,7 +92,7 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int):
         img_id = self.ids[index]
         rgb = read_image(self.layout.image_path(self.split, img_id))
-        image = (torch.from_numpy(rgb).permute(2, 0, 1).float() - self.mean) / self.std
+        image = self.stats.normalize_pixels(rgb)
         if self.with_masks:
             mask = read_mask(self.layout.mask_path(self.split, img_id), self.layout.num_classes)
             if mask.shape != rgb.shape[:2]:

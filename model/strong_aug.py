@@ -1,7 +1,8 @@
 """Strong view of the consistency branch (docs/method.md#losses-and-phases), batched on the tensors' device.
 
 Per image: RandAugment with ``num_ops`` operations drawn with replacement from seven photometric
-ops at one fixed magnitude, then ImageNet normalisation, then a horizontal flip. The original
+ops at one fixed magnitude, then normalisation with the encoder's input statistics (the ImageNet
+constants on the paper's path), then a horizontal flip. The original
 round-trips every image through PIL on the CPU; here the ops work on the whole batch in 8-bit
 value space (floats holding the integers 0..255) and reproduce PIL's integer arithmetic -- its
 lookup tables, the fixed-point RGB -> L conversion, ``Image.blend``'s single-precision
@@ -22,10 +23,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats  # noqa: F401
+
 OP_NAMES: Tuple[str, ...] = ("AutoContrast", "Equalize", "Posterize", "Color", "Contrast",
                              "Brightness", "Sharpness")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def op_values(magnitude: float = 10) -> Tuple[int, float]:
@@ -159,21 +160,20 @@ def draw_ops(batch_size: int, generator: Optional[torch.Generator] = None, num_o
     return [[OP_NAMES[i] for i in row] for row in draws.tolist()]
 
 
-def normalize_and_flip(v: Tensor) -> Tensor:
-    """8-bit values ``(B, 3, H, W)`` -> ``v / 255``, ImageNet mean/std per channel, horizontal
-    flip."""
-    x = v / 255
-    chans = [(x[:, c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c] for c in range(3)]
-    return torch.stack(chans, dim=1).flip(-1)
+def normalize_and_flip(v: Tensor, stats: InputStats = PAPER_STATS) -> Tensor:
+    """8-bit values ``(B, 3, H, W)`` -> ``v / 255``, ``stats``' mean/std per channel
+    (:meth:`~datasets.transforms.InputStats.normalize_levels`), horizontal flip."""
+    return stats.normalize_levels(v).flip(-1)
 
 
 def strong_augment(images: Tensor, generator: Optional[torch.Generator] = None,
                    num_ops: int = 5, magnitude: float = 10,
-                   ops: Optional[Sequence[Sequence[str]]] = None, return_ops: bool = False
-                   ) -> Union[Tensor, Tuple[Tensor, List[List[str]]]]:
+                   ops: Optional[Sequence[Sequence[str]]] = None, return_ops: bool = False,
+                   stats: InputStats = PAPER_STATS) -> Union[Tensor, Tuple[Tensor, List[List[str]]]]:
     """Strongly augmented view of a batch: per image RandAugment(n = ``num_ops``, m =
     ``magnitude``) over AutoContrast, Equalize, Posterize, Color, Contrast, Brightness, Sharpness
-    with PIL semantics, then ImageNet normalisation, then a horizontal flip (docs/method.md#losses-and-phases).
+    with PIL semantics, then normalisation with ``stats`` (the encoder's; the ImageNet constants by
+    default), then a horizontal flip (docs/method.md#losses-and-phases).
 
     Args:
         images: ``(B, 3, H, W)`` float in [0, 1], uint8-quantised (the de-normalised training
@@ -181,6 +181,7 @@ def strong_augment(images: Tensor, generator: Optional[torch.Generator] = None,
         generator: CPU generator for the op draws.
         ops: optional explicit ops, one list of names per image (overrides the draw).
         return_ops: also return the ops each image got.
+        stats: the input statistics of the encoder the view is for.
 
     Returns:
         ``(B, 3, H, W)`` float32 normalised and flipped, on ``images``' device; with
@@ -213,15 +214,16 @@ def strong_augment(images: Tensor, generator: Optional[torch.Generator] = None,
             for k, i in enumerate(members):
                 pieces[i] = out[k:k + 1]
         v = torch.cat(pieces) if b > 1 else pieces[0]
-    out = normalize_and_flip(v)
+    out = normalize_and_flip(v, stats)
     return (out, ops) if return_ops else out
 
 
-def strong_augment_pil(image: Tensor, ops: Sequence[str], magnitude: float = 10) -> Tensor:
+def strong_augment_pil(image: Tensor, ops: Sequence[str], magnitude: float = 10,
+                       stats: InputStats = PAPER_STATS) -> Tensor:
     """Reference of :func:`strong_augment` for one image, through PIL as the original:
     ``(3, H, W)`` in [0, 1] -> uint8 PIL image -> the named ops (``ImageOps`` /
-    ``ImageEnhance``) -> tensor / 255 -> ImageNet normalisation -> horizontal flip, ``(3, H, W)``
-    float32 on the CPU."""
+    ``ImageEnhance``) -> tensor / 255 -> normalisation with ``stats`` -> horizontal flip,
+    ``(3, H, W)`` float32 on the CPU."""
     import numpy as np
     from PIL import Image, ImageEnhance, ImageOps
 
@@ -239,7 +241,4 @@ def strong_augment_pil(image: Tensor, ops: Sequence[str], magnitude: float = 10)
     im = Image.fromarray(arr.permute(1, 2, 0).contiguous().numpy())
     for name in ops:
         im = pil_ops[name](im)
-    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((x - mean) / std).flip(-1)
+    return stats.normalize(np.asarray(im)).flip(-1)

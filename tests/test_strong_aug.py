@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from datasets.transforms import PAPER_STATS, InputStats
 from model.strong_aug import (IMAGENET_MEAN, IMAGENET_STD, OP_NAMES, draw_ops, op_values,
                               strong_augment, strong_augment_pil)
 
@@ -160,3 +161,17 @@ def test_cuda_matches_pil_without_host_sync():
         assert y.is_cuda
         diff = (to_255(y.cpu()) - to_255(pil_batch(x, ops))).abs()
         assert diff.max() < 1e-3, (ops, diff.max())
+
+
+def test_the_view_is_normalised_with_the_statistics_given():
+    """Another family's statistics change the normalisation only: the same ops give the same 8-bit
+    view, equal to PIL's, and the default is the paper's ImageNet constants bit for bit."""
+    clip = InputStats((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    x = make_images(3, 40, 56, seed=4)
+    ops = [["Equalize", "Color"], ["Sharpness"], ["Posterize", "Contrast"]]
+    ours = strong_augment(x, ops=ops, stats=clip)
+    pil = torch.stack([strong_augment_pil(x[i], ops[i], stats=clip) for i in range(3)])
+    assert torch.equal(clip.denormalize(ours), clip.denormalize(pil))
+    levels = torch.round(clip.denormalize(ours) * 255)
+    assert (to_255(strong_augment(x, ops=ops)) - levels).abs().max() < 1e-3
+    assert torch.equal(strong_augment(x, ops=ops), strong_augment(x, ops=ops, stats=PAPER_STATS))

@@ -1,11 +1,17 @@
-"""The training augmentation of docs/data.md#loading-rules: sizes, img_box semantics, padding and normalisation."""
+"""The training augmentation of docs/data.md#loading-rules: sizes, img_box semantics, padding and
+normalisation; the input statistics (:class:`datasets.transforms.InputStats`) and the paper's
+formulas they keep bit for bit."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, TrainAugmentation, normalize,
-                                 random_pad_crop, random_rescale)
+from datasets.layout import voc_layout
+from datasets.prepare import ensure_lists
+from datasets.segmentation import EvalDataset
+from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats, TrainAugmentation,
+                                 denormalize, normalize, random_pad_crop, random_rescale)
+from utils.errors import UserError
 
 
 @pytest.mark.parametrize("h,w", [(30, 40), (100, 120), (30, 200), (200, 30), (64, 64), (65, 63)])
@@ -87,3 +93,80 @@ def test_coco_flip_mirrors_the_box_only_when_asked(mirror):
         assert mismatches == 0
     else:
         assert mismatches > 5, "the original's COCO flip leaves img_box unmirrored (docs/method.md#quirks)"
+
+
+# ---------------------------------------------------------------- input statistics
+_OLD_MEAN_255 = (123.675, 116.28, 103.53)   # the constants the paper's round trip was written with
+_OLD_STD_255 = (58.395, 57.12, 57.375)
+CLIP_LIKE = InputStats((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+def _all_levels(seed=0, h=24, w=32):
+    """uint8 ``(h, w, 3)`` holding every level 0..255 in each channel, the rest random."""
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img.reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]
+    return img
+
+
+def test_the_papers_statistics_give_the_old_formulas_bit_for_bit():
+    """Every form of PAPER_STATS equals, with torch.equal, the arithmetic its site had before the
+    statistics moved into one place: the training transform, the evaluation set, the strong view's
+    normalisation and the original's uint8 round trip."""
+    img = _all_levels()
+    x = torch.from_numpy(img).permute(2, 0, 1).float()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.equal(PAPER_STATS.normalize(img), (x / 255.0 - mean) / std)
+    assert torch.equal(normalize(img), (x / 255.0 - mean) / std)
+    assert torch.equal(PAPER_STATS.normalize_pixels(img), (x - mean * 255.0) / (std * 255.0))
+    v = x[None].repeat(2, 1, 1, 1)
+    old_levels = torch.stack([((v / 255)[:, c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c] for c in range(3)], dim=1)
+    assert torch.equal(PAPER_STATS.normalize_levels(v), old_levels)
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.stack([PAPER_STATS.normalize(img)] * 2), 3 * torch.randn(2, 3, 24, 32, generator=g)])
+    old = torch.stack([z[:, c] * s + m for c, (m, s) in enumerate(zip(_OLD_MEAN_255, _OLD_STD_255))], dim=1)
+    old = torch.remainder(torch.trunc(old), 256) / torch.full((1, 1, 1, 1), 255.0)
+    assert torch.equal(PAPER_STATS.denormalize(z), old) and torch.equal(denormalize(z), old)
+    assert PAPER_STATS.uint8_cast and PAPER_STATS.mean == IMAGENET_MEAN and PAPER_STATS.std == IMAGENET_STD
+
+
+def test_train_augmentation_and_eval_set_normalise_with_the_statistics_given(voc_copy):
+    """The same draws give the same 8-bit crop whatever the statistics; only its normalisation
+    follows them. The evaluation set normalises with the statistics it is given."""
+    img = _all_levels(1, 40, 50)
+    outs = []
+    for stats in (PAPER_STATS, CLIP_LIKE):
+        np.random.seed(3)
+        torch.manual_seed(3)
+        outs.append(TrainAugmentation(crop_size=32, stats=stats)(img)[0])
+    crop = torch.round(CLIP_LIKE.denormalize(outs[1][None])[0] * 255).byte().permute(1, 2, 0).numpy()
+    assert torch.equal(outs[1], CLIP_LIKE.normalize(crop)) and torch.equal(outs[0], PAPER_STATS.normalize(crop))
+    layout = voc_layout(str(voc_copy))
+    lists = ensure_lists(layout, None, ["val"])
+    for stats in (PAPER_STATS, CLIP_LIKE):
+        ds = EvalDataset(layout, lists, "val", stats=stats)
+        assert ds.stats == stats and torch.equal(ds[0][1], stats.normalize_pixels(ds.raw_image(0)))
+    assert EvalDataset(layout, lists, "val").stats == PAPER_STATS
+
+
+def test_an_8bit_image_comes_back_exactly_through_any_family_but_the_papers_round_trip():
+    """PAR and the strong view get the 8-bit image / 255: every statistics but the paper's round
+    to the nearest level, so the image comes back exactly; the paper's path keeps the original's
+    truncation, which drops some levels by one (docs/method.md#quirks)."""
+    img = _all_levels(2)
+    levels = torch.from_numpy(img).permute(2, 0, 1).float()[None]
+    exact = levels / torch.full((1, 1, 1, 1), 255.0)
+    half = InputStats((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    for stats in (CLIP_LIKE, half, InputStats(IMAGENET_MEAN, IMAGENET_STD)):
+        assert torch.equal(stats.denormalize(stats.normalize(img)[None]), exact)
+        assert torch.equal(stats.denormalize(stats.normalize_pixels(img)[None]), exact)
+        assert torch.equal(stats.denormalize(stats.normalize_levels(levels)), exact)
+    paper = PAPER_STATS.denormalize(PAPER_STATS.normalize(img)[None])
+    off = (paper - exact).abs()
+    assert float(off.max()) <= 1 / 255 + 1e-7 and 0 < float((off > 0).float().mean()) < 0.1
+
+
+@pytest.mark.parametrize("mean,std", [((0.5, 0.5), (0.5, 0.5, 0.5)), ((0.5,) * 3, (0.5, 0.0, 0.5)),
+                                      ((float("nan"),) * 3, (0.5,) * 3)])
+def test_impossible_statistics_are_one_line_errors(mean, std):
+    with pytest.raises(UserError, match="input statistics need 3 finite means and 3 positive stds"):
+        InputStats(mean, std)
