@@ -112,8 +112,9 @@ def main(argv=None) -> None:
     print("per-class IoU on synthetic val (%):")
     print(result_table(result, voc.display_names))
     net = load_model(os.path.join(args.work_dir, CHECKPOINT), None, voc.num_classes, None,
-                     torch.device("cpu"))   # backbone and aux block from the checkpoint
+                     torch.device("cpu"))   # backbone, aux block and input statistics from the checkpoint
     figure = os.path.join(args.work_dir, "demo_figure.png")
+    val = EvalDataset(voc, voc_lists, "val", stats=net.input_stats)
     picture = Image.fromarray(demo_figure(net, val, voc.display_names, torch.device("cpu"),
                                           crop_size=args.crop_size))
     write_atomically(figure, lambda f: picture.save(f, format="PNG", optimize=True), binary=True)

@@ -3,8 +3,8 @@
     python infer.py --model_path dupl_voc.pth --input photos/ --out predictions/
     python infer.py --model_path dupl_voc.pth --input a.jpg b.png --out predictions/ --branch 2
 
-Any JPEG/PNG (grayscale, RGBA, palette, any size) is read as RGB, normalised with the ImageNet
-constants and segmented at its own size with the VOC multi-scale + flip rule (docs/method.md#evaluation). For each image ``<name>`` three files are written to ``--out``:
+Any JPEG/PNG (grayscale, RGBA, palette, any size) is read as RGB, normalised with the input
+statistics the checkpoint was trained with (its encoder's: ImageNet's for ViT/DeiT) and segmented at its own size with the VOC multi-scale + flip rule (docs/method.md#evaluation). For each image ``<name>`` three files are written to ``--out``:
 
 * ``<name>.png``          single-channel class indices 0..C-1
 * ``<name>_color.png``    the same indices as a palette (mode "P") PNG with the VOC colours
@@ -30,7 +30,6 @@ from PIL import Image
 
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import MAX_IMAGE_PIXELS, read_image
-from datasets.transforms import normalize
 from utils.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
@@ -70,9 +69,9 @@ def autocast(device: torch.device, enabled: bool):
 def segment_logits(net, rgb: np.ndarray, device: torch.device, branch: str = "ensemble",
                    scales: Sequence[float] = VOC_EVAL_SCALES, amp: bool = False) -> torch.Tensor:
     """Logits ``(1, C, H, W)`` (float32) of the chosen branch for a uint8 RGB image ``(H, W, 3)``,
-    VOC multi-scale + flip rule at the image's own size."""
+    VOC multi-scale + flip rule at the image's own size, normalised with the network's statistics."""
     h, w = rgb.shape[:2]
-    x = normalize(rgb)[None].to(device)
+    x = net.input_stats.normalize(rgb)[None].to(device)
     if min(h, w) < MIN_SIDE:
         f = MIN_SIDE / min(h, w)
         x = F.interpolate(x, size=(max(MIN_SIDE, round(h * f)), max(MIN_SIDE, round(w * f))),

@@ -34,8 +34,8 @@ from datasets.prepare import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
 from utils.safe_io import make_output_dir, output_path, save_image
-from datasets.transforms import denormalize, normalize
 from infer import class_names, collect_inputs, output_names, pick_device, segment_logits
+from model.backbone import input_stats
 from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
@@ -83,8 +83,8 @@ def split_items(args) -> Tuple[str, Iterator[Item], int]:
     with_masks = all(layout.mask_path(args.split, i) is not None for i in ids)
     labels = load_labels(list_folder)
     with_labels = all(i in labels for i in ids)
-    data = EvalDataset(layout, list_folder, args.split, with_masks=with_masks,
-                       with_labels=with_labels)
+    data = EvalDataset(layout, list_folder, args.split, with_masks=with_masks, with_labels=with_labels,
+                       stats=input_stats(args.backbone, args.input_mean, args.input_std))
     count = len(data) if args.num_images <= 0 else min(args.num_images, len(data))
 
     def items() -> Iterator[Item]:
@@ -132,7 +132,7 @@ def prediction(net, rgb: np.ndarray, dataset: str, device, branch: str,
     h, w = rgb.shape[:2]
     if dataset == "coco":
         scales = (1.0,) if single_scale else COCO_EVAL_SCALES
-        x = normalize(rgb)[None].to(device)
+        x = net.input_stats.normalize(rgb)[None].to(device)
         logits = select_branch(coco_msc_logits(net, x, scales=scales), branch)
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     else:
@@ -148,13 +148,13 @@ def draw(net, par, item: Item, dataset: str, args, device,
     _, rgb, mask, label = item
     h, w = rgb.shape[:2]
     size = args.size
-    x = F.interpolate(normalize(rgb)[None].to(device), size=(size, size), mode="bilinear",
-                      align_corners=False)
+    x = F.interpolate(net.input_stats.normalize(rgb)[None].to(device), size=(size, size),
+                      mode="bilinear", align_corners=False)
     if label is None:
         label = predicted_classes(net, x)
     cls_label = label[None].to(device)
     present = [int(c) for c in torch.nonzero(label).flatten()]
-    image01 = denormalize(x)
+    image01 = net.input_stats.denormalize(x)
     box = torch.tensor([[0, size, 0, size]], device=device)
     rgb01 = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
 

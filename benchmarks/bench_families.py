@@ -35,6 +35,7 @@ from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
+from model.backbone import input_stats  # noqa: E402
 from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
@@ -80,7 +81,7 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
     layout = voc_layout(voc_folder(args.data_folder))
     lists = ensure_lists(layout, None, ["train_aug"])
     torch.manual_seed(0)
-    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size))
+    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size, stats=input_stats(backbone)))
     _, images, labels, boxes = next(iter(DataLoader(data, batch_size=args.samples_per_gpu, shuffle=True)))
     batch = Batch(images.to(device), labels.to(device), boxes.to(device), int(labels.sum(1).max()))
     torch.manual_seed(0)
@@ -109,9 +110,9 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
         losses.append(float(out.loss))
-    result = {"backbone": backbone, "family": net.branch1.family, "amp": amp, "grad_checkpointing": ckpt,
-              "patch": net.branch1.patch_size, "width": net.branch1.encoder.embed_dim,
-              "depth": len(net.branch1.encoder.blocks), "encoder_params_m": params / 1e6,
+    enc = net.branch1.encoder
+    result = {"backbone": backbone, "family": enc.family, "amp": amp, "grad_checkpointing": ckpt,
+              "patch": enc.patch_size, "width": enc.width, "depth": enc.depth, "encoder_params_m": params / 1e6,
               "s_per_step": statistics.median(times), "step_times_s": times, "first_loss": losses[0],
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"}
     if device.type == "cuda":

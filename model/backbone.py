@@ -1,41 +1,48 @@
-"""ViT-family encoders on timm 1.x (docs/method.md#network, docs/method.md#backbones).
+"""The students' encoder (docs/method.md#network, docs/method.md#backbones): :class:`Encoder`,
+one object chosen once from ``--backbone`` that owns everything family-specific.
 
-A student's encoder is a timm model (so checkpoints keep timm's key names): a plain
-``VisionTransformer`` (ViT/DeiT, the paper's), any other ``VisionTransformer`` (DINOv2 with or
-without registers, CLIP, SigLIP, ...) or an ``Eva`` (EVA-02, DINOv3: RoPE). :func:`vit_token_maps`
-(the paper's ViTs) and :func:`timm_token_maps` (the others) run it on any input size and return
-the final patch-token map (after the final LayerNorm) and the map of the auxiliary block (no
-LayerNorm), as ``(B, D, h, w)``; prefix tokens (class token, registers) are dropped.
+An :class:`Encoder` is a timm ViT-family model whose parameters, buffers and submodules it holds
+under timm's own names (so checkpoints keep timm's keys, ``branch1.encoder.blocks.0...``, in
+timm's order): a plain ``VisionTransformer`` (ViT/DeiT, the paper's), any other
+``VisionTransformer`` (DINOv2 with or without registers, CLIP, SigLIP, ...) or an ``Eva``
+(EVA-02, DINOv3: RoPE). It gives the final patch-token map (after the final LayerNorm) and the
+map of the auxiliary block (no LayerNorm) of any input size, as ``(B, D, h, w)`` with prefix tokens
+(class token, registers) dropped; it knows its patch, width, depth, aux block and prefix tokens,
+the input statistics its images are normalised with, how to load its weights and how to describe
+itself in a checkpoint-mismatch message. Nothing outside this module asks which family it is.
 
 * Plain ViT/DeiT (one class token, learned position embedding with a class slot, no pre-norm, no
   LayerScale) run the paper's path, :func:`vit_token_maps`: the 14x14 position embedding is
   resized with bicubic interpolation, ``align_corners=False`` and no antialiasing (timm's own
-  dynamic-size path antialiases when it shrinks the grid, which gives different numbers).
-* Every other encoder runs timm's ``forward_intermediates`` with ``dynamic_img_size``: timm
-  resamples a learned position embedding or builds the RoPE grid for the input size, as each
-  family does in timm.
+  dynamic-size path antialiases when it shrinks the grid, which gives different numbers). Their
+  inputs are normalised with the original's ImageNet constants.
+* Every other encoder runs timm's ``forward_intermediates`` with ``dynamic_img_size``
+  (:func:`timm_token_maps`): timm resamples a learned position embedding or builds the RoPE grid
+  for the input size, as each family does in timm. Their inputs are normalised with the mean and
+  std of timm's ``pretrained_cfg`` of the tag whose weights they load (:func:`input_stats`).
 * The grid is ``floor(H / p) x floor(W / p)`` for the model's patch ``p``: the bottom rows and right
   columns that do not fill a patch are dropped (what the paper's stride-p patch convolution does).
 """
+import functools
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from datasets.transforms import PAPER_STATS, InputStats
+from utils.checkpoint import read_checkpoint
 from utils.errors import UserError
 from utils.safe_io import check_safetensors, check_zip, npz_shapes
-
-from utils.checkpoint import read_checkpoint
 
 if TYPE_CHECKING:
     from timm.models.eva import Eva
     from timm.models.vision_transformer import VisionTransformer
 
-Encoder = Union["VisionTransformer", "Eva"]
+TimmModel = Union["VisionTransformer", "Eva"]
 
 
 def _timm():
@@ -84,6 +91,8 @@ EXAMPLES = ("vit_base_patch14_reg4_dinov2", "vit_base_patch16_dinov3", "vit_base
             "vit_base_patch16_siglip_224", "eva02_base_patch14_224")
 # architecture overrides --backbone_args accepts (random weights only)
 BACKBONE_ARG_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio")
+# the width of each ViT size, for checkpoint descriptions
+VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
 
 
 def parse_backbone_args(text: Union[None, str, Dict[str, float]]) -> Dict[str, Union[int, float]]:
@@ -148,37 +157,100 @@ def _timm_kwargs(model_args: Dict[str, Union[int, float]]) -> dict:
     return dict(model_args, dynamic_img_size=True, num_classes=0, drop_rate=0.0, drop_path_rate=0.0)
 
 
-def _create_empty(name: str, model_args: Optional[Dict[str, Union[int, float]]] = None) -> Tuple[Encoder, dict]:
-    """The randomly initialised encoder of ``name`` and the timm keyword arguments it was built with."""
-    base = name.split(".")[0]
-    model_args = dict(model_args or {})
-    if base not in _timm().list_models():
+def _build(name: str, model_args: Dict[str, Union[int, float]], **kwargs) -> TimmModel:
+    """timm's randomly initialised model of ``name`` (tag ignored); a model timm cannot build with
+    these arguments is a one-line error."""
+    try:
+        return _timm().create_model(name.split(".")[0], pretrained=False, **kwargs)
+    except (TypeError, AssertionError, ValueError, RuntimeError) as exc:
+        msg = _first_line(exc, 120)
+        raise UserError(f"timm cannot build --backbone {name} with --backbone_args "
+                        f"{model_args} ({msg})") from None
+
+
+def _probe(name: str, model_args: Dict[str, Union[int, float]]) -> TimmModel:
+    """The model of ``name`` without initialised weights (on the meta device where timm allows),
+    to see which path it takes; a name that is not a timm ViT-family encoder is a one-line error."""
+    if name.split(".")[0] not in _timm().list_models():
         raise UserError(f"--backbone {name} is not a timm model; use e.g. one of "
                         f"{', '.join(PLAIN_VITS[:3] + EXAMPLES)}")
-
-    def build(**kwargs):
-        try:
-            return _timm().create_model(base, pretrained=False, **kwargs)
-        except (TypeError, AssertionError, ValueError, RuntimeError) as exc:
-            msg = _first_line(exc, 120)
-            raise UserError(f"timm cannot build --backbone {name} with --backbone_args "
-                            f"{model_args} ({msg})") from None
-
     try:
-        with torch.device("meta"):   # which path the model takes, without initialising weights
-            probe = build(**model_args)
+        with torch.device("meta"):
+            probe = _build(name, model_args, **model_args)
     except UserError:
         raise
     except Exception:
-        probe = build(**model_args)
+        probe = _build(name, model_args, **model_args)
     if not isinstance(probe, _vit_classes()) or not hasattr(probe, "forward_intermediates"):
         raise UserError(f"--backbone {name} is not a ViT-family encoder with a patch-token grid (timm "
                         f"VisionTransformer or Eva: ViT/DeiT, DINOv2, DINOv3, CLIP, SigLIP, EVA-02); "
                         f"use e.g. one of {', '.join(EXAMPLES)}")
-    if is_plain_vit(probe):
-        return build(**model_args), model_args   # plain ViTs default to no dropout/drop-path
+    return probe
+
+
+def _create_empty(name: str, model_args: Optional[Dict[str, Union[int, float]]] = None
+                  ) -> Tuple[TimmModel, dict]:
+    """The randomly initialised model of ``name`` and the timm keyword arguments it was built with."""
+    model_args = dict(model_args or {})
+    if is_plain_vit(_probe(name, model_args)):
+        return _build(name, model_args, **model_args), model_args   # plain ViTs: no dropout by default
     kwargs = _timm_kwargs(model_args)
-    return build(**kwargs), kwargs
+    return _build(name, model_args, **kwargs), kwargs
+
+
+@functools.lru_cache(maxsize=64)
+def _path_and_family(name: str) -> Tuple[bool, str]:
+    """(the paper's path?, family) of ``--backbone name``, from a model without weights."""
+    probe = _probe(name, {})
+    return is_plain_vit(probe), backbone_family(name, probe)
+
+
+def pretrained_name(name: str, family: str) -> str:
+    """``NAME.TAG`` of the weights ``--pretrained`` loads for ``--backbone name``: the tag given, the
+    paper's for its two ViTs, the family's default where timm has it for this model, else timm's
+    default."""
+    if "." in name:
+        return name
+    if name in PRETRAINED_TAGS:
+        return f"{name}.{PRETRAINED_TAGS[name]}"
+    tag = FAMILY_TAGS.get(family)
+    if tag and _timm().list_models(f"{name}.{tag}", pretrained=True):
+        return f"{name}.{tag}"
+    return name
+
+
+def _stats(name: str, paper_path: bool, family: str, mean: Optional[Sequence[float]],
+           std: Optional[Sequence[float]]) -> InputStats:
+    """See :func:`input_stats`."""
+    if paper_path:
+        base = PAPER_STATS
+    else:
+        full = pretrained_name(name, family)
+        try:
+            cfg = _timm().models.get_pretrained_cfg(full)
+        except RuntimeError as exc:
+            raise UserError(f"--backbone {name}: timm has no weights {full} ({_first_line(exc, 100)}); "
+                            "give a tag timm lists for this model") from None
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        base = InputStats(getattr(cfg, "mean", None) or IMAGENET_DEFAULT_MEAN,
+                          getattr(cfg, "std", None) or IMAGENET_DEFAULT_STD)
+    if mean is None and std is None:
+        return base
+    return InputStats(base.mean if mean is None else mean, base.std if std is None else std,
+                      base.uint8_cast)
+
+
+def input_stats(name: str, mean: Optional[Sequence[float]] = None,
+                std: Optional[Sequence[float]] = None) -> InputStats:
+    """The input statistics of an encoder of ``--backbone name``, read without building it.
+
+    The paper's ViT/DeiT path keeps the original's ImageNet constants (whatever timm's config of
+    the tag says, e.g. ViT-B 21k's 0.5); every other family takes the mean and std of timm's
+    ``pretrained_cfg`` of the tag :func:`pretrained_name` picks (the weights ``--pretrained`` loads;
+    the same with ``--pretrained_path`` or random weights). ``mean`` / ``std`` given (``--input_mean``
+    / ``--input_std``, or a checkpoint's) replace them. Only timm's registry is read: no download.
+    """
+    return _stats(name, *_path_and_family(name), mean, std)
 
 
 def _patch_kernel(state: Dict[str, torch.Tensor]) -> Optional[Tuple[int, ...]]:
@@ -189,36 +261,223 @@ def _patch_kernel(state: Dict[str, torch.Tensor]) -> Optional[Tuple[int, ...]]:
     return None
 
 
-def load_vit_weights(vit: Encoder, path: str) -> None:
-    """Load pretrained weights from a local file: a timm ``.safetensors`` / ``.pth`` (bare state
-    dict or under ``model``/``state_dict``) of any family, a family's own release where timm
-    converts it (DeiT, DINOv2, DINOv3, EVA-02, OpenAI/OpenCLIP ``.pth``), or a timm/JAX/big_vision
-    ``.npz`` (ViT, SigLIP)."""
-    if not os.path.isfile(path):
-        raise UserError(f"--pretrained_path {path} does not exist")
-    plain = is_plain_vit(vit)
-    if path.endswith(".npz"):
-        _load_npz_weights(vit, path)
-        return
-    state = _read_state_dict(path)
-    own = vit.state_dict()
-    if not plain:
-        state = _family_state(vit, state, path)
-    # the classification / pooling head is never used; drop it when its size differs
-    unused = ("head.", "attn_pool.", "fc_norm.") if not plain else ("head.",)
-    state = {k: v for k, v in state.items()
-             if not (k.startswith(unused) and (k not in own or own[k].shape != v.shape))}
-    missing = [k for k in own if k not in state and not k.startswith(unused)]
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or wrong:
-        what = f"missing {missing[:3]}" if missing else \
-            f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
-        raise UserError(f"--pretrained_path {path} does not hold weights of this backbone ({what}); "
-                        "check --backbone")
-    vit.load_state_dict(state, strict=False)
+def describe_state(state: Dict[str, torch.Tensor], prefix: str = "branch1.encoder.") -> str:
+    """``a ViT-tiny/16 (12 blocks, width 192)`` for the encoder under ``prefix`` in ``state``;
+    other layouts add what tells them apart: register tokens, no class token, no learned position
+    embedding (RoPE), pre-norm, LayerScale."""
+    proj = state[prefix + "patch_embed.proj.weight"]
+    width, patch = proj.shape[0], proj.shape[-1]
+    depth = 1 + max((int(k[len(prefix + "blocks."):].split(".")[0])
+                     for k in state if k.startswith(prefix + "blocks.")), default=-1)
+    size = VIT_SIZES.get(width, f"width-{width}")
+    extras = []
+    if prefix + "reg_token" in state:
+        extras.append(f"{state[prefix + 'reg_token'].shape[1]} registers")
+    if prefix + "cls_token" not in state:
+        extras.append("no class token")
+    if prefix + "pos_embed" not in state:
+        extras.append("no position embedding")
+    if prefix + "norm_pre.weight" in state:
+        extras.append("pre-norm")
+    if any(k.startswith(prefix + "blocks.0.") and (".ls1." in k or k.endswith("gamma_1"))
+           for k in state):
+        extras.append("LayerScale")
+    more = "".join(f", {e}" for e in extras)
+    return f"a ViT-{size}/{patch} ({depth} blocks, width {width}{more})"
 
 
-def _load_npz_weights(vit: Encoder, path: str) -> None:
+class Encoder(nn.Module):
+    """A student's encoder, built once from ``--backbone NAME[.TAG]`` (docs/method.md#backbones).
+
+    It holds the timm model's parameters, buffers and submodules as its own (the same objects,
+    under timm's names and in timm's order: ``encoder.blocks``, ``encoder.pos_embed`` ...), so a
+    state dict or an optimiser built from it is the timm model's. :attr:`timm` is the timm model.
+
+    ``aux_layer`` None: :func:`default_aux_layer`. ``pretrained_path`` loads a local file (no
+    network); ``pretrained`` loads timm's weights of :func:`pretrained_name` (the paper's
+    ``deit_base_patch16_224.fb_in1k``, ``vit_base_patch16_224.orig_in21k_ft_in1k``; DINOv2
+    ``lvd142m``, DINOv3 ``lvd1689m``, CLIP ``openai``, SigLIP ``v2_webli``, EVA-02 ``mim_in22k``).
+    ``backbone_args`` overrides the architecture (depth, width, heads; random weights only).
+    ``grad_checkpointing`` recomputes each block's activations in the backward pass.
+    ``input_mean`` / ``input_std`` replace the family's input statistics (:func:`input_stats`).
+    Dropout and drop-path are off; the position embedding and the unused heads are frozen.
+    """
+
+    def __init__(self, name: str, aux_layer: Optional[int] = None, pretrained: bool = False,
+                 pretrained_path: Optional[str] = None,
+                 backbone_args: Union[None, str, Dict[str, float]] = None,
+                 grad_checkpointing: bool = False, input_mean: Optional[Sequence[float]] = None,
+                 input_std: Optional[Sequence[float]] = None):
+        super().__init__()
+        model_args = parse_backbone_args(backbone_args)
+        model, kwargs = _create_empty(name, model_args)
+        self._adopt(model)
+        self.name = name
+        self.paper_path = is_plain_vit(model)
+        self.family = backbone_family(name, model)
+        self.aux_layer = self._check_aux_layer(aux_layer)
+        self.input_stats = _stats(name, self.paper_path, self.family, input_mean, input_std)
+        if model_args and (pretrained or pretrained_path):
+            raise UserError(f"--backbone_args {backbone_args} changes the architecture of {name}, so "
+                            "its pretrained weights do not fit; add --no-pretrained (random weights)")
+        if pretrained_path:
+            self.load_weights(pretrained_path)
+        elif pretrained:
+            self._load_timm_weights(kwargs)
+        self._freeze_unused()
+        if grad_checkpointing:
+            model.set_grad_checkpointing(True)
+
+    def _adopt(self, model: TimmModel) -> None:
+        """Hold ``model``'s parameters, buffers and submodules as this module's own (the same
+        dictionaries), and ``model`` itself outside the module tree."""
+        for key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+            self.__dict__[key] = model.__dict__[key]
+        object.__setattr__(self, "_timm_model", model)
+
+    def _check_aux_layer(self, aux_layer: Optional[int]) -> int:
+        depth = self.depth
+        if aux_layer is None:
+            return default_aux_layer(depth)
+        if not -depth <= aux_layer < depth:
+            raise UserError(f"--aux_layer {aux_layer} is outside the {depth} blocks of {self.name}; give "
+                            f"a block index from {-depth} to {depth - 1} (or leave it out: block "
+                            f"{default_aux_layer(depth)})")
+        return aux_layer
+
+    def _freeze_unused(self) -> None:
+        """Freeze the position embedding and what is kept for the checkpoint layout but never used:
+        the classification head (ImageNet head of the paper's ViTs; SigLIP's attention pool; a final
+        norm that only acts after pooling). Freezing changes nothing (AdamW skips parameters without
+        gradients) and lets DDP run without find_unused_parameters."""
+        model = self.timm
+        if model.pos_embed is not None:
+            model.pos_embed.requires_grad_(False)
+        model.head.requires_grad_(False)
+        if getattr(model, "attn_pool", None) is not None:
+            model.attn_pool.requires_grad_(False)
+        if not isinstance(model.norm, nn.Identity):
+            model.fc_norm.requires_grad_(False)
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def timm(self) -> TimmModel:
+        """The timm model whose parameters and submodules this encoder holds."""
+        return self._timm_model
+
+    @property
+    def patch_size(self) -> int:
+        return self.timm.patch_embed.patch_size[0]
+
+    @property
+    def width(self) -> int:
+        """Channels of its token maps (timm's ``embed_dim``)."""
+        return self.timm.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.timm.blocks)
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patch tokens (class token, registers), dropped from the maps."""
+        return self.timm.num_prefix_tokens
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return bool(self.timm.grad_checkpointing)
+
+    def grid(self, height: int, width: int) -> Tuple[int, int]:
+        """The token grid of an ``height x width`` input: ``floor(H / p) x floor(W / p)``."""
+        return height // self.patch_size, width // self.patch_size
+
+    def describe(self) -> str:
+        """This encoder as :func:`describe_state` words it, e.g. ``a ViT-tiny/16 (12 blocks, width 192)``."""
+        return describe_state(self.state_dict(), prefix="")
+
+    def foreign_layout(self, state: Dict[str, torch.Tensor], prefix: str) -> Optional[str]:
+        """None when the encoder weights under ``prefix`` in ``state`` have this encoder's layout
+        (patch, width, depth, tokens, position-embedding grid); else their description."""
+        theirs = describe_state(state, prefix)
+        pos, own = prefix + "pos_embed", self.timm.pos_embed
+        if theirs != self.describe() or (own is not None and pos in state and own.shape != state[pos].shape):
+            return theirs
+        return None
+
+    def train(self, mode: bool = True) -> "Encoder":
+        super().train(mode)
+        self.timm.training = mode
+        return self
+
+    # ------------------------------------------------------------------ inputs
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch normalised with this encoder's statistics back to an 8-bit image in [0, 1]
+        (:meth:`datasets.transforms.InputStats.denormalize`)."""
+        return self.input_stats.denormalize(x)
+
+    # ------------------------------------------------------------------ token maps
+    def token_maps(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//p, W//p)``
+        (``final=False``: ``(None, aux)``, the blocks after the aux block are not run)."""
+        if self.paper_path:
+            return vit_token_maps(self.timm, x, self.aux_layer, final)
+        return timm_token_maps(self.timm, x, self.aux_layer, final)
+
+    def forward(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        return self.token_maps(x, final)
+
+    # ------------------------------------------------------------------ weights
+    def _load_timm_weights(self, kwargs: dict) -> None:
+        """timm's pretrained weights of :func:`pretrained_name` (from the Hugging Face cache, or
+        downloaded); offline without them, a one-line error that says how to get them."""
+        full = pretrained_name(self.name, self.family)
+        what = "ImageNet" if self.family == "vit" else "pretrained"
+        try:
+            if not _weights_cached(full):
+                _check_hub_reachable()
+            if self.paper_path:
+                loaded = _timm().create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
+            else:
+                loaded = _timm().create_model(full, pretrained=True, **kwargs)
+        except Exception as exc:
+            msg = _first_line(exc, 100)
+            raise UserError(
+                f"cannot get the {what} weights of {full} ({msg}); on a machine with internet run "
+                f"`python -c \"import timm; timm.create_model('{full}', pretrained=True)\"` to fill "
+                "the Hugging Face cache, or download the weights file and pass --pretrained_path FILE"
+            ) from None
+        self.timm.load_state_dict(loaded.state_dict())
+
+    def load_weights(self, path: str) -> None:
+        """Load pretrained weights from a local file: a timm ``.safetensors`` / ``.pth`` (bare state
+        dict or under ``model``/``state_dict``) of any family, a family's own release where timm
+        converts it (DeiT, DINOv2, DINOv3, EVA-02, OpenAI/OpenCLIP ``.pth``), or a timm/JAX/big_vision
+        ``.npz`` (ViT, SigLIP)."""
+        if not os.path.isfile(path):
+            raise UserError(f"--pretrained_path {path} does not exist")
+        vit = self.timm
+        if path.endswith(".npz"):
+            _load_npz_weights(vit, path)
+            return
+        state = _read_state_dict(path)
+        own = vit.state_dict()
+        if not self.paper_path:
+            state = _family_state(vit, state, path)
+        # the classification / pooling head is never used; drop it when its size differs
+        unused = ("head.", "attn_pool.", "fc_norm.") if not self.paper_path else ("head.",)
+        state = {k: v for k, v in state.items()
+                 if not (k.startswith(unused) and (k not in own or own[k].shape != v.shape))}
+        missing = [k for k in own if k not in state and not k.startswith(unused)]
+        wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or wrong:
+            what = f"missing {missing[:3]}" if missing else \
+                f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}"
+            raise UserError(f"--pretrained_path {path} does not hold weights of this backbone ({what}); "
+                            "check --backbone")
+        vit.load_state_dict(state, strict=False)
+
+
+def _load_npz_weights(vit: TimmModel, path: str) -> None:
     """A timm/JAX/big_vision ``.npz`` into a VisionTransformer family, through timm's loader."""
     if not isinstance(vit, _vit_classes()[0]):
         raise UserError(f"--pretrained_path {path}: .npz (JAX/big_vision) weights exist for "
@@ -235,7 +494,7 @@ def _load_npz_weights(vit: Encoder, path: str) -> None:
                         "check --backbone") from None
 
 
-def _check_npz_patch(vit: Encoder, path: str) -> None:
+def _check_npz_patch(vit: TimmModel, path: str) -> None:
     """The patch kernel of an ``.npz`` (``.../embedding/kernel``, JAX layout ``(p, p, 3, D)``), read
     from its array header, must be this backbone's: timm would otherwise resample the kernel to the
     model's patch through a ``(p*p) x (p*p)`` matrix (a 160-pixel kernel: 25600 squared floats)."""
@@ -270,7 +529,7 @@ def _read_state_dict(path: str) -> dict:
     return state
 
 
-def _family_state(vit: Encoder, state: dict, path: str) -> dict:
+def _family_state(vit: TimmModel, state: dict, path: str) -> dict:
     """``state`` with the patch size checked and converted by the family's own converter (OpenAI
     CLIP, DINOv2/v3 and EVA-02 releases, OpenCLIP prefixes), for an encoder that is not a plain ViT."""
     kernel = _patch_kernel(state)
@@ -310,74 +569,6 @@ def _check_hub_reachable(timeout_s: float = 5.0) -> None:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise ConnectionError(f"{host} cannot be reached: {exc}") from None
-
-
-def pretrained_name(name: str, family: str) -> str:
-    """``NAME.TAG`` of the weights ``--pretrained`` loads for ``--backbone name``: the tag given, the
-    paper's for its two ViTs, the family's default where timm has it for this model, else timm's
-    default."""
-    if "." in name:
-        return name
-    if name in PRETRAINED_TAGS:
-        return f"{name}.{PRETRAINED_TAGS[name]}"
-    tag = FAMILY_TAGS.get(family)
-    if tag and _timm().list_models(f"{name}.{tag}", pretrained=True):
-        return f"{name}.{tag}"
-    return name
-
-
-def create_vit(name: str, pretrained: bool = False, pretrained_path: Optional[str] = None,
-               backbone_args: Union[None, str, Dict[str, float]] = None,
-               grad_checkpointing: bool = False) -> Encoder:
-    """A timm ViT-family encoder with dropout and drop-path off and a frozen position embedding.
-
-    ``pretrained_path`` loads a local file (no network); ``pretrained`` loads timm's weights of
-    :func:`pretrained_name` (the paper's ``deit_base_patch16_224.fb_in1k``,
-    ``vit_base_patch16_224.orig_in21k_ft_in1k``; DINOv2 ``lvd142m``, DINOv3 ``lvd1689m``, CLIP
-    ``openai``, SigLIP ``v2_webli``, EVA-02 ``mim_in22k``). ``backbone_args`` overrides the
-    architecture (depth, width, heads; random weights only). ``grad_checkpointing`` recomputes
-    each block's activations in the backward pass (timm's).
-    """
-    model_args = parse_backbone_args(backbone_args)
-    vit, kwargs = _create_empty(name, model_args)
-    family = backbone_family(name, vit)
-    if model_args and (pretrained or pretrained_path):
-        raise UserError(f"--backbone_args {backbone_args} changes the architecture of {name}, so its "
-                        "pretrained weights do not fit; add --no-pretrained (random weights)")
-    if pretrained_path:
-        load_vit_weights(vit, pretrained_path)
-    elif pretrained:
-        full = pretrained_name(name, family)
-        what = "ImageNet" if family == "vit" else "pretrained"
-        try:
-            if not _weights_cached(full):
-                _check_hub_reachable()
-            if is_plain_vit(vit):
-                loaded = _timm().create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
-            else:
-                loaded = _timm().create_model(full, pretrained=True, **kwargs)
-        except Exception as exc:
-            msg = _first_line(exc, 100)
-            raise UserError(
-                f"cannot get the {what} weights of {full} ({msg}); on a machine with internet run "
-                f"`python -c \"import timm; timm.create_model('{full}', pretrained=True)\"` to fill "
-                "the Hugging Face cache, or download the weights file and pass --pretrained_path FILE"
-            ) from None
-        vit.load_state_dict(loaded.state_dict())
-    if vit.pos_embed is not None:
-        vit.pos_embed.requires_grad_(False)
-    # the classification head (ImageNet head of the paper's ViTs; SigLIP's attention pool; a final
-    # norm that only acts after pooling) is kept for the checkpoint layout but never used: freezing
-    # it changes nothing (AdamW skips parameters without gradients) and lets DDP run without
-    # find_unused_parameters
-    vit.head.requires_grad_(False)
-    if getattr(vit, "attn_pool", None) is not None:
-        vit.attn_pool.requires_grad_(False)
-    if not isinstance(vit.norm, nn.Identity):
-        vit.fc_norm.requires_grad_(False)
-    if grad_checkpointing:
-        vit.set_grad_checkpointing(True)
-    return vit
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int],
@@ -427,7 +618,7 @@ def vit_token_maps(vit: "VisionTransformer", x: torch.Tensor, aux_layer: int,
     return to_map(vit.norm(tokens)), to_map(aux)
 
 
-def timm_token_maps(model: Encoder, x: torch.Tensor, aux_layer: int,
+def timm_token_maps(model: TimmModel, x: torch.Tensor, aux_layer: int,
                     final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """:func:`vit_token_maps` for every other family, through timm's ``forward_intermediates``.
 
@@ -456,4 +647,3 @@ def timm_token_maps(model: Encoder, x: torch.Tensor, aux_layer: int,
     if isinstance(model.norm, nn.Identity):
         tokens = model.fc_norm(tokens)
     return to_map(tokens), to_map(aux)
-

@@ -22,8 +22,6 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from datasets.transforms import denormalize
-
 from .cam import multiscale_cam
 from .gmm import gmm_filter
 from .losses import (balanced_seg_loss, cls_loss, consistency_loss, discrepancy_loss, ptc_loss)
@@ -97,8 +95,9 @@ def training_forward(net: DualStudentNet, images: torch.Tensor, cfg: DuPLConfig,
         with stage("forward"):
             return net(images), None
     h, w = images.shape[-2:]
+    stats = net.input_stats
     with stage("strong_view"):
-        strong = strong_augment(denormalize(images), generator=generator)
+        strong = strong_augment(stats.denormalize(images), generator=generator, stats=stats)
         x_aug = _upsample(strong, (int(h * cfg.aug_scale), int(w * cfg.aug_scale)))
     with stage("forward"):
         return net(images, x_aug)
@@ -125,12 +124,13 @@ def ptc_term(outs: List[StudentOutput], cams: Cams, batch: Batch, high: torch.Te
         for o, (_, cam_aux) in zip(outs, cams))
 
 
-def seg_pseudo_labels(batch: Batch, cams: Cams, high: torch.Tensor, use_aux: bool,
+def seg_pseudo_labels(net: DualStudentNet, batch: Batch, cams: Cams, high: torch.Tensor, use_aux: bool,
                       cfg: DuPLConfig, par: PAR) -> List[torch.Tensor]:
     """Each student's segmentation pseudo labels ``(B, H, W)``: its CAM (the aux CAM with
     ``use_aux``) on the present classes, refined by PAR with the per-image high threshold
-    ``high (B,)`` and the low threshold."""
-    image_dn = denormalize(batch.images)
+    ``high (B,)`` and the low threshold. PAR sees the batch's 8-bit images / 255, de-normalised with
+    the encoder's statistics."""
+    image_dn = net.input_stats.denormalize(batch.images)
     channels = None if batch.max_present is None else 1 + batch.max_present
     return [refine_cams_with_par(image_dn, (cam_aux if use_aux else cam) * batch.cls_label[..., None, None],
                                  batch.cls_label, high, cfg.low_thre, batch.img_box, par,
@@ -189,7 +189,7 @@ def dupl_step(net: DualStudentNet, batch: Batch, n: int, cfg: DuPLConfig, par: P
     terms["seg"] = zero
     if use_seg:
         with stage("par_refine"):
-            labels = seg_pseudo_labels(batch, cams, high, use_aux, cfg, par)
+            labels = seg_pseudo_labels(net, batch, cams, high, use_aux, cfg, par)
         terms["seg"], reg, labels = cross_supervision(outs, labels, aug_segs if use_reg else None,
                                                       images.shape[-2:], cfg.phase(n) == "C", cfg, stats)
         if reg is not None:

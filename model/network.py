@@ -1,21 +1,22 @@
 """The DuPL network: two independent students (docs/method.md#network).
 
-A student is a ViT-family encoder (model/backbone.py: the paper's ViT/DeiT, or DINOv2, DINOv3,
-CLIP, SigLIP, EVA-02), a classifier and an auxiliary classifier (1x1 convs without bias on
-globally max-pooled tokens) and a LargeFOV decoder, all three as wide as the encoder. Module
-names follow the original (``branch1.encoder...``, ``branch1.classifier``, ``branch1.aux_classifier``,
-``branch1.decoder.conv6/7/8``), so its checkpoints load unchanged.
+A student is an :class:`~model.backbone.Encoder` (the paper's ViT/DeiT, or DINOv2, DINOv3, CLIP,
+SigLIP, EVA-02), a classifier and an auxiliary classifier (1x1 convs without bias on globally
+max-pooled tokens) and a LargeFOV decoder, all three as wide as the encoder. Module names follow
+the original (``branch1.encoder...``, ``branch1.classifier``, ``branch1.aux_classifier``,
+``branch1.decoder.conv6/7/8``), so its checkpoints load unchanged (:func:`load_network`).
 """
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets.transforms import InputStats
+from utils.checkpoint import network_state, read_checkpoint
 from utils.errors import UserError
 
-from .backbone import (backbone_family, create_vit, default_aux_layer, is_plain_vit, timm_token_maps,
-                       vit_token_maps)
+from .backbone import Encoder
 
 
 class LargeFOV(nn.Module):
@@ -46,35 +47,26 @@ class Student(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, aux_layer: Optional[int] = None,
                  pretrained: bool = False, pretrained_path: Optional[str] = None,
-                 backbone_args=None, grad_checkpointing: bool = False):
+                 backbone_args=None, grad_checkpointing: bool = False,
+                 input_mean: Optional[Sequence[float]] = None, input_std: Optional[Sequence[float]] = None):
         super().__init__()
-        self.encoder = create_vit(backbone, pretrained, pretrained_path, backbone_args, grad_checkpointing)
-        depth = len(self.encoder.blocks)
-        if aux_layer is None:
-            aux_layer = default_aux_layer(depth)
-        if not -depth <= aux_layer < depth:
-            raise UserError(f"--aux_layer {aux_layer} is outside the {depth} blocks of {backbone}; give "
-                            f"a block index from {-depth} to {depth - 1} (or leave it out: block "
-                            f"{default_aux_layer(depth)})")
-        self.aux_layer = aux_layer
-        self.family = backbone_family(backbone, self.encoder)
-        self.paper_path = is_plain_vit(self.encoder)
-        dim = self.encoder.embed_dim
+        self.encoder = Encoder(backbone, aux_layer, pretrained, pretrained_path, backbone_args,
+                               grad_checkpointing, input_mean, input_std)
+        self.aux_layer = self.encoder.aux_layer
+        dim = self.encoder.width
         self.decoder = LargeFOV(dim, num_classes)
         self.classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
         self.aux_classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
 
     @property
     def patch_size(self) -> int:
-        return self.encoder.patch_embed.patch_size[0]
+        return self.encoder.patch_size
 
     def token_maps(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//p, W//p)`` for the
         encoder's patch ``p`` (``final=False``: ``(None, aux)``, the blocks after the aux block are
         not run)."""
-        if self.paper_path:
-            return vit_token_maps(self.encoder, x, self.aux_layer, final)
-        return timm_token_maps(self.encoder, x, self.aux_layer, final)
+        return self.encoder.token_maps(x, final)
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
         fmap, aux = self.token_maps(x)
@@ -106,22 +98,29 @@ class DualStudentNet(nn.Module):
     def __init__(self, backbone: str = "deit_base_patch16_224", num_classes: int = 21,
                  aux_layer: Optional[int] = None, pretrained: bool = False,
                  pretrained_path: Optional[str] = None, backbone_args=None,
-                 grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False, input_mean: Optional[Sequence[float]] = None,
+                 input_std: Optional[Sequence[float]] = None):
         """``aux_layer`` None: block ``floor(3 * depth / 4)`` (9 of 12, the paper's -3; see
         :func:`model.backbone.default_aux_layer`). ``backbone_args``: timm architecture overrides
-        (``"depth=4,embed_dim=192,num_heads=3"``, random weights only)."""
+        (``"depth=4,embed_dim=192,num_heads=3"``, random weights only). ``input_mean`` /
+        ``input_std``: input statistics other than the family's (:func:`model.backbone.input_stats`)."""
         super().__init__()
         self.backbone_name, self.num_classes = backbone, num_classes
         self.backbone_args = backbone_args
-        self.branch1 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path,
-                               backbone_args, grad_checkpointing)
-        self.branch2 = Student(backbone, num_classes, aux_layer, pretrained, pretrained_path,
-                               backbone_args, grad_checkpointing)
+        args = (backbone, num_classes, aux_layer, pretrained, pretrained_path, backbone_args,
+                grad_checkpointing, input_mean, input_std)
+        self.branch1 = Student(*args)
+        self.branch2 = Student(*args)
         self.aux_layer = self.branch1.aux_layer
 
     @property
     def students(self) -> Tuple[Student, Student]:
         return self.branch1, self.branch2
+
+    @property
+    def input_stats(self) -> InputStats:
+        """The input statistics both students' encoders normalise with."""
+        return self.branch1.encoder.input_stats
 
     def forward(self, x: torch.Tensor, x_aug: Optional[torch.Tensor] = None):
         """Both students on ``x``; with ``x_aug`` also their decoder logits on it.
@@ -146,3 +145,32 @@ class DualStudentNet(nn.Module):
             params[3] += list(s.decoder.parameters())
         return [{"params": p, "lr": lr * mult, "weight_decay": weight_decay}
                 for p, mult in zip(params, (1, 1, 10, 10))]
+
+
+def load_network(net: DualStudentNet, path_or_state, source: str = "checkpoint") -> None:
+    """Load a checkpoint (path, checkpoint object or state dict; this project's or the original's)
+    into ``net``, strictly. A checkpoint of another class count or encoder layout is refused in one
+    line that says which (the encoder describes both: :meth:`model.backbone.Encoder.foreign_layout`)."""
+    if isinstance(path_or_state, str):
+        source = path_or_state
+        path_or_state = read_checkpoint(path_or_state)
+    state = network_state(path_or_state)
+    own = net.state_dict()
+    if "branch1.encoder.patch_embed.proj.weight" not in state or "branch1.decoder.conv8.weight" not in state:
+        raise UserError(f"{source} is not a DuPL network checkpoint (no branch1.encoder / "
+                        "branch1.decoder weights)")
+    theirs_c = state["branch1.decoder.conv8.weight"].shape[0]
+    if theirs_c != net.num_classes:
+        raise UserError(f"{source} was trained with {theirs_c} classes but this network has "
+                        f"{net.num_classes}; use the script of the dataset it was trained on")
+    encoder = net.branch1.encoder
+    theirs_b = encoder.foreign_layout(state, "branch1.encoder.")
+    if theirs_b is not None:
+        raise UserError(f"{source} holds {theirs_b} but --backbone {net.backbone_name} is "
+                        f"{encoder.describe()}; pass the backbone it was trained with")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise UserError(f"{source} does not match the network: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
+    net.load_state_dict(state, strict=True)

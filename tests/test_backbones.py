@@ -7,8 +7,10 @@ three phases with a gradient on every trainable encoder parameter, gives the sam
 gradients with gradient checkpointing, and round-trips a checkpoint through both evaluations
 without a backbone flag.
 """
+import logging
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -17,21 +19,24 @@ import eval_cam_voc
 import eval_seg_voc
 import train_final_coco
 import train_final_voc
+import visualize_cams
 from datasets import synthetic
 from utils.errors import UserError
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
+from datasets.transforms import PAPER_STATS, InputStats, denormalize
 from model import backbone as bb
-from model.backbone import (create_vit, default_aux_layer, parse_backbone_args, pretrained_name,
-                            vit_token_maps)
+from model.backbone import (Encoder, default_aux_layer, describe_state, input_stats, parse_backbone_args,
+                            pretrained_name, vit_token_maps)
 from model.cam import multiscale_cam
-from utils.checkpoint import describe_backbone, load_network
 from model.dupl import Batch, dupl_step
-from model.network import DualStudentNet
+from model.network import DualStudentNet, load_network
 from model.par import PAR
 from model.schedule import voc_config
-from utils import train_args
+from utils import train_args, train_engine
+from utils.checkpoint import read_checkpoint
+from utils.distributed import DistInfo
 from utils.inference import load_model
 from utils.metric import ConfusionMatrix
 
@@ -78,8 +83,8 @@ def test_aux_block_follows_depth_and_the_paper_keeps_block_nine():
 def test_maps_cams_and_logits_have_the_grid_of_the_patch(name, family, patch, prefix):
     net = _net(name).eval()
     student = net.branch1
-    assert (student.family, student.patch_size, student.encoder.num_prefix_tokens) == (family, patch, prefix)
-    assert not student.paper_path and student.encoder.embed_dim == 48
+    assert (student.encoder.family, student.patch_size, student.encoder.prefix_tokens) == (family, patch, prefix)
+    assert not student.encoder.paper_path and student.encoder.width == 48
     assert student.classifier.in_channels == student.decoder.conv6.in_channels == 48
     for h, w in ((4 * patch, 4 * patch), (75, 61)):    # a multiple of the patch, and not one
         x = torch.randn(2, 3, h, w)
@@ -101,7 +106,7 @@ def test_maps_are_timms_tokens_without_prefix_and_without_the_remainder(name, fa
     after the final LayerNorm (EVA-02's sits in ``fc_norm``); the aux map is the aux block's output;
     pixels past the last whole patch do not change anything."""
     student = _net(name).branch1.eval()
-    enc = student.encoder
+    enc = student.encoder.timm
     seen = {}
     enc.blocks[student.aux_layer].register_forward_hook(lambda m, i, o: seen.__setitem__("aux", o))
     x = torch.randn(1, 3, 3 * patch + 5, 2 * patch + 9)
@@ -125,7 +130,7 @@ def test_maps_are_timms_tokens_without_prefix_and_without_the_remainder(name, fa
 def test_plain_vits_keep_the_papers_path_and_other_vits_take_timms():
     torch.manual_seed(0)
     plain = DualStudentNet("deit_tiny_patch16_224", 21, backbone_args="depth=2,embed_dim=24,num_heads=1").eval()
-    assert plain.branch1.paper_path and plain.branch1.family == "vit"
+    assert plain.branch1.encoder.paper_path and plain.branch1.encoder.family == "vit"
     x = torch.randn(1, 3, 100, 37)
     with torch.no_grad():
         ours = plain.branch1.token_maps(x)
@@ -135,7 +140,7 @@ def test_plain_vits_keep_the_papers_path_and_other_vits_take_timms():
     for name, prefix in (("deit_tiny_distilled_patch16_224", 2), ("deit3_small_patch16_224", 1)):
         torch.manual_seed(0)
         s = DualStudentNet(name, 21, backbone_args="depth=2,embed_dim=24,num_heads=1").branch1
-        assert not s.paper_path and s.encoder.num_prefix_tokens == prefix
+        assert not s.encoder.paper_path and s.encoder.prefix_tokens == prefix
         assert s(torch.randn(1, 3, 48, 40)).fmap.shape == (1, 24, 3, 2)
 
 
@@ -213,65 +218,64 @@ def test_offline_error_names_the_tag_and_the_way_out(monkeypatch):
     monkeypatch.setattr(bb, "_check_hub_reachable", offline)
     with pytest.raises(UserError, match=r"cannot get the pretrained weights of "
                                         r"vit_small_patch14_reg4_dinov2\.lvd142m .*--pretrained_path"):
-        create_vit("vit_small_patch14_reg4_dinov2", pretrained=True)
+        Encoder("vit_small_patch14_reg4_dinov2", pretrained=True)
     with pytest.raises(UserError, match="add --no-pretrained"):
-        create_vit("vit_small_patch14_reg4_dinov2", pretrained=True, backbone_args=SMALL)
+        Encoder("vit_small_patch14_reg4_dinov2", pretrained=True, backbone_args=SMALL)
     for bad in ("depth", "depth=2.5", "width=3", "depth=-1", "depth=x"):
         with pytest.raises(UserError, match="--backbone_args"):
             parse_backbone_args(bad)
     assert parse_backbone_args("depth=4, embed_dim=192,mlp_ratio=2.5") == {"depth": 4, "embed_dim": 192,
                                                                           "mlp_ratio": 2.5}
     with pytest.raises(UserError, match="timm cannot build"):
-        create_vit("vit_small_patch14_reg4_dinov2", backbone_args="embed_dim=50,num_heads=3")
+        Encoder("vit_small_patch14_reg4_dinov2", backbone_args="embed_dim=50,num_heads=3")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_local_pretrained_files_of_each_family_load(name, tmp_path):
     torch.manual_seed(5)
-    src = create_vit(name, backbone_args=SMALL)
+    src = Encoder(name, backbone_args=SMALL)
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
     torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
     for f in ("w.safetensors", "w.pth"):
         torch.manual_seed(6)
-        enc = bb._create_empty(name, parse_backbone_args(SMALL))[0]
-        bb.load_vit_weights(enc, str(tmp_path / f))
+        enc = Encoder(name, backbone_args=SMALL)
+        enc.load_weights(str(tmp_path / f))
         for k, v in src.state_dict().items():
             assert torch.equal(enc.state_dict()[k], v), (f, k)
     with pytest.raises(UserError, match="does not hold weights of this backbone"):
-        bb.load_vit_weights(bb._create_empty(name, {"depth": 3, "embed_dim": 64, "num_heads": 2})[0],
-                            str(tmp_path / "w.pth"))
+        Encoder(name, backbone_args="depth=3,embed_dim=64,num_heads=2").load_weights(str(tmp_path / "w.pth"))
 
 
 def test_dinov2_release_layout_is_converted_and_other_patches_are_refused(tmp_path):
     """DINOv2's own checkpoints name registers ``register_tokens``, keep a ``mask_token`` and a
     class slot in the position embedding (timm folds it into the class token)."""
     torch.manual_seed(5)
-    src = create_vit("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
+    src = Encoder("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
     state = {("register_tokens" if k == "reg_token" else k): v for k, v in src.state_dict().items()}
     state["mask_token"] = torch.zeros(1, 48)
     slot = torch.randn(1, 1, 48)
     state["pos_embed"] = torch.cat([slot, src.pos_embed.detach()], dim=1)
     state["cls_token"] = src.cls_token.detach() - slot
     torch.save(state, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
-    enc = bb._create_empty("vit_small_patch14_reg4_dinov2", parse_backbone_args(SMALL))[0]
-    bb.load_vit_weights(enc, str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
+    enc = Encoder("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
+    enc.load_weights(str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
     assert torch.equal(enc.reg_token, src.reg_token) and torch.equal(enc.pos_embed, src.pos_embed)
     assert torch.allclose(enc.cls_token, src.cls_token, atol=1e-6)
     assert torch.equal(enc.blocks[2].ls2.gamma, src.blocks[2].ls2.gamma)
-    clip16 = bb._create_empty("vit_base_patch16_clip_224", parse_backbone_args(SMALL))[0]
+    clip16 = Encoder("vit_base_patch16_clip_224", backbone_args=SMALL)
     with pytest.raises(UserError, match="patch-14 encoder but --backbone is patch 16"):
-        bb.load_vit_weights(clip16, str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
+        clip16.load_weights(str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
 
 
 def test_checkpoints_of_different_families_are_told_apart():
     states = {n: _net(n).state_dict() for n in ("vit_small_patch14_reg4_dinov2", "vit_base_patch16_siglip_224",
                                                 "vit_small_patch16_dinov3")}
-    assert describe_backbone(states["vit_small_patch14_reg4_dinov2"]) == \
+    assert describe_state(states["vit_small_patch14_reg4_dinov2"]) == \
         "a ViT-width-48/14 (3 blocks, width 48, 4 registers, LayerScale)"
-    assert describe_backbone(states["vit_base_patch16_siglip_224"]) == \
+    assert describe_state(states["vit_base_patch16_siglip_224"]) == \
         "a ViT-width-48/16 (3 blocks, width 48, no class token)"
-    assert "no position embedding" in describe_backbone(states["vit_small_patch16_dinov3"])
+    assert "no position embedding" in describe_state(states["vit_small_patch16_dinov3"])
     with pytest.raises(UserError, match=r"holds a ViT-width-48/16 \(3 blocks, width 48, no class token\) "
                                         r"but --backbone vit_small_patch14_reg4_dinov2"):
         load_network(_net("vit_small_patch14_reg4_dinov2"), states["vit_base_patch16_siglip_224"])
@@ -295,7 +299,11 @@ def test_training_checkpoint_evaluates_without_backbone_flags(name, voc_copy, tm
     assert "Iter: 3;" in log and "Validating" in log
     ckpt = str(wd / "checkpoint.pth")
     net = load_model(ckpt, None, None, None, torch.device("cpu"))
-    assert net.backbone_name == name and net.aux_layer == 1 and net.branch1.encoder.embed_dim == 48
+    assert net.backbone_name == name and net.aux_layer == 1 and net.branch1.encoder.width == 48
+    mean, std = _timm_stats(name, net.branch1.encoder.family)     # recorded, and used when loaded
+    saved = read_checkpoint(ckpt)["args"]
+    assert (tuple(saved["input_mean"]), tuple(saved["input_std"])) == (mean, std)
+    assert net.input_stats == InputStats(mean, std)
     common = ["--data_folder", str(voc_copy), "--model_path", ckpt, "--num_workers", "0", "--cpu"]
     seg = eval_seg_voc.run(common + ["--no-crf", "--scales", "1.0", "--work_dir", str(tmp_path / "seg")])
     cams = eval_cam_voc.run(common + ["--infer_set", "val", "--size", "64", "--cam_scales", "1.0", "--no-par",
@@ -312,10 +320,10 @@ def test_coco_training_takes_a_family_too(coco_copy, tmp_path):
                           "--backbone", "vit_base_patch16_siglip_224", *FAMILY_RUN])
     net = load_model(str(wd / "checkpoint.pth"), None, None, None, torch.device("cpu"),
                      defaults={"backbone": "deit_base_patch16_224", "num_classes": 81, "aux_layer": 9})
-    assert net.num_classes == 81 and net.branch1.family == "siglip" and net.aux_layer == 1
+    assert net.num_classes == 81 and net.branch1.encoder.family == "siglip" and net.aux_layer == 1
 
 
-def test_a_dinov2_run_resumes_without_backbone_flags(voc_copy, tmp_path):
+def test_a_dinov2_run_resumes_without_backbone_flags(voc_copy, tmp_path, one_line_error, capsys):
     wd = tmp_path / "run"
     run = ["--data_folder", str(voc_copy), "--work_dir", str(wd), *FAMILY_RUN]
     train_final_voc.run(run[:4] + ["--backbone", "vit_small_patch14_reg4_dinov2"] + run[4:])
@@ -329,7 +337,156 @@ def test_a_dinov2_run_resumes_without_backbone_flags(voc_copy, tmp_path):
     train_final_voc.run(["--data_folder", str(voc_copy), "--resume", str(wd / "checkpoint.pth"), *flags])
     log = (wd / "train.log").read_text()[len(first):]
     assert "--backbone vit_small_patch14_reg4_dinov2 (from" in log and "Resumed from" in log
-    assert load_model(str(wd / "checkpoint.pth"), None, None, None, torch.device("cpu")).branch1.family == "dinov2"
+    assert load_model(str(wd / "checkpoint.pth"), None, None, None, torch.device("cpu")).branch1.encoder.family == "dinov2"
+    # statistics other than the ones it was trained with are refused (the saved ones are adopted)
+    assert "--input_mean [" in log and "--input_std [" in log
+    capsys.readouterr()
+    err = one_line_error(train_final_voc.run, ["--data_folder", str(voc_copy), "--resume", str(wd / "checkpoint.pth"),
+                                               *flags, "--input_mean", "0.1,0.2,0.3"])
+    assert "--input_mean 0.1,0.2,0.3 contradicts" in err
+
+
+# ---------------------------------------------------------------- input statistics per family
+STATS_NAMES = sorted(set(bb.EXAMPLES) | set(NAMES))
+PAPER_VITS = ["deit_tiny_patch16_224", "deit_base_patch16_224", "vit_base_patch16_224"]
+TINY_VIT = "depth=2,embed_dim=24,num_heads=1"
+
+
+def _timm_stats(name, family):
+    """Mean and std of timm's pretrained_cfg of the tag the family's weights come from, read now."""
+    import timm
+    cfg = timm.models.get_pretrained_cfg(pretrained_name(name, family))
+    return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
+
+
+def _set_up(voc, name, *extra):
+    args = train_args.get_args_parser("voc").parse_args(
+        ["--data_folder", str(voc), "--backbone", name, "--backbone_args", SMALL, "--no-pretrained",
+         "--crop_size", "64", "--num_workers", "0", "--no-tensorboard", "--cpu", *extra])
+    run = train_engine.set_up(args, "voc", DistInfo(0, 1, 0, torch.device("cpu")), logging.getLogger("t"), None)
+    return args, run
+
+
+@pytest.mark.parametrize("name", STATS_NAMES)
+def test_every_stage_normalises_with_the_statistics_of_the_familys_tag_read_from_timm(name, voc_copy):
+    """Built as training builds it (random weights: the tag's statistics all the same), the
+    training transform, the validation set, the encoder and the arguments the checkpoint records
+    carry the mean and std of timm's pretrained_cfg of the tag whose weights the family loads."""
+    args, run = _set_up(voc_copy, name)
+    enc = run.net.branch1.encoder
+    mean, std = _timm_stats(name, enc.family)
+    assert (enc.input_stats.mean, enc.input_stats.std) == (mean, std) and not enc.input_stats.uint8_cast
+    assert run.stream.loader.dataset.augmentation.stats == run.val_set.stats == enc.input_stats
+    assert run.net.branch2.encoder.input_stats == enc.input_stats
+    assert (tuple(args.input_mean), tuple(args.input_std)) == (mean, std)
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    pixels = torch.from_numpy(run.val_set.raw_image(0)).permute(2, 0, 1).float()
+    assert torch.equal(run.val_set[0][1], (pixels - m * 255.0) / (s * 255.0))
+
+
+@pytest.mark.parametrize("name", PAPER_VITS)
+def test_the_papers_vits_keep_the_original_imagenet_constants_whatever_timm_says(name):
+    """ViT-B 21k's tag says 0.5 in timm; the paper's numbers were made with ImageNet's constants
+    on every ViT/DeiT, and the paper's path keeps them (and the original's uint8 round trip)."""
+    assert input_stats(name) == PAPER_STATS
+    enc = Encoder(name, backbone_args=TINY_VIT)
+    assert enc.paper_path and enc.input_stats == PAPER_STATS
+    if name == "vit_base_patch16_224":
+        assert _timm_stats(name, "vit") == ((0.5,) * 3, (0.5,) * 3)
+    assert DualStudentNet(name, 21, backbone_args=TINY_VIT).input_stats == PAPER_STATS
+
+
+def test_local_weights_keep_the_tags_statistics_and_the_flags_replace_them(voc_copy, tmp_path, monkeypatch):
+    name = "vit_base_patch16_clip_224"
+    clip = _timm_stats(name, "clip")
+    assert clip[0] != PAPER_STATS.mean and clip[1] != PAPER_STATS.std
+    loaded = []
+    monkeypatch.setattr(Encoder, "load_weights", lambda self, path: loaded.append(path))
+    (tmp_path / "clip.pth").write_bytes(b"")
+    with torch.device("meta"):     # the full-size model, without memory: only the weights' file is faked
+        enc = Encoder(name, pretrained_path=str(tmp_path / "clip.pth"))
+    assert loaded == [str(tmp_path / "clip.pth")] and (enc.input_stats.mean, enc.input_stats.std) == clip
+    assert input_stats(name, std=(0.25, 0.25, 0.25)) == InputStats(clip[0], (0.25, 0.25, 0.25))
+    args, run = _set_up(voc_copy, name, "--input_mean", "0.5,0.4,0.3", "--input_std", "0.2 0.2 0.2")
+    assert run.val_set.stats == run.net.input_stats == InputStats((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    assert args.input_mean == [0.5, 0.4, 0.3] and args.input_std == [0.2, 0.2, 0.2]
+
+
+def _clip_checkpoint(path, saved_stats):
+    """A random CLIP network's checkpoint; its saved arguments with the statistics or (an older
+    checkpoint) without them."""
+    net = _net("vit_base_patch16_clip_224")
+    args = {"backbone": "vit_base_patch16_clip_224", "backbone_args": SMALL, "num_classes": 21, "aux_layer": 1}
+    if saved_stats is not None:
+        args.update(input_mean=list(saved_stats.mean), input_std=list(saved_stats.std))
+    torch.save({"model": net.state_dict(), "args": args, "step": 3}, path)
+    return str(path)
+
+
+@pytest.fixture
+def encoder_inputs(monkeypatch):
+    """Every tensor that reaches an encoder, in order."""
+    seen = []
+    real = Encoder.token_maps
+
+    def spy(self, x, final=True):
+        seen.append(x.detach().clone())
+        return real(self, x, final)
+    monkeypatch.setattr(Encoder, "token_maps", spy)
+    return seen
+
+
+@pytest.mark.parametrize("saved", ["recorded", "older checkpoint", "custom"])
+def test_a_clip_checkpoint_is_evaluated_and_drawn_with_its_statistics_without_flags(
+        saved, voc_copy, tmp_path, encoder_inputs):
+    mean, std = _timm_stats("vit_base_patch16_clip_224", "clip")
+    want = InputStats((0.5, 0.45, 0.4), (0.3, 0.3, 0.3)) if saved == "custom" else InputStats(mean, std)
+    ckpt = _clip_checkpoint(tmp_path / "clip.pth", None if saved == "older checkpoint" else want)
+    eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", ckpt, "--num_workers", "0", "--cpu",
+                      "--no-crf", "--scales", "1.0", "--work_dir", str(tmp_path / "seg")])
+    layout = voc_layout(str(voc_copy))
+    rgb = EvalDataset(layout, str(voc_copy) + "_lists", "val").raw_image(0)
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1).float()
+    m, s = torch.tensor(want.mean).view(3, 1, 1), torch.tensor(want.std).view(3, 1, 1)
+    assert torch.equal(encoder_inputs[0][0], (pixels - m * 255.0) / (s * 255.0))
+    assert not torch.allclose(encoder_inputs[0][0], PAPER_STATS.normalize_pixels(rgb), atol=1e-2)
+    encoder_inputs.clear()
+    visualize_cams.main(["--model_path", ckpt, "--data_folder", str(voc_copy), "--num_images", "1",
+                         "--size", "64", "--out", str(tmp_path / "vis"), "--cpu"])
+    full = [x for x in encoder_inputs if tuple(x.shape[-2:]) == rgb.shape[:2]]
+    assert full and torch.equal(full[0][0], (pixels / 255.0 - m) / s)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224"] + NAMES)
+def test_par_and_the_strong_view_get_the_8bit_image_whatever_the_family(name, par, monkeypatch, one_torch_thread):
+    """PAR's image and the strong view's input are the training batch's 8-bit image / 255 for every
+    family (the paper's path: the original's round trip, which drops some levels by one)."""
+    import model.dupl as dupl
+    net = _net(name)
+    img = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)
+    images = torch.stack([net.input_stats.normalize(i) for i in img])
+    seen = {}
+    real_par, real_strong = dupl.refine_cams_with_par, dupl.strong_augment
+
+    def par_spy(image, *args, **kwargs):
+        seen["par"] = image
+        return real_par(image, *args, **kwargs)
+
+    def strong_spy(image, **kwargs):
+        seen["strong"], seen["stats"] = image, kwargs["stats"]
+        return real_strong(image, **kwargs)
+    monkeypatch.setattr(dupl, "refine_cams_with_par", par_spy)
+    monkeypatch.setattr(dupl, "strong_augment", strong_spy)
+    _, labels, boxes = _batch(48)
+    cfg = voc_config(max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
+    dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par, torch.Generator().manual_seed(0))
+    exact = torch.from_numpy(img).permute(0, 3, 1, 2).float() / torch.full((1, 1, 1, 1), 255.0)
+    assert seen["stats"] == net.input_stats and torch.equal(seen["strong"], seen["par"])
+    if net.branch1.encoder.paper_path:
+        assert torch.equal(seen["par"], denormalize(images))
+        assert float((seen["par"] - exact).abs().max()) <= 1 / 255 + 1e-7
+    else:
+        assert torch.equal(seen["par"], exact)
 
 
 LEARN_BACKBONE = ("vit_small_patch14_reg4_dinov2", "depth=3,embed_dim=128,num_heads=2")

@@ -71,7 +71,7 @@ def test_segment_logits_matches_the_chosen_student(tiny_ckpt):
     net = infer.load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
     rgb = np.random.default_rng(1).integers(0, 256, (33, 47, 3), dtype=np.uint8)
     one = infer.segment_logits(net, rgb, torch.device("cpu"), "1", (1.0,))
-    both = infer.voc_msc_logits(net, infer.normalize(rgb)[None], (1.0,))
+    both = infer.voc_msc_logits(net, net.input_stats.normalize(rgb)[None], (1.0,))
     assert one.shape == (1, 21, 33, 47)
     torch.testing.assert_close(one, both[0])
 

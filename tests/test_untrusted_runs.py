@@ -110,6 +110,24 @@ def test_resuming_a_downloaded_folder_never_writes_through_planted_links(voc_cop
     assert sorted(os.listdir(folder)) == before          # nothing was written before refusing
 
 
+
+@pytest.mark.parametrize("key,value,kind", [("backbone", ["deit", "tiny"], "a list, not a name"),
+                                            ("aux_layer", "9", "a str, not a number"),
+                                            ("input_mean", [0.5, 0.5], "a list, not three numbers")])
+def test_a_crafted_saved_setting_is_refused_in_one_line_by_resume_as_by_evaluation(voc_copy, tmp_path, refusal,
+                                                                                    key, value, kind):
+    """A downloaded checkpoint whose saved settings are not of their kind (the backbone a short
+    list, ...) is refused by --resume with the line evaluation prints for it."""
+    folder = _download(tmp_path)
+    ckpt = torch.load(folder / "checkpoint.pth", weights_only=True)
+    ckpt["args"][key] = value
+    torch.save(ckpt, folder / "checkpoint.pth")
+    resumed = refusal(train_final_voc.run, _train_argv(voc_copy, folder / "checkpoint.pth"))
+    evaluated = refusal(eval_seg_voc.run, _eval_argv(voc_copy, folder / "checkpoint.pth", "--work_dir",
+                                                     str(tmp_path / "ev")))
+    assert f"refused checkpoint {folder / 'checkpoint.pth'}: its saved {key} is {kind}" in resumed
+    assert resumed == evaluated
+
 def test_a_planted_tensorboard_folder_is_not_written_through(voc_copy, tmp_path, victim):
     folder = _download(tmp_path)
     (folder / "tb").symlink_to(victim / "victim_dir", target_is_directory=True)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from utils.errors import UserError
 from datasets.segmentation import EvalDataset
 from utils.safe_io import make_output_dir, output_path, save_image, save_npz
-from datasets.transforms import denormalize
+from model.backbone import input_stats
 from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
@@ -116,7 +116,8 @@ class CamEvaluation:
     def __init__(self, args, dataset: str, info, backend: str, log, ckpt):
         self.args, self.dataset, self.info, self.log = args, dataset, info, log
         self.layout, lists = eval_split(args, dataset, info.is_main, log)
-        self.data = EvalDataset(self.layout, lists, args.infer_set)
+        self.data = EvalDataset(self.layout, lists, args.infer_set,
+                                stats=input_stats(args.backbone, args.input_mean, args.input_std))
         self.work = output_folder(args, f"cam_{args.infer_set}", info.is_main)
         self.net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
                               source=args.model_path)
@@ -183,8 +184,9 @@ class CamEvaluation:
         """Score student ``k``'s PAR-refined pseudo labels at ``--bkg_thre`` (no uncertain pixels)."""
         args, size = self.args, tuple(gt.shape)
         box = torch.tensor([[0, args.size, 0, args.size]], device=self.info.device)
-        pseudo = refine_cams_with_par(denormalize(x), cam * label[:, :, None, None], label,
-                                      args.bkg_thre, args.bkg_thre, box, self.par)
+        image = self.net.input_stats.denormalize(x)      # the 8-bit image / 255, as in training
+        pseudo = refine_cams_with_par(image, cam * label[:, :, None, None], label, args.bkg_thre,
+                                      args.bkg_thre, box, self.par)
         pseudo = F.interpolate(pseudo[None].float(), size=size, mode="nearest")[0, 0].long()
         self.mats[f"PAR_{k}"].update(gt, pseudo)
         self.save_label(f"PAR_{k}", img_id, pseudo)

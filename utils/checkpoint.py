@@ -5,13 +5,14 @@
 - The original's format (:func:`network_state`): both use the same key layout
   (``branch1.encoder...``, ``branch2.decoder.conv8.weight``...); a ``module.`` prefix from
   DistributedDataParallel is stripped, the state dict may be bare or under ``model`` /
-  ``state_dict``. :func:`load_network` refuses a checkpoint of another backbone or class count in
-  one line that says which.
+  ``state_dict``. Loading it into a network (which needs the encoder's knowledge of its layout) is
+  :func:`model.network.load_network`.
 - Writing (:func:`save_checkpoint`, :func:`checkpoint_payload`): atomically, through a private
   temporary file (:func:`utils.safe_io.write_atomically`), with everything a resume needs.
 - The saved-arguments contract: a checkpoint records the run's arguments (``args``); the model
   flags a script leaves unset are taken from them (:func:`model_settings`,
-  :func:`adopt_model_flags`), and a flag that contradicts them is refused.
+  :func:`adopt_model_flags`, :func:`saved_input_stats`), and a flag that contradicts them is
+  refused; a saved setting of the wrong kind (a crafted file) is refused in one line.
 """
 import os
 import pickle
@@ -23,14 +24,10 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from utils.errors import Refused, UserError
 from utils.pickle_scan import CHECKPOINT_GLOBALS, check_tree, scan_pickle
 from utils.safe_io import check_zip, write_atomically
-
-VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large"}
-
 
 # numpy arrays (plain dtypes) are data too: checkpoints of earlier runs kept numpy's RNG state
 NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
@@ -122,57 +119,6 @@ def saved_args(obj) -> dict:
     return obj["args"] if isinstance(obj, dict) and isinstance(obj.get("args"), dict) else {}
 
 
-def describe_backbone(state: Dict[str, torch.Tensor], prefix: str = "branch1.encoder.") -> str:
-    """``a ViT-tiny/16 (12 blocks, width 192)``; other layouts add what tells them apart: register
-    tokens, no class token, no learned position embedding (RoPE), pre-norm, LayerScale."""
-    proj = state[prefix + "patch_embed.proj.weight"]
-    width, patch = proj.shape[0], proj.shape[-1]
-    depth = 1 + max((int(k[len(prefix + "blocks."):].split(".")[0])
-                     for k in state if k.startswith(prefix + "blocks.")), default=-1)
-    size = VIT_SIZES.get(width, f"width-{width}")
-    extras = []
-    if prefix + "reg_token" in state:
-        extras.append(f"{state[prefix + 'reg_token'].shape[1]} registers")
-    if prefix + "cls_token" not in state:
-        extras.append("no class token")
-    if prefix + "pos_embed" not in state:
-        extras.append("no position embedding")
-    if prefix + "norm_pre.weight" in state:
-        extras.append("pre-norm")
-    if any(k.startswith(prefix + "blocks.0.") and (".ls1." in k or k.endswith("gamma_1"))
-           for k in state):
-        extras.append("LayerScale")
-    more = "".join(f", {e}" for e in extras)
-    return f"a ViT-{size}/{patch} ({depth} blocks, width {width}{more})"
-
-
-def load_network(net: nn.Module, path_or_state, source: str = "checkpoint") -> None:
-    """Load a checkpoint (path or state dict) into a :class:`DualStudentNet`, strictly."""
-    if isinstance(path_or_state, str):
-        source = path_or_state
-        path_or_state = read_checkpoint(path_or_state)
-    state = network_state(path_or_state)
-    own = net.state_dict()
-    if "branch1.encoder.patch_embed.proj.weight" not in state or "branch1.decoder.conv8.weight" not in state:
-        raise UserError(f"{source} is not a DuPL network checkpoint (no branch1.encoder / "
-                        "branch1.decoder weights)")
-    theirs_c = state["branch1.decoder.conv8.weight"].shape[0]
-    if theirs_c != net.num_classes:
-        raise UserError(f"{source} was trained with {theirs_c} classes but this network has "
-                        f"{net.num_classes}; use the script of the dataset it was trained on")
-    ours_b, theirs_b = describe_backbone(own), describe_backbone(state)
-    pos = "branch1.encoder.pos_embed"
-    if ours_b != theirs_b or (pos in own and pos in state and own[pos].shape != state[pos].shape):
-        raise UserError(f"{source} holds {theirs_b} but --backbone {net.backbone_name} is "
-                        f"{ours_b}; pass the backbone it was trained with")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise UserError(f"{source} does not match the network: missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}")
-    net.load_state_dict(state, strict=True)
-
-
 # ------------------------------------------------------------------------------ writing
 def plain(value):
     """``value`` as data that ``torch.load(weights_only=True)`` reads: containers of str, numbers,
@@ -229,22 +175,44 @@ def save_checkpoint(path: str, payload: dict) -> None:
 
 
 # ------------------------------------------------------------------------------ saved arguments
-def saved_backbone_args(obj) -> Optional[str]:
+def saved_backbone_args(obj, source: str = "checkpoint") -> Optional[str]:
     """The architecture overrides (``--backbone_args``) a checkpoint of this project was trained
     with, or None."""
-    value = saved_args(obj).get("backbone_args")
+    value = _saved_setting(saved_args(obj), "backbone_args", source)
     return str(value) if value else None
 
 
+STRING_SETTINGS = ("backbone", "backbone_args")
+STATS_SETTINGS = ("input_mean", "input_std")
+
+
 def _saved_setting(saved: dict, key: str, source: str):
-    """``saved[key]`` when it is a short name (backbone) or a number (class count, aux block)."""
+    """``saved[key]`` when it is of its kind: a short name (``backbone``, ``backbone_args``), a
+    number (``num_classes``, ``aux_layer``) or three numbers (``input_mean``, ``input_std``);
+    anything else is a damaged or crafted file, refused in one line."""
     theirs = saved.get(key)
-    if theirs is not None and not isinstance(theirs, int if key != "backbone" else str) \
-            or isinstance(theirs, bool) or isinstance(theirs, str) and len(theirs) > 200:
-        raise UserError(f"refused checkpoint {source}: its saved {key} is a "
-                        f"{type(theirs).__name__}, not a {'name' if key == 'backbone' else 'number'}; "
-                        "the file is damaged or crafted")
-    return theirs
+    if theirs is None:
+        return None
+    if key in STATS_SETTINGS:
+        ok = isinstance(theirs, (list, tuple)) and len(theirs) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in theirs)
+        kind = "three numbers"
+    elif key in STRING_SETTINGS:
+        ok, kind = isinstance(theirs, str) and len(theirs) <= 200, "name"
+    else:
+        ok, kind = isinstance(theirs, int) and not isinstance(theirs, bool), "number"
+    if not ok:
+        article = "" if kind == "three numbers" else "a "
+        raise UserError(f"refused checkpoint {source}: its saved {key} is a {type(theirs).__name__}, "
+                        f"not {article}{kind}; the file is damaged or crafted")
+    return [float(v) for v in theirs] if key in STATS_SETTINGS else theirs
+
+
+def saved_input_stats(obj, source: str) -> Tuple[Optional[list], Optional[list]]:
+    """The input mean and std a checkpoint of this project was trained with (``None`` each for an
+    older or the original's checkpoint: its backbone's statistics apply)."""
+    saved = saved_args(obj)
+    return _saved_setting(saved, "input_mean", source), _saved_setting(saved, "input_std", source)
 
 
 def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux_layer: Optional[int],
@@ -277,20 +245,33 @@ def model_settings(obj, backbone: Optional[str], num_classes: Optional[int], aux
 
 def resolve_model_flags(args, defaults: Dict[str, object]) -> dict:
     """Read ``args.model_path`` once, fill ``args.backbone`` / ``num_classes`` / ``aux_layer``
-    that were left out (:func:`model_settings`) and return the checkpoint object."""
+    that were left out (:func:`model_settings`) and ``args.input_mean`` / ``input_std`` (the
+    checkpoint's, None for an older one: :func:`saved_input_stats`), and return the checkpoint
+    object."""
     obj = read_checkpoint(args.model_path)
     args.backbone, args.num_classes, args.aux_layer = model_settings(
         obj, args.backbone, args.num_classes, args.aux_layer, defaults, args.model_path)
+    args.input_mean, args.input_std = saved_input_stats(obj, args.model_path)
     return obj
 
 
 def adopt_model_flags(args, ckpt: dict, defaults: dict, log) -> None:
     """On ``--resume``, model flags left at their defaults (``--backbone``, ``--backbone_args``,
-    ``--aux_layer``) take the values the checkpoint was trained with, so a DINOv2 or CLIP run
-    resumes without them. ``log`` reports each adopted flag."""
+    ``--aux_layer``, ``--input_mean``, ``--input_std``) take the values the checkpoint was trained
+    with, so a DINOv2 or CLIP run resumes without them; saved values of the wrong kind are refused
+    as :func:`model_settings` refuses them, and input statistics that contradict the checkpoint's
+    are refused. ``log`` reports each adopted flag."""
     saved = saved_args(ckpt)
-    for key, default in (("backbone", defaults["backbone"]), ("backbone_args", None), ("aux_layer", None)):
-        theirs = saved.get(key)
-        if theirs is not None and getattr(args, key) == default and theirs != default:
+    keys = (("backbone", defaults["backbone"]), ("backbone_args", None), ("aux_layer", None),
+            ("input_mean", None), ("input_std", None))
+    for key, default in keys:
+        theirs = _saved_setting(saved, key, args.resume)
+        given = getattr(args, key, None)
+        if key in STATS_SETTINGS and theirs is not None and given is not None \
+                and [float(v) for v in given] != theirs:
+            raise UserError(f"--{key} {','.join(f'{v:g}' for v in given)} contradicts {args.resume}, "
+                            f"trained with {key} {','.join(f'{v:g}' for v in theirs)}; leave --{key} "
+                            "out to use the checkpoint's")
+        if theirs is not None and given == default and theirs != default:
             setattr(args, key, theirs)
             log(f"--{key} {theirs} (from {args.resume})")

@@ -34,10 +34,12 @@ class _NumbersAction(argparse.Action):
         setattr(namespace, self.dest, tuple(flat))
 
 
-def add_numbers(parser, *names: str, default: Sequence[float], help: str, **kwargs) -> None:
-    """A flag taking one or more numbers, space- or comma-separated; stored as a tuple of floats."""
+def add_numbers(parser, *names: str, default: Optional[Sequence[float]], help: str, **kwargs) -> None:
+    """A flag taking one or more numbers, space- or comma-separated; stored as a tuple of floats
+    (``default`` None: left unset)."""
     parser.add_argument(*names, nargs="+", type=_numbers, action=_NumbersAction,
-                        default=tuple(default), metavar="N", help=help, **kwargs)
+                        default=None if default is None else tuple(default), metavar="N", help=help,
+                        **kwargs)
 
 
 def _positive_seconds(text: str) -> float:

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from datasets.classes import IGNORE_INDEX
-from datasets.transforms import denormalize
 from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
@@ -45,7 +44,8 @@ def demo_figure(net, dataset, names: Sequence[str], device: torch.device, crop_s
                 bkg_thre: float = 0.5, low_thre: float = 0.25, max_images: int = 5,
                 tile: int = 144) -> np.ndarray:
     """``(rows * tile + legend, len(COLUMNS) * tile, 3)`` uint8 figure of ``dataset`` (an
-    :class:`~datasets.segmentation.EvalDataset` with masks and labels)."""
+    :class:`~datasets.segmentation.EvalDataset` with masks and labels, normalised with the
+    network's input statistics)."""
     was_training = net.training
     net.eval()
     par = PAR().to(device)
@@ -64,7 +64,8 @@ def demo_figure(net, dataset, names: Sequence[str], device: torch.device, crop_s
         cams = cam * cls_label[:, :, None, None]
         box = torch.tensor([[0, crop_size, 0, crop_size]], device=device)
         # PAR sees the de-normalised crop, as in training
-        pseudo = refine_cams_with_par(denormalize(x), cams, cls_label, bkg_thre, low_thre, box, par)
+        pseudo = refine_cams_with_par(net.input_stats.denormalize(x), cams, cls_label, bkg_thre,
+                                      low_thre, box, par)
         pseudo = F.interpolate(pseudo[None].float(), size=size, mode="nearest")[0, 0].long().cpu()
         heat = back(cam[:, present]).amax(1)[0].cpu()
         rgb01 = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0

@@ -30,6 +30,7 @@ from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
+from model.backbone import input_stats
 from utils.safe_io import fresh_dir, make_output_dir, output_path, save_image
 
 from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
@@ -282,7 +283,8 @@ class SegEvaluation:
             raise UserError(f"--branch {BEST_ON_GT} chooses the student on ground truth, which the "
                             f"{args.infer_set} split does not have; use --branch 1, 2 or ensemble")
         self.data = EvalDataset(self.layout, lists, args.infer_set, with_masks=self.with_masks,
-                                with_labels=False)
+                                with_labels=False,
+                                stats=input_stats(args.backbone, args.input_mean, args.input_std))
         self.work = output_folder(args, f"eval_{args.infer_set}", info.is_main)
         self.dirs = make_output_folders(self.work, info.is_main)
         # pydensecrf's workers start before the model takes the GPU; they (or the torch CRF's

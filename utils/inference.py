@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.checkpoint import load_network, model_settings, read_checkpoint, saved_backbone_args
-from model.network import DualStudentNet
+from utils.checkpoint import model_settings, read_checkpoint, saved_backbone_args, saved_input_stats
+from model.network import DualStudentNet, load_network
 
 from utils.errors import UserError
 from utils.safe_io import save_npz
@@ -32,14 +32,15 @@ def load_model(model, backbone: Optional[str], num_classes: Optional[int],
     """A :class:`DualStudentNet` with the weights of ``model`` (a checkpoint path or an object read
     from one; this project's or the original's), in eval mode on ``device``. No download. Settings
     left as None come from the checkpoint (:func:`model_settings`), else from ``defaults`` (VOC's
-    by default)."""
+    by default); the input statistics are the checkpoint's, else its backbone's."""
     if isinstance(model, str):
         source, model = model, read_checkpoint(model)
     defaults = defaults or {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3}
     backbone, num_classes, aux_layer = model_settings(model, backbone, num_classes, aux_layer, defaults,
                                                       source)
+    mean, std = saved_input_stats(model, source)
     net = DualStudentNet(backbone, num_classes, aux_layer, pretrained=False,
-                         backbone_args=saved_backbone_args(model))
+                         backbone_args=saved_backbone_args(model, source), input_mean=mean, input_std=std)
     load_network(net, model, source=source)
     return net.to(device).eval()
 
@@ -119,7 +120,7 @@ def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = 448,
     x0 = F.interpolate(image, size=(base, base), mode="bilinear", align_corners=False)
     outs = []
     for student in net.students:
-        grid = (base // student.patch_size, base // student.patch_size)
+        grid = student.encoder.grid(base, base)
         total = None
         for s in scales:
             seg = _flip_sum(_flip_pair(student, _resized(x0, s, base, base)), grid)

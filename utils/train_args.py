@@ -67,6 +67,11 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
                    help="block of the aux classifier (default: floor(3/4 depth), block 9 of 12)")
     g.add_argument("--grad_checkpointing", action=B, default=False,
                    help="recompute each encoder block in the backward pass (less memory, slower)")
+    add_numbers(g, "--input_mean", default=None,
+                help="R,G,B mean (0-1 units) the images are normalised with (default: the backbone's: "
+                "ImageNet's for ViT/DeiT, else the mean of timm's config of the weights' tag)")
+    add_numbers(g, "--input_std", default=None,
+                help="R,G,B std of the normalisation (default: the backbone's, as --input_mean)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--samples_per_gpu", "--spg", type=int, default=d["samples_per_gpu"],
@@ -159,6 +164,12 @@ def check_args(args, dataset: str) -> None:
         raise UserError(f"--resume {args.resume} does not exist (give a checkpoint file or 'auto')")
     check_scales("--scales", args.scales, count=2, ordered=True)
     check_scales("--cam_scales", args.cam_scales)
+    for name, lo, example in (("input_mean", 0, "0.485,0.456,0.406"), ("input_std", None, "0.229,0.224,0.225")):
+        values = getattr(args, name)
+        if values is not None:
+            check(len(values) == 3 and all((v >= 0 if lo == 0 else v > 0) and v <= 1 for v in values),
+                  f"--{name} {','.join(f'{v:g}' for v in values)}: give three values (R,G,B) in "
+                  f"{'[0, 1]' if lo == 0 else '(0, 1]'}, e.g. {example}")
     check(args.num_classes >= 2, f"--num_classes {args.num_classes}: need background and at least one class")
     for name in ("lr", "power", "aug_scale"):
         check(getattr(args, name) > 0, f"--{name} must be positive (got {getattr(args, name)})")

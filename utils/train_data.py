@@ -7,16 +7,17 @@ from torch.utils.data.distributed import DistributedSampler
 from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
-from datasets.transforms import TrainAugmentation
+from datasets.transforms import InputStats, TrainAugmentation
 from model.dupl import Batch
 
 from .distributed import DistInfo, barrier
 from .errors import UserError
 
 
-def build_data(args, dataset: str, info: DistInfo, logger):
+def build_data(args, dataset: str, info: DistInfo, logger, stats: InputStats):
     """The dataset layout, the training set (with the training augmentation) and the validation
-    set of the flags; the main rank derives missing split lists first."""
+    set of the flags, both normalised with the encoder's input statistics ``stats``; the main rank
+    derives missing split lists first."""
     layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
                             getattr(args, "label_folder", None), args.num_classes)
     if info.is_main:
@@ -25,9 +26,10 @@ def build_data(args, dataset: str, info: DistInfo, logger):
     list_folder = ensure_lists(layout, args.list_folder, [args.train_set, args.val_set],
                                log=logger.info)
     aug = TrainAugmentation(args.crop_size, tuple(args.scales), coco_flip=dataset == "coco",
-                            mirror_box_on_coco_flip=getattr(args, "mirror_box_on_flip", False))
+                            mirror_box_on_coco_flip=getattr(args, "mirror_box_on_flip", False),
+                            stats=stats)
     train_set = TrainDataset(layout, list_folder, args.train_set, aug)
-    val_set = EvalDataset(layout, list_folder, args.val_set)
+    val_set = EvalDataset(layout, list_folder, args.val_set, stats=stats)
     return layout, train_set, val_set
 
 

@@ -34,12 +34,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets.layout import DatasetLayout
-from model.network import DualStudentNet
+from model.backbone import input_stats
+from model.network import DualStudentNet, load_network
 from model.par import PAR
 from model.schedule import DuPLConfig
 
-from .checkpoint import (adopt_model_flags, checkpoint_payload, load_network, read_checkpoint,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (adopt_model_flags, checkpoint_payload, read_checkpoint, save_checkpoint,
+                         set_rng_state)
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .errors import UserError
 from .results import write_results
@@ -178,8 +179,10 @@ def build_network(args, ckpt: Optional[dict], device: torch.device) -> DualStude
     pretrained = args.pretrained and ckpt is None
     net = DualStudentNet(args.backbone, args.num_classes, args.aux_layer, pretrained,
                          None if ckpt is not None else args.pretrained_path, args.backbone_args,
-                         args.grad_checkpointing).to(device)
-    args.aux_layer = net.aux_layer      # the checkpoint records the block the depth rule chose
+                         args.grad_checkpointing, args.input_mean, args.input_std).to(device)
+    # the checkpoint records the block the depth rule chose and the statistics the encoder uses
+    args.aux_layer = net.aux_layer
+    args.input_mean, args.input_std = list(net.input_stats.mean), list(net.input_stats.std)
     check_crop(args, net.branch1.patch_size)
     return net
 
@@ -219,9 +222,10 @@ def set_up(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict]) -> 
     torch.backends.cudnn.benchmark = not args.deterministic
     torch.backends.cudnn.deterministic = args.deterministic
     seed_everything(args.seed + info.rank)
-    layout, train_set, val_set = build_data(args, dataset, info, logger)
     if ckpt is not None:
         adopt_model_flags(args, ckpt, DEFAULTS[dataset], logger.info)
+    stats = input_stats(args.backbone, args.input_mean, args.input_std)
+    layout, train_set, val_set = build_data(args, dataset, info, logger, stats)
     net = build_network(args, ckpt, device)
     optimizer = PolyWarmupAdamW(net.param_groups(args.lr, args.wt_decay), lr=args.lr,
                                 max_iters=args.max_iters, weight_decay=args.wt_decay,
@@ -267,7 +271,7 @@ def optimizer_step(run: Run, n: int, meter: LossMeter, want_grid: bool = False) 
                 out = run.model(batch, n, run.par, run.aug_gen)
                 if want_grid and last_micro:
                     cams, labels = training_visuals(run.net, batch, out, n, run.cfg, run.par)
-                    grid = training_grid(batch.images, batch.cls_label, cams, labels)
+                    grid = training_grid(batch.images, batch.cls_label, cams, labels, run.net.input_stats)
             (out.loss / args.grad_accum).backward()
         meter.add(out)
         del out                          # the step's outputs are not kept past their backward

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from datasets.classes import voc_colormap
-from datasets.transforms import denormalize
+from datasets.transforms import InputStats
 
 _CMAP = torch.from_numpy(voc_colormap()).float() / 255.0
 _PALETTE = voc_colormap().reshape(-1).tolist()
@@ -39,11 +39,13 @@ def cam_overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> t
 
 
 @torch.no_grad()
-def training_grid(images: torch.Tensor, cls_label: torch.Tensor, cams, pseudo_labels=None) -> torch.Tensor:
-    """First image of the batch ``images (B, 3, H, W)`` (normalised): the image, each map of
-    ``cams`` (``(B, K, H, W)`` each, max over the classes present in ``cls_label (B, K)``) and each
-    of ``pseudo_labels`` (``(B, H, W)`` each, when given), side by side: ``(3, H, n*W)``."""
-    rgb = denormalize(images[:1].float())[0].cpu()
+def training_grid(images: torch.Tensor, cls_label: torch.Tensor, cams, pseudo_labels,
+                  stats: InputStats) -> torch.Tensor:
+    """First image of the batch ``images (B, 3, H, W)`` (normalised with ``stats``): the image,
+    each map of ``cams`` (``(B, K, H, W)`` each, max over the classes present in ``cls_label
+    (B, K)``) and each of ``pseudo_labels`` (``(B, H, W)`` each, or None), side by side:
+    ``(3, H, n*W)``."""
+    rgb = stats.denormalize(images[:1].float())[0].cpu()
     tiles = [rgb]
     present = cls_label[0] > 0
     for cam in cams:

@@ -20,8 +20,8 @@ def main(argv):
             model_settings(obj, None, None, None, {"backbone": "deit_tiny_patch16_224",
                                                    "num_classes": 21, "aux_layer": -3}, path)
     elif kind == "pretrained":
-        from model.backbone import create_vit
-        create_vit("deit_tiny_patch16_224", pretrained_path=path)
+        from model.backbone import Encoder
+        Encoder("deit_tiny_patch16_224", pretrained_path=path)
     elif kind == "labels":
         from datasets.prepare import load_labels
         load_labels(path)
