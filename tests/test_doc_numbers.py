@@ -210,3 +210,42 @@ def test_performance_tables_equal_their_json_files():
         for value, dataset in zip(cells[1:], ("voc", "coco")):
             digits = len(value.split(".")[1])
             assert float(value) == pytest.approx(round(crf[dataset][group][key], digits)), (cells[0], dataset)
+
+
+def test_the_encoder_table_equals_its_json_file():
+    """README.md's encoder table: each backbone's patch, parameter count and input statistics are
+    those of the committed ``benchmarks/results/*_encoder_params.json`` (benchmarks/count_params.py);
+    the statistics are named in the table and spelled out once in the text next to it."""
+    text = _read("README.md")
+    cited = set(re.findall(r"benchmarks/results/([\w.-]+_encoder_params\.json)", text))
+    assert len(cited) == 1, cited
+    data = _results(cited.pop())
+    assert data.get("torch") and data.get("timm")
+    runs = {r["backbone"]: r for r in data["results"]}
+    number = r"\d+(?:\.\d+)?"
+    three = rf"((?:{number}, ){{2}}{number})"
+    legend = {name: (mean.split(", "), std.split(", ")) for name, mean, std in
+              re.findall(rf"(\w+) {three} / {three}", _flat(text))}
+    assert {"ImageNet", "CLIP"} <= set(legend), legend
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    head = next(i for i, line in enumerate(lines) if "`--backbone`" in line)
+    header = [c.strip() for c in lines[head].strip("|").split("|")]
+    col = {name: header.index(name) for name in ("patch", "params", "input mean / std")}
+    shown = []
+    for line in lines[head + 2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            break
+        names = [n for n in re.findall(r"`([\w.]+)`", cells[1]) if "_patch" in n]
+        patches, params, stats = (cells[col[k]].split(" / ") for k in ("patch", "params", "input mean / std"))
+        assert len(names) == len(params) == len(stats) and len(patches) in (1, len(names)), cells
+        for i, name in enumerate(names):
+            r = runs[name]
+            assert int(patches[i % len(patches)]) == r["patch"], (name, patches)
+            assert params[i] == f"{r['params'] / 1e6:.1f} M", (name, params[i], r["params"])
+            mean, std = legend[stats[i]]
+            for printed, value in zip(mean + std, r["input_mean"] + r["input_std"]):
+                digits = len(printed.split(".")[1]) if "." in printed else 0
+                assert float(printed) == round(value, digits), (name, stats[i], printed, value)
+            shown.append(name)
+    assert sorted(shown) == sorted(runs), (shown, sorted(runs))
