@@ -106,6 +106,7 @@ def eval_logger(name: str, is_main: bool) -> logging.Logger:
     """A logger printing timestamped lines to stdout on the main rank (warnings only elsewhere)."""
     log = logging.getLogger(name)
     log.handlers.clear()
+    log.propagate = False     # not also through the training logger "dupl", whose stream may be gone
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
