@@ -13,9 +13,7 @@ DeiT-B); the cost does not depend on the weights.
 import argparse
 import json
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 
@@ -24,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import result_header  # noqa: E402
 from datasets.readers import MAX_DATASET_PIXELS  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from utils.cli import add_numbers  # noqa: E402
@@ -63,13 +62,11 @@ def main(argv=None) -> dict:
         logits = merge_voc(raw, (args.height, args.width))
         probs = ((to_size(logits[0], (args.height, args.width)).softmax(1)
                   + to_size(logits[1], (args.height, args.width)).softmax(1)) / 2)[0]
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} threads", "torch": torch.__version__,
-              "command": "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:])),
-              "commit": _commit(), "backbone": net.backbone_name, "image": [args.width, args.height],
-              "pixels": args.width * args.height, "scales": list(args.scales),
-              "inference_s": round(time.perf_counter() - t0, 1),
-              "inference_peak_mib_above_start": round(peak_mib() - start, 1)}
+    result = dict(result_header("bench_admitted_image.py"), threads=torch.get_num_threads(),
+                  backbone=net.backbone_name)
+    result.update({"image": [args.width, args.height], "pixels": args.width * args.height,
+                   "scales": list(args.scales), "inference_s": round(time.perf_counter() - t0, 1),
+                   "inference_peak_mib_above_start": round(peak_mib() - start, 1)})
     if args.crf:
         from utils.crf import dense_crf
         rgb = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
@@ -83,14 +80,6 @@ def main(argv=None) -> dict:
             json.dump(result, f, indent=1)
             f.write("\n")
     return result
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ the difference is what the steps themselves need (activations, gradients, optimi
 Without ``--isolate`` on the CPU the memory fields are null.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import sync, voc_folder  # noqa: E402
+from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
@@ -54,25 +52,6 @@ def rss_gib(field: str) -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 2 ** 20
     return float("nan")
-
-
-def machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        model = names[0] if names else model
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cores} CPU cores ({model}){gpu}"
-
-
-def git_head() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
@@ -169,11 +148,7 @@ def main() -> None:
                       f"amp {amp}, grad_checkpointing {ckpt}: {r['s_per_step']:.3f} s/step, {mem}",
                       flush=True)
     if args.json:
-        payload = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                   "commit": os.environ.get("COMMIT") or git_head(), "torch": torch.__version__,
-                   "threads": torch.get_num_threads(),
-                   "command": "python benchmarks/bench_families.py " + " ".join(sys.argv[1:]),
-                   "results": results}
+        payload = dict(result_header("bench_families.py"), threads=torch.get_num_threads(), results=results)
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
 

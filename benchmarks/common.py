@@ -1,6 +1,10 @@
 """Shared set-up of the benchmark scripts, and the dense CRF's inputs that the CRF's tests share
 (:func:`network_like_probs`)."""
+import datetime
 import os
+import platform
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -10,6 +14,35 @@ from datasets import synthetic
 from datasets.classes import IGNORE_INDEX
 
 DEMO_VOC = os.path.join("demo_data", "VOC2012")
+
+
+def machine() -> str:
+    """``N CPU cores (model)[, GPU]`` of this process, for a result file."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        model = names[0] if names else model
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cores} CPU cores ({model}){gpu}"
+
+
+def git_head() -> str:
+    """The full commit hash of the checkout (``$COMMIT`` when set), else ``unknown``."""
+    if os.environ.get("COMMIT"):
+        return os.environ["COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def result_header(script: str) -> dict:
+    """What every result file records: date, machine, commit, torch version and the command."""
+    return {"date": datetime.date.today().isoformat(), "machine": machine(), "commit": git_head(),
+            "torch": torch.__version__, "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:])}
 
 
 def voc_folder(data_folder=None) -> str:

@@ -11,7 +11,6 @@ paper's ViT/DeiT path, else timm's ``pretrained_cfg`` of the weights' tag). READ
 table quotes this file (tests/test_doc_numbers.py compares them).
 """
 import argparse
-import datetime
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_families import git_head, machine  # noqa: E402
+from benchmarks.common import result_header  # noqa: E402
 from model.backbone import EXAMPLES, Encoder, input_stats  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
@@ -53,11 +52,7 @@ def main() -> None:
               f"({r['trainable_params'] / 1e6:.1f} M trainable); mean {r['input_mean']}, std {r['input_std']}",
               flush=True)
     if args.json:
-        payload = {"date": datetime.date.today().isoformat(), "machine": machine(),
-                   "commit": os.environ.get("COMMIT") or git_head(), "torch": torch.__version__,
-                   "timm": timm.__version__,
-                   "command": "python benchmarks/count_params.py " + " ".join(sys.argv[1:]),
-                   "results": results}
+        payload = dict(result_header("count_params.py"), timm=timm.__version__, results=results)
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
 
