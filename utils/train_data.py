@@ -11,7 +11,7 @@ from datasets.transforms import InputStats, TrainAugmentation
 from model.dupl import Batch
 
 from .distributed import DistInfo, barrier
-from .errors import UserError
+from .errors import UserError, message
 
 
 def build_data(args, dataset: str, info: DistInfo, logger, stats: InputStats):
@@ -63,7 +63,7 @@ class BatchStream:
             return next(self)
         except UserError as exc:
             # a loader worker re-raises the reader's error with its traceback: keep the message
-            raise UserError(str(exc).strip().splitlines()[-1].split("UserError: ", 1)[-1]) from None
+            raise UserError(message(exc)) from None
 
     def next_batch(self, device: torch.device) -> Batch:
         """The next batch, on ``device``."""
