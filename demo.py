@@ -1,6 +1,6 @@
 """The demo: DuPL trained from scratch on synthetic VOC-format data, on a laptop CPU.
 
-    python demo.py [--out demo_data] [--work_dir work_dirs/demo] [--backbone NAME [--backbone_args ...]]
+    python demo.py [--out demo_data] [--work_dir work_dirs/demo] [--backbone NAME [--backbone_args ...]] [--amp]
 
 Writes the synthetic dataset (VOC and COCO layouts) if it is missing, derives its split lists
 and image-level labels, scores the all-background prediction on the synthetic val split as a
@@ -28,6 +28,7 @@ from datasets.transforms import TrainAugmentation
 from utils.cli import ArgumentParser
 from utils.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
+from utils.precision import add_amp_flag
 from utils.safe_io import open_for_append, write_atomically
 from utils.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
@@ -52,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone_args",
                    help="timm architecture overrides, e.g. depth=6,embed_dim=192,num_heads=3 (a smaller, "
                    "faster model of the family)")
+    add_amp_flag(p)
     return p
 
 
@@ -61,7 +63,7 @@ DEMO_SCHEDULE = dict(max_iters=400, cam_iters=100, gmm_iters=250, warmup_iters=3
 
 def demo_train_args(data_folder: str, work_dir: str, crop_size: int, max_iters: int,
                     lr: float = DEMO_SCHEDULE["lr"], backbone: str = DEMO_BACKBONE,
-                    backbone_args: str = None):
+                    backbone_args: str = None, amp: bool = False):
     """Flags of ``train_final_voc.py`` for the demo: the paper's method on a shortened schedule."""
     scale = max_iters / DEMO_SCHEDULE["max_iters"]
     it = lambda k: str(max(1, int(round(DEMO_SCHEDULE[k] * scale))))
@@ -71,7 +73,7 @@ def demo_train_args(data_folder: str, work_dir: str, crop_size: int, max_iters: 
             "--samples_per_gpu", "4", "--max_iters", str(max_iters), "--cam_iters", it("cam_iters"),
             "--gmm_iters", it("gmm_iters"), "--warmup_iters", it("warmup_iters"),
             "--lr", str(lr), "--log_iters", str(max(1, max_iters // 16)),
-            "--eval_iters", str(max_iters), "--num_workers", "1", "--cpu"]
+            "--eval_iters", str(max_iters), "--num_workers", "1", "--cpu"] + (["--amp"] if amp else [])
 
 
 @exit_on_user_error
@@ -107,7 +109,7 @@ def main(argv=None) -> None:
     import train_final_voc
     result = train_final_voc.run(demo_train_args(voc.image_root, args.work_dir, args.crop_size,
                                                  args.max_iters, args.lr, args.backbone,
-                                                 args.backbone_args))
+                                                 args.backbone_args, args.amp))
     miou = {k: 100 * v["miou"] for k, v in result["scores"].items()}
     print("per-class IoU on synthetic val (%):")
     print(result_table(result, voc.display_names))

@@ -20,7 +20,6 @@ import functools
 import os
 import sys
 import time
-from contextlib import nullcontext
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -33,6 +32,7 @@ from datasets.readers import MAX_IMAGE_PIXELS, read_image
 from utils.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
+from utils.precision import add_amp_flag, autocast, resolve_amp
 from utils.safe_io import make_output_dir, output_path, save_image
 from utils.evaluation import DEFAULT_MODEL, add_model_flags
 from utils.checkpoint import resolve_model_flags
@@ -56,13 +56,6 @@ def class_names(num_classes: int) -> Tuple[str, ...]:
 
 def pick_device(cpu: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast for ``--amp``, as in training and evaluation."""
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -133,8 +126,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_model_flags(p, "voc")
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
                    help="run on the CPU even when a GPU exists")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="bf16 autocast on GPU")
+    add_amp_flag(p)
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False,
                    help="refine the prediction with the evaluation's dense CRF")
     add_crf_backend_flags(p)
@@ -153,6 +145,7 @@ def main(argv=None) -> None:
         raise UserError(f"--input {' '.join(args.input)} holds no .jpg/.jpeg/.png image")
     device = pick_device(args.cpu)
     backend = resolve_crf_backend(args.crf_backend, device)
+    args.amp = resolve_amp(args.amp, device)
     ckpt = resolve_model_flags(args, DEFAULT_MODEL["voc"])
     net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
     del ckpt

@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import sync, voc_folder  # noqa: E402
+from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
+from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
@@ -45,7 +46,7 @@ def main() -> None:
     p.add_argument("--model_path", help="checkpoint (default: random weights)")
     p.add_argument("--backbone", default="deit_base_patch16_224", help="timm ViT/DeiT name")
     p.add_argument("--num_images", type=int, default=20, help="images to evaluate")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on GPU")
+    add_amp_flag(p)
     p.add_argument("--crf_workers", type=int, nargs="+", default=[1, 2],
                    help="worker counts to time against the one-core loop; 0 skips the CRF part")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -53,6 +54,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    args.amp = resolve_amp(args.amp, device)
     layout = voc_layout(voc_folder(args.data_folder))
     lists = ensure_lists(layout, None, ["val"])
     data = EvalDataset(layout, lists, "val")
@@ -74,7 +76,7 @@ def main() -> None:
         size = tuple(image.shape[-2:])
         sync(device)
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with autocast(device, args.amp):
             raw = voc_raw_logits(net, x)
         chosen = select_branch(merge_voc(raw, size), "ensemble")
         probs = chosen.softmax(1)[0].cpu().numpy()
@@ -146,7 +148,7 @@ def main() -> None:
 def write_json(path, result) -> None:
     if path:
         with open(path, "w") as f:
-            json.dump(result, f, indent=1)
+            json.dump({**result_header("bench_eval.py"), **result}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import sync, voc_folder  # noqa: E402
+from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
@@ -42,6 +42,7 @@ from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from model.schedule import voc_config  # noqa: E402
+from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
 from utils.schedule import PolyWarmupAdamW  # noqa: E402
 from utils.train_step import TrainingStep, release_idle_gradients  # noqa: E402
 
@@ -106,7 +107,7 @@ def one_iteration(step, opt, it, n: int, par, gen, device, amp: bool, staged: bo
     timer.times["data_wait"] = time.perf_counter() - t0
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with (profile(activities=activities) if staged else contextlib.nullcontext()) as prof:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             out = step(batch, n, par, gen)
         if staged:
             sync(device)             # the profile holds every kernel of the step
@@ -134,7 +135,7 @@ def time_phase(args, step, opt, it, n: int, par, gen, device, name: str) -> dict
         if args.warmup <= i < args.warmup + args.iters:
             times.append(seconds)
         breakdown = stages or breakdown
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+    with autocast(device, args.amp):
         flops = count_flops(step, batch, n, par, gen)
     med = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
@@ -166,13 +167,14 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=30, help="timed iterations per phase")
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase")
     p.add_argument("--phases", default="ABC", help="phases to time (A, B, C)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast on GPU")
+    add_amp_flag(p)
     p.add_argument("--num_workers", type=int, default=4, help="data loader workers")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    args.amp = resolve_amp(args.amp, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     layout = voc_layout(voc_folder(args.data_folder))
@@ -207,7 +209,8 @@ def main() -> None:
           f"grad_checkpointing {args.grad_checkpointing}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "args": vars(args), "phases": results}, f, indent=1)
+            json.dump({**result_header("bench_train.py"), "device": name, "args": vars(args), "phases": results},
+                      f, indent=1)
 
 
 if __name__ == "__main__":

@@ -128,9 +128,10 @@ def test_code_points_only_to_documents_that_exist():
 
 
 PACKAGES = ("datasets", "model", "utils", "benchmarks")
-# the shared ground: errors, safe file I/O, pickle budgets, checkpoints, help format; they import
-# nothing of the project but each other
-GROUND = {"utils.errors", "utils.help_format", "utils.safe_io", "utils.pickle_scan", "utils.checkpoint"}
+# the shared ground: errors, safe file I/O, pickle budgets, checkpoints, help format, --amp; they
+# import nothing of the project but each other
+GROUND = {"utils.errors", "utils.help_format", "utils.safe_io", "utils.pickle_scan", "utils.checkpoint",
+          "utils.precision"}
 
 
 def _module_name(path: str) -> str:

@@ -38,6 +38,7 @@ from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_s
 from .checkpoint import resolve_model_flags
 from .crf_torch import TorchCRFStream
 from .distributed import barrier, cleanup, from_main_rank, init_distributed
+from .precision import add_amp_flag, autocast, resolve_amp
 from utils.errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
                         load_model, merge_voc, save_logits, select_branch,
@@ -81,7 +82,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     add_crf_backend_flags(p)
     p.add_argument("--work_dir", help="output folder (default: a new folder <checkpoint folder>/eval_<infer_set>, "
                    "numbered _2, _3... when that exists)")
-    p.add_argument("--amp", action=B, default=False, help="bf16 autocast for inference on GPU")
+    add_amp_flag(p)
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
     add_launcher_flags(p)
@@ -250,7 +251,7 @@ def multiscale_logits(net, image: torch.Tensor, dataset: str, scales, device: to
     their multi-scale logits (VOC: ``(1, C, H, W)``; COCO: at the token grid, float32)."""
     x = image[None].to(device)
     size = tuple(image.shape[-2:])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with autocast(device, amp):
         if dataset == "voc":
             raw = voc_raw_logits(net, x, scales)
         else:
@@ -417,6 +418,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
     ckpt = check_eval_flags(args, dataset)
     info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
     log = eval_logger("dupl.eval", info.is_main)
+    args.amp = resolve_amp(args.amp, info.device, log.warning)
     try:
         run = SegEvaluation(args, dataset, info, log, ckpt)
         del ckpt

@@ -12,6 +12,7 @@ from model.schedule import DuPLConfig, coco_config, voc_config
 
 from .cli import ArgumentParser, add_launcher_flags, add_numbers, check, check_range, check_scales
 from .errors import UserError
+from .precision import add_amp_flag
 
 CHECKPOINT = "checkpoint.pth"            # in the run folder: the last checkpoint, resumed from
 BEST_CHECKPOINT = "best.pth"             # in the run folder: the best validation score so far
@@ -84,7 +85,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     g.add_argument("--warmup_lr", type=float, default=1e-6, help="warm-up start ratio")
     g.add_argument("--wt_decay", type=float, default=1e-2, help="AdamW weight decay")
     g.add_argument("--power", type=float, default=0.9, help="poly decay power")
-    g.add_argument("--amp", action=B, default=False, help="bf16 autocast on GPU")
+    add_amp_flag(g)
     g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
 
     g = p.add_argument_group("DuPL")

@@ -43,6 +43,7 @@ from .checkpoint import (adopt_model_flags, checkpoint_payload, read_checkpoint,
                          set_rng_state)
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .errors import UserError
+from .precision import autocast, resolve_amp
 from .results import write_results
 from .safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
 from .schedule import PolyWarmupAdamW
@@ -219,6 +220,7 @@ def set_up(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict]) -> 
     (offset by the resumed step) and the checkpoint's RNG state."""
     cfg = config_from_args(args, dataset)
     device = info.device
+    args.amp = resolve_amp(args.amp, device, logger.warning)
     torch.backends.cudnn.benchmark = not args.deterministic
     torch.backends.cudnn.deterministic = args.deterministic
     seed_everything(args.seed + info.rank)
@@ -267,7 +269,7 @@ def optimizer_step(run: Run, n: int, meter: LossMeter, want_grid: bool = False) 
         last_micro = micro == args.grad_accum - 1
         sync_ctx = run.model.no_sync() if (run.info.distributed and not last_micro) else contextlib.nullcontext()
         with sync_ctx:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            with autocast(device, args.amp):
                 out = run.model(batch, n, run.par, run.aug_gen)
                 if want_grid and last_micro:
                     cams, labels = training_visuals(run.net, batch, out, n, run.cfg, run.par)

@@ -15,6 +15,7 @@ from model.pseudo_labels import cam_to_label
 
 from .distributed import all_reduce_sum
 from .metric import ConfusionMatrix, format_table
+from .precision import autocast
 
 COLUMNS = ("CAM_1", "aux_CAM_1", "Seg_1", "CAM_2", "aux_CAM_2", "Seg_2")
 
@@ -53,7 +54,7 @@ def validate(net, dataset, device: torch.device, rank: int = 0, world_size: int 
         mask = mask.to(device)
         label = label[None].to(device)
         size = mask.shape
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             for k, student in enumerate(net.students):
                 out = student(x)
                 f1_sum[k] += f1_score(out.cls.float(), label).sum().double()
