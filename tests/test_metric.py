@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from datasets.classes import VOC_DISPLAY_NAMES
-from utils.metric import ConfusionMatrix, format_table
+from utils.metric import ConfusionMatrix, ThresholdSweep, format_table
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 
@@ -126,6 +126,64 @@ def test_reduce_without_process_group_is_a_no_op():
     cm.reduce_from_all_processes()
     assert torch.equal(cm.mat, before)
 
+
+
+def _sweep_case(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.randint(0, 6, (37, 41), generator=g)
+    gt[torch.rand(gt.shape, generator=g) < 0.1] = 255                 # ignored pixels
+    score = torch.rand(gt.shape, generator=g)
+    score[:3] = torch.tensor([0.1, 0.5, 0.45])[:, None]                  # scores equal to a threshold
+    score[3, :5] = float("nan")                                          # a NaN never passes
+    cls = torch.randint(1, 7, gt.shape, generator=g)                    # 6: outside [0, 6), a miss
+    return gt, score, cls
+
+
+@pytest.mark.parametrize("thresholds", [[0.1, 0.45, 0.5, 0.9], [0.5, 0.1, 0.45, 0.45, 0.05], [0.3]])
+def test_threshold_sweep_equals_one_confusion_matrix_per_threshold(thresholds):
+    sweep = ThresholdSweep(6, thresholds)
+    expected = [ConfusionMatrix(6) for _ in thresholds]
+    for seed in range(3):
+        gt, score, cls = _sweep_case(seed)
+        sweep.update(gt, score, cls)
+        for t, cm in zip(thresholds, expected):
+            t32 = torch.tensor(t, dtype=torch.float32)
+            cm.update(gt, torch.where(score > t32, cls, torch.zeros_like(cls)))
+    got = sweep.matrices()
+    assert len(got) == len(thresholds)
+    for t, a, b in zip(thresholds, got, expected):
+        assert torch.equal(a.mat, b.mat), t
+
+
+def test_threshold_sweep_refuses_maps_of_different_sizes():
+    sweep = ThresholdSweep(3, [0.5])
+    with pytest.raises(ValueError, match="as many pixels"):
+        sweep.update(torch.zeros(4, dtype=torch.long), torch.zeros(5), torch.zeros(4, dtype=torch.long))
+
+
+def _sweep_reduce_worker(rank, world, port, cases, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    sweep = ThresholdSweep(6, [0.2, 0.6])
+    for gt, score, cls in cases[rank::world]:
+        sweep.update(gt, score, cls)
+    sweep.reduce_from_all_processes()
+    if rank == 0:
+        out.put(sweep.counts.numpy())
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_threshold_sweep_reduces_across_two_processes():
+    cases = [_sweep_case(seed) for seed in range(4)]
+    single = ThresholdSweep(6, [0.2, 0.6])
+    for case in cases:
+        single.update(*case)
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    mp.start_processes(_sweep_reduce_worker, args=(2, 29500 + (os.getpid() + 500) % 1000, cases, out),
+                       nprocs=2, start_method="spawn")
+    np.testing.assert_array_equal(out.get(), single.counts.numpy())
 
 def test_table_lists_the_classes_present_in_the_ground_truth_and_their_mean():
     iou = np.full(21, np.nan)

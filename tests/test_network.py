@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.backbone import Encoder, resize_pos_embed, vit_token_maps
-from model.cam import multiscale_cam, normalize_cam
+from model.cam import multiscale_cam, normalize_cam, spatial_extreme
 from model.network import DualStudentNet, load_network
 from utils.errors import UserError
 
@@ -155,6 +155,22 @@ def test_outputs_have_the_documented_shapes():
 def test_normalize_cam_maps_each_image_and_class_to_unit_range():
     cam = torch.tensor([[[[2.0, 4.0], [6.0, 10.0]]]])
     torch.testing.assert_close(normalize_cam(cam), torch.tensor([[[[0.0, 0.25], [0.5, 1.0]]]]) * 8 / (8 + 1e-5))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_spatial_extremes_are_those_of_each_map_in_either_layout(layout):
+    cam = torch.randn(3, 7, 13, 11, generator=torch.Generator().manual_seed(0))
+    cam[1, 2, 4, 5] = float("nan")                       # a NaN map stays NaN, as amin / amax
+    x = cam.contiguous(memory_format=layout)
+    for largest, name in ((True, "amax"), (False, "amin")):
+        got = spatial_extreme(x, largest)
+        want = getattr(cam, name)(dim=(2, 3), keepdim=True)
+        assert got.shape == (3, 7, 1, 1)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    want = (cam - cam.amin(dim=(2, 3), keepdim=True))
+    want = want / (want.amax(dim=(2, 3), keepdim=True) + 1e-5)
+    torch.testing.assert_close(normalize_cam(x), want.contiguous(memory_format=layout), rtol=0, atol=0,
+                               equal_nan=True)
 
 
 def test_students_are_independent_networks():

@@ -1,9 +1,11 @@
 """CAM and pseudo-label evaluation of a DuPL checkpoint (the field's first table).
 
-For every image of the split (resized to ``--size`` squared, the training-time rule) and each
-student: the multi-scale + flip CAM and aux CAM (:func:`model.cam.multiscale_cam`, the rule of
-training and validation), resized to the mask size and labelled with the ground-truth image labels
-at every background threshold of ``--thresholds`` (the plain labelling of validation); the
+For every image of the split (resized to ``--size`` squared, the training-time rule; ``--batch_size``
+images per pass) and each student: the multi-scale + flip CAM and aux CAM
+(:func:`model.cam.multiscale_cam`, the rule of training and validation, bf16 with ``--amp``),
+resized to the mask size and labelled with the ground-truth image labels at every background
+threshold of ``--thresholds`` (the plain labelling of validation; all thresholds are counted in
+one pass over the pixels, :class:`utils.metric.ThresholdSweep`); the
 PAR-refined pseudo labels of the CAM at ``--bkg_thre`` (:func:`model.pseudo_labels.refine_cams_with_par`
 with one threshold, so no pixel is left uncertain) and, with ``--crf``, the CAM label refined by
 dense CRF (``--crf_backend``; the torch CRF refines ``--crf_batch`` images with the same classes
@@ -17,11 +19,13 @@ import argparse
 import functools
 import os
 import sys
+import time
 from typing import Dict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from utils.errors import UserError
@@ -39,7 +43,8 @@ from .evaluation import (DEFAULT_MODEL, add_data_and_model_flags, check_class_co
                          output_folder)
 from .checkpoint import resolve_model_flags
 from .inference import load_model
-from .metric import ConfusionMatrix, format_table
+from .metric import ConfusionMatrix, ThresholdSweep, format_table
+from .precision import add_amp_flag, autocast, resolve_amp
 from .results import write_results
 from .validation import shard
 from .visualize import label_image
@@ -66,6 +71,9 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--save_labels", action=B, default=False, help="write label PNGs per column")
     p.add_argument("--work_dir", help="output folder (default: a new folder <checkpoint folder>/cam_<infer_set>, "
                    "numbered _2, _3... when that exists)")
+    p.add_argument("--batch_size", type=int, default=4,
+                   help="images per pass through a student (an image's CAMs do not depend on it)")
+    add_amp_flag(p)
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
     add_launcher_flags(p)
@@ -83,17 +91,22 @@ def _check(args) -> None:
         raise UserError("--thresholds must be values strictly between 0 and 1, e.g. 0.3,0.4,0.5")
     if not 0 < args.bkg_thre < 1:
         raise UserError(f"--bkg_thre {args.bkg_thre} must be strictly between 0 and 1")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size} must be at least 1")
     if not args.cam_scales or any(s <= 0 for s in args.cam_scales):
         raise UserError("--cam_scales must be positive numbers, e.g. 1.0,0.5,1.5")
     check_crf_flags(args)
 
 
-def cam_labels(cam: torch.Tensor, label: torch.Tensor, thresholds) -> torch.Tensor:
-    """Plain CAM labels at every threshold: ``cam (1, K, H, W)``, ``label (1, K)`` ->
-    ``(T, H, W)`` long (class c+1 where the best present CAM exceeds the threshold, else 0)."""
-    value, index = (cam * label[:, :, None, None]).max(dim=1)
-    t = torch.as_tensor(thresholds, dtype=value.dtype, device=value.device)[:, None, None]
-    return torch.where(value > t, index + 1, torch.zeros_like(index))
+def best_present_class(cams: torch.Tensor, present: torch.Tensor):
+    """``cams (P, H, W)`` of the ``present`` classes (0-based ids, ascending) -> the best score
+    ``(H, W)`` and its class id + 1 (the lowest id on ties); an image without classes scores 0
+    everywhere. The same labels as the maximum over all classes with the absent ones at 0."""
+    if not len(present):
+        return (torch.zeros(cams.shape[-2:], dtype=torch.float32, device=cams.device),
+                torch.zeros(cams.shape[-2:], dtype=torch.long, device=cams.device))
+    best, which = cams.max(dim=0)
+    return best, present[which] + 1
 
 
 def sweep_columns() -> list:
@@ -125,7 +138,7 @@ class CamEvaluation:
         self.par = PAR().to(info.device)
         c, self.thresholds = args.num_classes, list(args.thresholds)
         self.sweep_cols, self.label_cols = sweep_columns(), label_columns(args)
-        self.sweep = {col: [ConfusionMatrix(c, info.device) for _ in self.thresholds] for col in self.sweep_cols}
+        self.sweep = {col: ThresholdSweep(c, self.thresholds, info.device) for col in self.sweep_cols}
         self.mats = {col: ConfusionMatrix(c, info.device) for col in self.label_cols}
         if info.is_main:
             for sub in (["cams"] if args.save_cams else []) + (
@@ -134,68 +147,91 @@ class CamEvaluation:
                 make_output_dir(os.path.join(self.work, sub))
         barrier()
         self.at = self.thresholds.index(args.bkg_thre)
+        self.threshold = torch.tensor(args.bkg_thre, dtype=torch.float32, device=info.device)
         self.crf = CRFQueue(backend, info.device, crf_batch_size(args, info.device), args.crf_class_chunk or None)
 
     def run(self) -> None:
-        """Score every image of this rank's shard, then refine the CRF images still queued."""
+        """Score every image of this rank's shard, ``--batch_size`` at a time, then refine the CRF
+        images still queued; ``seconds`` keeps how long it took."""
+        start = time.perf_counter()
         part = shard(self.data, self.info.rank, self.info.world_size)
         iterator = DataLoader(part, batch_size=None, num_workers=self.args.num_workers)
         if self.info.is_main:
             from tqdm import tqdm
             iterator = tqdm(iterator, total=len(part), desc="CAMs", mininterval=5, file=sys.stderr)
-        for idx, (img_id, image, mask, label) in zip(part.indices, iterator):
-            self.image(idx, img_id, image, mask, label)
+        batch = []
+        for idx, item in zip(part.indices, iterator):
+            batch.append((idx, *item))
+            if len(batch) == self.args.batch_size:
+                self.images(batch)
+                batch = []
+        if batch:
+            self.images(batch)
         self.crf.flush()
+        self.seconds = time.perf_counter() - start
 
-    def image(self, idx: int, img_id: str, image: torch.Tensor, mask: torch.Tensor, label: torch.Tensor) -> None:
-        """One image at ``--size`` squared: each student's CAM work (:meth:`student`), then the
-        present classes' CAMs written on request."""
+    def images(self, batch: list) -> None:
+        """Images ``(index, id, image, mask, label)`` at ``--size`` squared: each student's
+        multi-scale CAM and aux CAM and its PAR labels for all of them in one pass, then every
+        image scored (:meth:`score`). An image's CAMs do not depend on the others in its batch."""
         args, device = self.args, self.info.device
-        x = F.interpolate(image[None].to(device), size=(args.size, args.size), mode="bilinear",
-                          align_corners=False)
-        gt, label = mask.to(device), label[None].to(device)
-        present = torch.nonzero(label[0]).flatten()
+        x = torch.cat([F.interpolate(image[None].to(device), size=(args.size, args.size), mode="bilinear",
+                                     align_corners=False) for _, _, image, _, _ in batch])
+        labels = torch.stack([label for *_, label in batch])
+        most = 1 + int((labels > 0).sum(dim=1).max())       # background + the most present classes
+        labels = labels.to(device)
+        maps, pars = [], []
+        for student in self.net.students:
+            with record_function("cam_eval/cams"), autocast(device, args.amp):
+                cam, cam_aux = multiscale_cam(student, x, args.cam_scales)
+            maps.append((cam.float(), cam_aux.float()))
+            pars.append(self.par_labels(x, maps[-1][0], labels, most) if args.par else None)
+        for i, (idx, img_id, _, mask, _) in enumerate(batch):
+            self.score(i, idx, img_id, mask.to(device), labels[i], maps, pars)
+
+    def par_labels(self, x, cam, labels, most: int) -> torch.Tensor:
+        """The PAR-refined pseudo labels ``(B, size, size)`` of a batch at ``--bkg_thre`` (no
+        uncertain pixels), the channels compacted to background + the ``most`` present classes."""
+        args = self.args
+        box = torch.tensor([[0, args.size, 0, args.size]], device=x.device).expand(x.shape[0], 4)
+        image = self.net.input_stats.denormalize(x)      # the 8-bit image / 255, as in training
+        with record_function("cam_eval/par"):
+            return refine_cams_with_par(image, cam * labels[:, :, None, None], labels, args.bkg_thre,
+                                        args.bkg_thre, box, self.par, max_channels=most)
+
+    def score(self, i: int, idx: int, img_id: str, gt, label, maps: list, pars: list) -> None:
+        """Image ``i`` of the batch: each student's CAM and aux CAM, resized to the mask (present
+        classes only), scored over the sweep, its PAR label scored and its CRF label queued; the
+        present classes' maps written on request."""
+        args, size = self.args, tuple(gt.shape)
+        present = torch.nonzero(label).flatten()
         rgb = self.data.raw_image(idx) if args.crf else None
         saved: Dict[str, np.ndarray] = {}
-        for k, student in enumerate(self.net.students, 1):
-            self.student(k, student, img_id, x, gt, label, present, rgb, saved)
+        for k, ((cam, cam_aux), par) in enumerate(zip(maps, pars), 1):
+            with record_function("cam_eval/score"):
+                for kind, m in (("CAM", cam), ("aux_CAM", cam_aux)):
+                    full = F.interpolate(m[i:i + 1], size=size, mode="bilinear", align_corners=False)[0, present]
+                    best, cls = best_present_class(full, present)
+                    self.sweep[f"{kind}_{k}"].update(gt, best, cls)
+                    saved[f"{kind}_{k}"] = full.half().cpu().numpy()
+                    self.save_label(f"{kind}_{k}", img_id, torch.where(best > self.threshold, cls, 0))
+                    if kind == "CAM":
+                        cam_full = full
+                if par is not None:
+                    pseudo = F.interpolate(par[i][None, None].float(), size=size, mode="nearest")[0, 0].long()
+                    self.mats[f"PAR_{k}"].update(gt, pseudo)
+                    self.save_label(f"PAR_{k}", img_id, pseudo)
+            if args.crf:
+                self.crf_labels(k, img_id, cam_full, present, rgb, gt)
         if args.save_cams:
             save_npz(output_path(os.path.join(self.work, "cams"), img_id + ".npz"),
                      classes=present.cpu().numpy() + 1, **saved)
 
-    def student(self, k: int, student, img_id: str, x, gt, label, present, rgb, saved: dict) -> None:
-        """Student ``k``'s multi-scale CAM and aux CAM scored over the sweep (their present classes'
-        maps put in ``saved``), then its PAR and CRF labels."""
-        size = tuple(gt.shape)
-        cam, cam_aux = multiscale_cam(student, x, self.args.cam_scales)
-        for kind, m in (("CAM", cam), ("aux_CAM", cam_aux)):
-            full = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False)
-            preds = cam_labels(full, label, self.thresholds)
-            for cm, pred in zip(self.sweep[f"{kind}_{k}"], preds):
-                cm.update(gt, pred)
-            saved[f"{kind}_{k}"] = full[0, present].half().cpu().numpy()
-            self.save_label(f"{kind}_{k}", img_id, preds[self.at])
-        if self.args.par:
-            self.par_labels(k, img_id, x, cam, gt, label)
-        if self.args.crf:
-            self.crf_labels(k, img_id, cam, gt, present, rgb)
-
-    def par_labels(self, k: int, img_id: str, x, cam, gt, label) -> None:
-        """Score student ``k``'s PAR-refined pseudo labels at ``--bkg_thre`` (no uncertain pixels)."""
-        args, size = self.args, tuple(gt.shape)
-        box = torch.tensor([[0, args.size, 0, args.size]], device=self.info.device)
-        image = self.net.input_stats.denormalize(x)      # the 8-bit image / 255, as in training
-        pseudo = refine_cams_with_par(image, cam * label[:, :, None, None], label, args.bkg_thre,
-                                      args.bkg_thre, box, self.par)
-        pseudo = F.interpolate(pseudo[None].float(), size=size, mode="nearest")[0, 0].long()
-        self.mats[f"PAR_{k}"].update(gt, pseudo)
-        self.save_label(f"PAR_{k}", img_id, pseudo)
-
-    def crf_labels(self, k: int, img_id: str, cam, gt, present, rgb) -> None:
-        """Queue student ``k``'s CAM (the background at ``--bkg_thre``, the present classes,
-        normalised) for the dense CRF; :meth:`crf_done` scores the labels."""
-        full = F.interpolate(cam.float(), size=tuple(gt.shape), mode="bilinear", align_corners=False)[0]
-        scores = torch.cat([torch.full_like(full[:1], self.args.bkg_thre), full[present]])
+    def crf_labels(self, k: int, img_id: str, full, present, rgb, gt) -> None:
+        """Queue student ``k``'s CAM at the mask size (``full``: the present classes' maps; the
+        background at ``--bkg_thre``; normalised) for the dense CRF; :meth:`crf_done` scores the
+        labels."""
+        scores = torch.cat([torch.full_like(full[:1], self.args.bkg_thre), full])
         probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).float()
         classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
         self.crf.add(rgb, probs, functools.partial(self.crf_done, f"CRF_{k}", img_id, classes, gt))
@@ -214,14 +250,12 @@ class CamEvaluation:
     def scores(self):
         """Over all ranks: each column's scores at ``--bkg_thre``, the sweep's mIoU curves and each
         sweep column's best ``(threshold, mIoU)``."""
-        for cms in self.sweep.values():
-            for cm in cms:
-                cm.reduce_from_all_processes()
-        for cm in self.mats.values():
-            cm.reduce_from_all_processes()
-        scores = {col: cms[self.at].compute() for col, cms in self.sweep.items()}
+        for counts in list(self.sweep.values()) + list(self.mats.values()):
+            counts.reduce_from_all_processes()
+        sweep = {col: counts.matrices() for col, counts in self.sweep.items()}
+        scores = {col: cms[self.at].compute() for col, cms in sweep.items()}
         scores.update({col: cm.compute() for col, cm in self.mats.items()})
-        curves = {col: [cm.compute()["miou"] for cm in cms] for col, cms in self.sweep.items()}
+        curves = {col: [cm.compute()["miou"] for cm in cms] for col, cms in sweep.items()}
         best = {col: (self.thresholds[int(np.nanargmax(v))], float(np.nanmax(v))) for col, v in curves.items()}
         return scores, curves, best
 
@@ -245,13 +279,15 @@ class CamEvaluation:
                       cam_scales=list(args.cam_scales), bkg_thre=args.bkg_thre,
                       threshold_sweep={col: {"thresholds": self.thresholds, "miou": v} for col, v in curves.items()},
                       best_threshold={col: {"threshold": t, "miou": m} for col, (t, m) in best.items()},
-                      checkpoint=os.path.abspath(args.model_path), checkpoint_step=self.step)
-        self.log.info(f"{len(self.data)} images; results in {self.work}")
+                      checkpoint=os.path.abspath(args.model_path), checkpoint_step=self.step,
+                      amp=args.amp, seconds=round(self.seconds, 3))
+        self.log.info(f"{len(self.data)} images in {self.seconds:.1f} s; results in {self.work}")
 
 
 @torch.no_grad()
 def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
-    """Run the CAM evaluation; returns ``{"scores", "best", "curves"}`` (see :meth:`CamEvaluation.scores`)."""
+    """Run the CAM evaluation; returns ``{"scores", "best", "curves"}`` (see :meth:`CamEvaluation.scores`)
+    and ``"seconds"``, this rank's time for its images."""
     _check(args)
     if args.bkg_thre not in args.thresholds:
         args.thresholds = tuple(sorted(set(args.thresholds) | {args.bkg_thre}))
@@ -261,6 +297,7 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
     backend = resolve_crf_backend(args.crf_backend, info.device)
     log = eval_logger("dupl.cam_eval", info.is_main)
+    args.amp = resolve_amp(args.amp, info.device, log.warning)
     try:
         run = CamEvaluation(args, dataset, info, backend, log, ckpt)
         del ckpt
@@ -268,6 +305,6 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
         scores, curves, best = run.scores()
         run.report(scores, curves, best)
         barrier()
-        return {"scores": scores, "best": best, "curves": curves}
+        return {"scores": scores, "best": best, "curves": curves, "seconds": run.seconds}
     finally:
         cleanup()

@@ -77,6 +77,64 @@ class ConfusionMatrix:
         }
 
 
+class ThresholdSweep:
+    """Confusion matrices of one labelling rule at many background thresholds, from one pass over
+    the pixels: a pixel is labelled ``cls`` where its ``score`` is above the threshold, else
+    background (0) -- ``torch.where(score > t, cls, 0)`` for every ``t`` of ``thresholds``.
+
+    Each pixel is counted once, in the bin of how many (float32) thresholds lie strictly below its
+    score; the matrix of threshold ``t`` follows by summing the bins (:meth:`matrices`). The counts
+    equal :class:`ConfusionMatrix` updates with the labels of each threshold. Memory is
+    ``C x (C+1) x (T+1)`` integers whatever the number of images."""
+
+    def __init__(self, num_classes: int, thresholds: Sequence[float], device: Optional[torch.device] = None):
+        self.num_classes = num_classes
+        t = torch.as_tensor(list(thresholds), dtype=torch.float32)
+        self.sorted, order = torch.sort(t)
+        self.position = torch.empty_like(order)
+        self.position[order] = torch.arange(len(order))        # threshold j is sorted[position[j]]
+        self.sorted = self.sorted.to(device)
+        self.counts = torch.zeros((num_classes, num_classes + 1, len(order) + 1), dtype=torch.int64,
+                                  device=device)
+
+    def update(self, gt, score: torch.Tensor, cls: torch.Tensor) -> None:
+        """Add one image: ``gt``, ``score`` (float32) and ``cls`` (the class given where the score
+        passes) of equal shape. Ground truth outside ``[0, C)`` is skipped; a NaN score never passes."""
+        c, n = self.num_classes, self.counts.shape[-1]
+        gt = torch.as_tensor(gt, device=self.counts.device).reshape(-1).long()
+        score = score.reshape(-1).float()
+        cls = cls.reshape(-1).long()
+        if not gt.shape == score.shape == cls.shape:
+            raise ValueError(f"gt, score and cls must have as many pixels: {gt.numel()}, {score.numel()}, "
+                             f"{cls.numel()}")
+        keep = (gt >= 0) & (gt < c)
+        gt, score, cls = gt[keep], score[keep], cls[keep]
+        cls = torch.where((cls >= 0) & (cls < c), cls, torch.full_like(cls, c))
+        below = torch.searchsorted(self.sorted, score.contiguous())     # thresholds strictly below
+        below = torch.where(torch.isnan(score), torch.zeros_like(below), below)
+        key = (gt * (c + 1) + cls) * n + below
+        self.counts += torch.bincount(key, minlength=c * (c + 1) * n).view(c, c + 1, n)
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the counts of all ranks in place (a no-op without a process group)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
+
+    def matrices(self) -> list:
+        """One :class:`ConfusionMatrix` per threshold, in the order given."""
+        c = self.num_classes
+        cum = self.counts.cumsum(dim=-1)
+        out = []
+        for p in self.position.tolist():
+            background = cum[..., p]                        # scores at or below the threshold
+            mat = cum[..., -1] - background                 # above: labelled with their class
+            mat[:, 0] += background.sum(dim=1)
+            cm = ConfusionMatrix(c, self.counts.device)
+            cm.add_counts(mat)
+            out.append(cm)
+        return out
+
+
 def format_table(columns: Mapping[str, np.ndarray], class_names: Sequence[str],
                  present: Optional[np.ndarray] = None) -> str:
     """A per-class IoU table (x100, 3 decimals): one column per name in ``columns``, one row per
