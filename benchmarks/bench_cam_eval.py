@@ -1,7 +1,7 @@
 """CAM evaluation time against the multi-scale CAM passes it needs, fp32 and ``--amp``.
 
-    python benchmarks/bench_cam_eval.py [--model_path CKPT] [--data_folder VOC2012] [--split train] \
-        [--num_images 40] [--size 448] [--precisions fp32 amp] [--json out.json]
+    python benchmarks/bench_cam_eval.py [--dataset voc|coco] [--model_path CKPT] [--data_folder DIR] \
+        [--split train] [--num_images 40] [--size 448] [--precisions fp32 amp] [--json out.json]
 
 For each precision:
 
@@ -9,7 +9,7 @@ For each precision:
   ``--size`` squared through both students, as a training step computes them
   (:func:`model.cam.multiscale_cam`, ``--train_batch`` images per call, every scale in full, the
   images already in memory), once per image size in ``--train_batch`` and 1.
-* **CAM evaluation**: ``eval_cam_voc.py`` on the same images (the split's first ``--num_images``,
+* **CAM evaluation**: ``eval_cam_voc.py`` (``eval_cam_coco.py``) on the same images (the split's first ``--num_images``,
   through a list folder of their own) in this process: the whole run (loading the model, the
   images, PAR, scoring the 19-threshold sweep, writing results.json) and its image loop alone
   (the ``seconds`` it reports).
@@ -35,9 +35,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+import eval_cam_coco  # noqa: E402
 import eval_cam_voc  # noqa: E402
 from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
-from datasets.layout import voc_layout  # noqa: E402
+from datasets import synthetic  # noqa: E402
+from datasets.layout import coco_layout, voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists, labels_path  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from model.cam import CAM_SCALES, multiscale_cam  # noqa: E402
@@ -76,24 +78,26 @@ def cam_passes(net, images, size: int, batch: int, device, amp: bool) -> float:
     return time.perf_counter() - start
 
 
-def evaluation(argv: list, profiled: bool = False):
-    """One CAM evaluation in this process: ``(results, whole seconds, loop seconds, ranges)``."""
+def evaluation(script, argv: list, profiled: bool = False):
+    """One CAM evaluation (``script``: eval_cam_voc or eval_cam_coco) in this process:
+    ``(results, whole seconds, loop seconds, ranges)``."""
     ranges = defaultdict(float)
     start = time.perf_counter()
     if profiled:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            results = eval_cam_voc.run(argv)
+            results = script.run(argv)
         for e in prof.events():
             if e.name.startswith("cam_eval/"):
                 ranges[e.name[len("cam_eval/"):]] += e.time_range.elapsed_us() / 1e6
     else:
-        results = eval_cam_voc.run(argv)
+        results = script.run(argv)
     return results, time.perf_counter() - start, results["seconds"], dict(ranges)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description="DuPL CAM evaluation benchmark", formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
+    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="which evaluation")
+    p.add_argument("--data_folder", help="VOC2012 folder, or COCO image folder (default: synthetic demo_data)")
     p.add_argument("--split", default="train", help="split whose first images are evaluated")
     p.add_argument("--num_images", type=int, default=40, help="images to evaluate")
     p.add_argument("--model_path", help="checkpoint (default: random weights of --backbone)")
@@ -108,8 +112,15 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    root = voc_folder(args.data_folder)
-    layout = voc_layout(root)
+    if args.dataset == "voc":
+        root = voc_folder(args.data_folder)
+        layout = voc_layout(root)
+    else:
+        root = args.data_folder or os.path.join("demo_data", "coco", "JPEGImages")
+        if not os.path.isdir(root):
+            synthetic.write_all("demo_data")
+        layout = coco_layout(root)
+    script, classes = (eval_cam_voc, 21) if args.dataset == "voc" else (eval_cam_coco, 81)
     work = tempfile.mkdtemp(prefix="bench_cam_eval_")
     lists = os.path.join(work, "lists")
     os.makedirs(lists)
@@ -118,8 +129,8 @@ def main() -> None:
     if not model_path:
         torch.manual_seed(0)
         model_path = os.path.join(work, "random.pth")
-        torch.save({"model": DualStudentNet(args.backbone, 21).state_dict()}, model_path)
-    net = load_model(model_path, None if args.model_path else args.backbone, 21, None, device)
+        torch.save({"model": DualStudentNet(args.backbone, classes).state_dict()}, model_path)
+    net = load_model(model_path, None if args.model_path else args.backbone, classes, None, device)
     data = EvalDataset(layout, lists, args.split, stats=net.input_stats)
     images = [data[i][1] for i in range(len(data))]
 
@@ -131,8 +142,8 @@ def main() -> None:
                 "--model_path", model_path, "--size", str(args.size), "--batch_size", str(args.batch_size),
                 "--num_workers", "1"] + ([] if args.model_path else ["--backbone", args.backbone]) \
             + (["--cpu"] if device.type == "cpu" else []) + (["--amp"] if amp else [])
-        scores, whole, loop, _ = evaluation(argv + ["--work_dir", os.path.join(work, precision)])
-        again, _, profiled_loop, ranges = evaluation(argv + ["--work_dir", os.path.join(work, precision + "_p")],
+        scores, whole, loop, _ = evaluation(script, argv + ["--work_dir", os.path.join(work, precision)])
+        again, _, profiled_loop, ranges = evaluation(script, argv + ["--work_dir", os.path.join(work, precision + "_p")],
                                                      profiled=True)
         same = all(scores["scores"][c]["miou"] == again["scores"][c]["miou"] for c in scores["scores"])
         if not same:
@@ -153,7 +164,7 @@ def main() -> None:
               + ", ".join(f"{k} {v:.1f} s" for k, v in ranges.items()), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     if args.json:
-        out = {**result_header("bench_cam_eval.py"), "device": str(device), "size": args.size,
+        out = {**result_header("bench_cam_eval.py"), "device": str(device), "dataset": args.dataset, "size": args.size,
                "backbone": args.backbone if not args.model_path else "from --model_path", "results": results}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

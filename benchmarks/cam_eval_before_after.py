@@ -1,10 +1,10 @@
 """The CAM evaluation of an earlier commit against this checkout: wall time and results.
 
-    python benchmarks/cam_eval_before_after.py --before COMMIT --model_path CKPT \
-        [--data_folder demo_data/VOC2012] [--infer_set train] [--sizes 128 448] [--json out.json] \
+    python benchmarks/cam_eval_before_after.py --before COMMIT --model_path CKPT [--dataset voc|coco] \
+        [--data_folder DIR] [--infer_set train] [--sizes 128 448] [--json out.json] \
         [-- extra eval_cam_voc.py flags]
 
-Checks out ``COMMIT`` into a temporary ``git worktree``, then runs ``eval_cam_voc.py`` of that
+Checks out ``COMMIT`` into a temporary ``git worktree``, then runs ``eval_cam_<dataset>.py`` of that
 commit and of this checkout one after the other (never at once) as separate processes with the
 same checkpoint, data, split and ``--size``, and records each run's wall time and whether the two
 ``results.json`` hold the same scores, sweep and best thresholds (they must: a speed-up may not
@@ -27,14 +27,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPARED = ("scores", "threshold_sweep", "best_threshold")
 
 
-def run_eval(checkout: str, argv: list, work_dir: str) -> tuple:
-    """``eval_cam_voc.py`` of ``checkout`` in its own process: ``(seconds, results.json)``."""
+def run_eval(checkout: str, script: str, argv: list, work_dir: str) -> tuple:
+    """``script`` of ``checkout`` in its own process: ``(seconds, results.json)``."""
     start = time.perf_counter()
-    res = subprocess.run([sys.executable, os.path.join(checkout, "eval_cam_voc.py"), *argv, "--work_dir", work_dir],
+    res = subprocess.run([sys.executable, os.path.join(checkout, script), *argv, "--work_dir", work_dir],
                          cwd=checkout, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if res.returncode != 0:
-        raise SystemExit(f"eval_cam_voc.py in {checkout} failed:\n{res.stderr[-3000:]}")
+        raise SystemExit(f"{script} in {checkout} failed:\n{res.stderr[-3000:]}")
     with open(os.path.join(work_dir, "results.json")) as f:
         return seconds, json.load(f)
 
@@ -43,13 +43,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--before", required=True, help="the earlier commit")
     p.add_argument("--model_path", required=True, help="checkpoint both evaluate")
-    p.add_argument("--data_folder", default=os.path.join("demo_data", "VOC2012"), help="VOC2012-layout folder")
+    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="eval_cam_voc.py or eval_cam_coco.py")
+    p.add_argument("--data_folder", help="VOC2012 folder or COCO image folder (default: the demo's synthetic one)")
     p.add_argument("--infer_set", default="train", help="split")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 448], help="--size values to run")
     p.add_argument("--json", help="write the numbers here")
     p.add_argument("extra", nargs="*", help="more eval_cam_voc.py flags (after --)")
     args = p.parse_args()
 
+    script = f"eval_cam_{args.dataset}.py"
+    data = args.data_folder or os.path.join("demo_data", *(("VOC2012",) if args.dataset == "voc" else ("coco", "JPEGImages")))
     work = tempfile.mkdtemp(prefix="cam_before_after_")
     before = os.path.join(work, "before")
     subprocess.run(["git", "worktree", "add", "--detach", before, args.before], cwd=REPO, check=True,
@@ -57,11 +60,11 @@ def main() -> None:
     rows = []
     try:
         for size in args.sizes:
-            argv = ["--data_folder", os.path.abspath(args.data_folder), "--model_path",
+            argv = ["--data_folder", os.path.abspath(data), "--model_path",
                     os.path.abspath(args.model_path), "--infer_set", args.infer_set, "--size", str(size),
                     "--cpu", *args.extra]
-            old_s, old = run_eval(before, argv, os.path.join(work, f"before_{size}"))
-            new_s, new = run_eval(REPO, argv, os.path.join(work, f"after_{size}"))
+            old_s, old = run_eval(before, script, argv, os.path.join(work, f"before_{size}"))
+            new_s, new = run_eval(REPO, script, argv, os.path.join(work, f"after_{size}"))
             same = all(old[k] == new[k] for k in COMPARED)
             rows.append({"size": size, "images": new["num_images"], "before_s": old_s, "after_s": new_s,
                          "speedup": old_s / new_s, "identical_results": same,
@@ -72,7 +75,8 @@ def main() -> None:
         subprocess.run(["git", "worktree", "remove", "--force", before], cwd=REPO, capture_output=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({**result_header("cam_eval_before_after.py"), "before": args.before, "runs": rows}, f, indent=1)
+            json.dump({**result_header("cam_eval_before_after.py"), "before": args.before, "dataset": args.dataset,
+                       "runs": rows}, f, indent=1)
     if not all(r["identical_results"] for r in rows):
         raise SystemExit("the results differ")
 
