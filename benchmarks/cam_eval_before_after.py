@@ -1,18 +1,20 @@
 """The CAM evaluation of an earlier commit against this checkout: wall time and results.
 
-    python benchmarks/cam_eval_before_after.py --before COMMIT --model_path CKPT [--dataset voc|coco] \
+    python benchmarks/cam_eval_before_after.py --before COMMIT [--model_path CKPT] [--dataset voc|coco] \
         [--data_folder DIR] [--infer_set train] [--sizes 128 448] [--json out.json] \
         [-- extra eval_cam_voc.py flags]
 
 Checks out ``COMMIT`` into a temporary ``git worktree``, then runs ``eval_cam_<dataset>.py`` of that
 commit and of this checkout one after the other (never at once) as separate processes with the
-same checkpoint, data, split and ``--size``, and records each run's wall time and whether the two
+same checkpoint (without ``--model_path``: random weights of ``--backbone``), data, split and
+``--size``, and records each run's wall time and whether the two
 ``results.json`` hold the same scores, sweep and best thresholds (they must: a speed-up may not
 change a number).
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,8 @@ def run_eval(checkout: str, script: str, argv: list, work_dir: str) -> tuple:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--before", required=True, help="the earlier commit")
-    p.add_argument("--model_path", required=True, help="checkpoint both evaluate")
+    p.add_argument("--model_path", help="checkpoint both evaluate (default: random weights of --backbone)")
+    p.add_argument("--backbone", default="deit_tiny_patch16_224", help="timm encoder without --model_path")
     p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="eval_cam_voc.py or eval_cam_coco.py")
     p.add_argument("--data_folder", help="VOC2012 folder or COCO image folder (default: the demo's synthetic one)")
     p.add_argument("--infer_set", default="train", help="split")
@@ -57,12 +60,19 @@ def main() -> None:
     before = os.path.join(work, "before")
     subprocess.run(["git", "worktree", "add", "--detach", before, args.before], cwd=REPO, check=True,
                    capture_output=True)
+    model, extra = args.model_path, list(args.extra)
+    if not model:
+        import torch
+        from model.network import DualStudentNet
+        torch.manual_seed(0)
+        model = os.path.join(work, "random.pth")
+        torch.save({"model": DualStudentNet(args.backbone, 21 if args.dataset == "voc" else 81).state_dict()}, model)
+        extra += ["--backbone", args.backbone]
     rows = []
     try:
         for size in args.sizes:
-            argv = ["--data_folder", os.path.abspath(data), "--model_path",
-                    os.path.abspath(args.model_path), "--infer_set", args.infer_set, "--size", str(size),
-                    "--cpu", *args.extra]
+            argv = ["--data_folder", os.path.abspath(data), "--model_path", os.path.abspath(model),
+                    "--infer_set", args.infer_set, "--size", str(size), "--cpu", *extra]
             old_s, old = run_eval(before, script, argv, os.path.join(work, f"before_{size}"))
             new_s, new = run_eval(REPO, script, argv, os.path.join(work, f"after_{size}"))
             same = all(old[k] == new[k] for k in COMPARED)
@@ -73,6 +83,7 @@ def main() -> None:
                   f"({old_s / new_s:.2f}x); results identical: {same}", flush=True)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", before], cwd=REPO, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**result_header("cam_eval_before_after.py"), "before": args.before, "dataset": args.dataset,
