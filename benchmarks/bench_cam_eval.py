@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--backbone", default="deit_tiny_patch16_224", help="timm encoder without --model_path")
     p.add_argument("--size", type=int, default=448, help="CAM input side (the evaluation's --size)")
     p.add_argument("--train_batch", type=int, default=4, help="images per CAM call of the floor (a training batch)")
-    p.add_argument("--batch_size", type=int, default=4, help="the evaluation's --batch_size")
+    p.add_argument("--batch_size", type=int, default=1, help="the evaluation's --batch_size")
     p.add_argument("--precisions", nargs="+", choices=("fp32", "amp"), default=["fp32", "amp"],
                    help="fp32 and / or --amp (bf16 autocast)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -165,6 +165,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     if args.json:
         out = {**result_header("bench_cam_eval.py"), "device": str(device), "dataset": args.dataset, "size": args.size,
+               "batch_size": args.batch_size, "train_batch": args.train_batch,
                "backbone": args.backbone if not args.model_path else "from --model_path", "results": results}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
