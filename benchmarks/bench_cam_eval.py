@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--backbone", default="deit_tiny_patch16_224", help="timm encoder without --model_path")
     p.add_argument("--size", type=int, default=448, help="CAM input side (the evaluation's --size)")
     p.add_argument("--train_batch", type=int, default=4, help="images per CAM call of the floor (a training batch)")
-    p.add_argument("--batch_size", type=int, default=1, help="the evaluation's --batch_size")
+    p.add_argument("--batch_size", type=int, help="the evaluation's --batch_size (default: its default)")
     p.add_argument("--precisions", nargs="+", choices=("fp32", "amp"), default=["fp32", "amp"],
                    help="fp32 and / or --amp (bf16 autocast)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -139,8 +139,8 @@ def main() -> None:
         amp = resolve_amp(precision == "amp", device)
         floor = {b: cam_passes(net, images, args.size, b, device, amp) for b in sorted({1, args.train_batch})}
         argv = ["--data_folder", root, "--list_folder", lists, "--infer_set", args.split,
-                "--model_path", model_path, "--size", str(args.size), "--batch_size", str(args.batch_size),
-                "--num_workers", "1"] + ([] if args.model_path else ["--backbone", args.backbone]) \
+                "--model_path", model_path, "--size", str(args.size),
+                "--num_workers", "1"] + (["--batch_size", str(args.batch_size)] if args.batch_size else []) + ([] if args.model_path else ["--backbone", args.backbone]) \
             + (["--cpu"] if device.type == "cpu" else []) + (["--amp"] if amp else [])
         scores, whole, loop, _ = evaluation(script, argv + ["--work_dir", os.path.join(work, precision)])
         again, _, profiled_loop, ranges = evaluation(script, argv + ["--work_dir", os.path.join(work, precision + "_p")],
@@ -151,7 +151,7 @@ def main() -> None:
         best = min(floor.values())
         ranges["rest_of_loop"] = profiled_loop - sum(ranges.get(r, 0.0) for r in RANGES)
         results[precision] = {
-            "amp": amp, "images": count,
+            "amp": amp, "images": count, "batch_size": scores["batch_size"],
             "cam_passes_s": {f"batch_{b}": s for b, s in floor.items()},
             "eval_whole_s": whole, "eval_loop_s": loop, "loop_over_cam_passes": loop / best,
             "profiled_loop_s": profiled_loop, "breakdown_s": ranges,
@@ -165,7 +165,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     if args.json:
         out = {**result_header("bench_cam_eval.py"), "device": str(device), "dataset": args.dataset, "size": args.size,
-               "batch_size": args.batch_size, "train_batch": args.train_batch,
+               "batch_size": scores["batch_size"], "batch_size_flag": args.batch_size, "train_batch": args.train_batch,
                "backbone": args.backbone if not args.model_path else "from --model_path", "results": results}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -14,7 +14,7 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
-from utils.cam_evaluation import best_present_class
+from utils.cam_evaluation import best_present_class, default_batch_size
 from utils.validation import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +60,7 @@ def test_threshold_sweep_reports_the_best_threshold_and_results_json(voc_copy, c
     assert {"PAR_1", "PAR_2", "CRF_1", "CRF_2"} <= set(res["scores"])
     saved = json.loads((wd / "results.json").read_text())
     assert saved["split"] == "train" and saved["checkpoint_step"] == 7
+    assert saved["batch_size"] == 8 and saved["amp"] is False and saved["seconds"] > 0   # --size 48: 8 per pass
     assert saved["best_threshold"]["CAM_1"]["threshold"] == t
     assert saved["scores"]["PAR_2"]["miou"] == pytest.approx(res["scores"]["PAR_2"]["miou"])
     ids = sorted(p[:-4] for p in os.listdir(wd / "cams"))
@@ -128,6 +129,14 @@ def test_batches_and_amp_without_bf16_give_the_numbers_of_one_image_at_a_time(vo
         assert res["curves"] == one["curves"]
         for col, s in one["scores"].items():
             np.testing.assert_array_equal(res["scores"][col]["iou"], s["iou"])
+
+
+def test_default_batch_fills_the_tokens_of_one_448_image():
+    assert default_batch_size(448, (1.0, 0.5, 1.5), 16) == 1
+    assert default_batch_size(224, (1.0, 0.5, 1.5), 16) == 4
+    assert default_batch_size(128, (1.0, 0.5, 1.5), 16) == 8          # at most 8
+    assert default_batch_size(448, (1.0, 0.5, 1.5), 14) == 1          # more tokens than the budget: still 1
+    assert default_batch_size(448, (1.0,), 16) == 2
 
 
 def test_bad_values_are_one_line_errors(voc_copy, checkpoint, one_line_error):

@@ -50,6 +50,16 @@ from .validation import shard
 from .visualize import label_image
 
 DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+# the tokens of one 448-pixel image at scale 1.5 with 16-pixel patches: on the CPU a pass that large
+# is fastest one image at a time, while passes of small images gain from batching
+TOKEN_BUDGET = 42 * 42
+
+
+def default_batch_size(size: int, scales, patch: int) -> int:
+    """``--batch_size`` when not given: as many images as fill :data:`TOKEN_BUDGET` at the largest
+    scale, 1 to 8."""
+    side = int(max(scales) * size) // patch
+    return max(1, min(8, TOKEN_BUDGET // max(1, side * side)))
 
 
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
@@ -71,9 +81,10 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     p.add_argument("--save_labels", action=B, default=False, help="write label PNGs per column")
     p.add_argument("--work_dir", help="output folder (default: a new folder <checkpoint folder>/cam_<infer_set>, "
                    "numbered _2, _3... when that exists)")
-    p.add_argument("--batch_size", type=int, default=1,
-                   help="images per pass through a student (an image's CAMs do not depend on it; on the CPU 4 "
-                   "is faster at --size 128 and slower at 448)")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="images per pass through a student (default: as many as fill the tokens of one "
+                   "448-pixel image at scale 1.5, at most 8: 1 at --size 448, 4 at 224, 8 at 128); an image's "
+                   "CAMs do not depend on it")
     add_amp_flag(p)
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
@@ -92,7 +103,7 @@ def _check(args) -> None:
         raise UserError("--thresholds must be values strictly between 0 and 1, e.g. 0.3,0.4,0.5")
     if not 0 < args.bkg_thre < 1:
         raise UserError(f"--bkg_thre {args.bkg_thre} must be strictly between 0 and 1")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size} must be at least 1")
     if not args.cam_scales or any(s <= 0 for s in args.cam_scales):
         raise UserError("--cam_scales must be positive numbers, e.g. 1.0,0.5,1.5")
@@ -137,6 +148,8 @@ class CamEvaluation:
                               source=args.model_path)
         self.step = ckpt.get("step") if isinstance(ckpt, dict) else None
         self.par = PAR().to(info.device)
+        if args.batch_size is None:
+            args.batch_size = default_batch_size(args.size, args.cam_scales, self.net.students[0].patch_size)
         c, self.thresholds = args.num_classes, list(args.thresholds)
         self.sweep_cols, self.label_cols = sweep_columns(), label_columns(args)
         self.sweep = {col: ThresholdSweep(c, self.thresholds, info.device) for col in self.sweep_cols}
@@ -281,7 +294,7 @@ class CamEvaluation:
                       threshold_sweep={col: {"thresholds": self.thresholds, "miou": v} for col, v in curves.items()},
                       best_threshold={col: {"threshold": t, "miou": m} for col, (t, m) in best.items()},
                       checkpoint=os.path.abspath(args.model_path), checkpoint_step=self.step,
-                      amp=args.amp, seconds=round(self.seconds, 3))
+                      amp=args.amp, batch_size=args.batch_size, seconds=round(self.seconds, 3))
         self.log.info(f"{len(self.data)} images in {self.seconds:.1f} s; results in {self.work}")
 
 
@@ -306,6 +319,7 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
         scores, curves, best = run.scores()
         run.report(scores, curves, best)
         barrier()
-        return {"scores": scores, "best": best, "curves": curves, "seconds": run.seconds}
+        return {"scores": scores, "best": best, "curves": curves, "seconds": run.seconds,
+                "batch_size": args.batch_size}
     finally:
         cleanup()
