@@ -164,12 +164,14 @@ def test_every_cited_result_file_exists_and_names_its_date_machine_command_and_c
 
 
 def _table(text: str, first_header: str):
-    lines = [l for l in text.splitlines() if l.startswith("|")]
-    start = next(i for i, l in enumerate(lines) if l.split("|")[1].strip() == first_header)
+    """The rows of the first markdown table whose first header is ``first_header``: its lines up to
+    the first line that is not a row of that table."""
+    lines = text.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("|") and l.split("|")[1].strip() == first_header)
     rows = []
     for line in lines[start + 2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) != len(lines[start].strip("|").split("|")):
+        if not line.startswith("|") or len(cells) != len(lines[start].strip("|").split("|")):
             break
         rows.append(cells)
     return rows
@@ -177,7 +179,7 @@ def _table(text: str, first_header: str):
 
 def test_performance_tables_equal_their_json_files():
     text = _read("docs/performance.md")
-    train = _results("2026-12-03_train_cpu.json")["phases"]
+    train = _results("2026-12-07_train_tiny_cpu.json")["phases"]
     for cells in _table(text, "phase"):
         phase = train[cells[0][0]]
         assert float(cells[1]) == round(phase["s_per_iter"], 3), cells
@@ -249,3 +251,73 @@ def test_the_encoder_table_equals_its_json_file():
                 assert float(printed) == round(value, digits), (name, stats[i], printed, value)
             shown.append(name)
     assert sorted(shown) == sorted(runs), (shown, sorted(runs))
+
+
+def _cited(text: str, pattern: str) -> list:
+    """The result files ``text`` cites whose name matches ``pattern``, loaded (and checked)."""
+    return [_results(n) for n in sorted(set(re.findall(r"benchmarks/results/([\w.-]+\.json)", text)))
+            if re.search(pattern, n)]
+
+
+def test_the_cam_evaluation_tables_equal_their_json_files():
+    """docs/performance.md#cam-evaluation: the before / after table and the table against the CAM
+    passes, row by row, from the cited ``*cam_eval*`` files."""
+    text = _read("docs/performance.md")
+    runs = {(f["dataset"], r["size"]): r for f in _cited(text, "cam_eval.*before_after") for r in f["runs"]}
+    rows = _table(text, "run")
+    assert len(rows) == len(runs) >= 4
+    for cells in rows:
+        dataset = "voc" if cells[0].startswith("VOC") else "coco"
+        r = runs[(dataset, int(re.search(r"--size (\d+)", cells[0]).group(1)))]
+        assert int(cells[1]) == r["images"], cells
+        assert float(cells[2]) == round(r["before_s"], 1) and float(cells[3]) == round(r["after_s"], 1), cells
+        assert cells[4] == f"{r['speedup']:.2f}x" and cells[5] == ("identical" if r["identical_results"] else "differ")
+    benches = {(f["dataset"], f["size"], f.get("batch_size_flag", f.get("batch_size"))): f for f in _cited(text, "cam_eval_(coco_)?\\d+")}
+    rows = _table(text, "CAM evaluation")
+    assert len(rows) >= 6
+    for cells in rows:
+        dataset = "voc" if cells[0].startswith("VOC") else "coco"
+        size = int(re.search(r"--size (\d+)", cells[0]).group(1))
+        batch = int(re.search(r"--batch_size (\d+)", cells[0]).group(1)) if "--batch_size" in cells[0] else None
+        f = benches[(dataset, size, batch)]
+        r = f["results"]["amp" if "amp" in cells[1] else "fp32"]
+        assert int(re.search(r"(\d+) images", cells[0]).group(1)) == r["images"], cells
+        assert float(cells[2]) == round(min(r["cam_passes_s"].values()), 1), cells
+        assert float(cells[3]) == round(r["eval_loop_s"], 1), cells
+        assert cells[4] == f"{r['loop_over_cam_passes']:.2f}x", cells
+        parts = [float(v) for v in cells[5].split(" / ")]
+        b = r["breakdown_s"]
+        assert parts == [round(b[k], 1) for k in ("cams", "par", "score", "rest_of_loop")], cells
+
+
+def test_the_bf16_tables_equal_their_sources():
+    """docs/performance.md#bf16-on-the-cpu: training step and inference, fp32 against --amp, from
+    the cited JSON files; the demo's scores and time from the two cited logs."""
+    text = _read("docs/performance.md")
+    section = text[text.index("## bf16 on the CPU"):]
+    section = section[:section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    train = {(f["args"]["backbone"], f["args"]["amp"]): f for f in _cited(section, "_train_")}
+    rows = _table(section, "training step")
+    assert len(rows) == 6
+    for cells in rows:
+        backbone = "deit_base_patch16_224" if cells[0].startswith("DeiT-B") else "deit_tiny_patch16_224"
+        fp32, amp = (train[(backbone, a)]["phases"][cells[1]]["s_per_iter"] for a in (False, True))
+        assert float(cells[2]) == round(fp32, 2) and float(cells[3]) == round(amp, 2), cells
+        assert float(cells[4]) == round(amp / fp32, 2), cells
+    evals = {f["amp"]: f for f in _cited(section, "_eval_")}
+    (cells,) = _table(section, "inference")
+    fp32, amp = (evals[a]["inference_images_per_s"] for a in (False, True))
+    assert float(cells[1]) == round(fp32, 2) and float(cells[2]) == round(amp, 2), cells
+    assert float(cells[3]) == round(amp / fp32, 2), cells
+    logs = re.findall(r"`(logs/[\w/.-]+\.log)`", section)
+    assert len(logs) == 2, logs
+    rows = _table(section, "demo")
+    assert len(rows) == 2
+    for cells, path in zip(rows, logs):
+        log = parse_demo_log(_read(path))
+        assert ("--amp" in cells[0]) == ("amp=True" in _read(path)), (cells, path)
+        seg = [float(v) for v in cells[1].split(" / ")]
+        cam = [float(v) for v in cells[2].split(" / ")]
+        assert seg == [log["summary"]["Seg_1"], log["summary"]["Seg_2"]], (cells, path)
+        assert cam == [log["summary"]["CAM_1"], log["summary"]["CAM_2"]], (cells, path)
+        assert int(cells[3]) == log["total_s"], (cells, path)
