@@ -83,8 +83,8 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
                    "numbered _2, _3... when that exists)")
     p.add_argument("--batch_size", type=int, default=None,
                    help="images per pass through a student (default: as many as fill the tokens of one "
-                   "448-pixel image at scale 1.5, at most 8: 1 at --size 448, 4 at 224, 8 at 128); an image's "
-                   "CAMs do not depend on it")
+                   "448-pixel image at scale 1.5, at most 8: 1 at --size 448, 4 at 224, 8 at 128); on the CPU an "
+                   "image's CAMs do not depend on it (tested); a GPU's kernels may move their last bits")
     add_amp_flag(p)
     p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
     p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
