@@ -27,13 +27,14 @@ while [[ "$1" == -* ]]; do shift; done
 echo "$@" >> "$FAKE_SLURM/srun.args"
 [ -n "$FAKE_SLURM_DRY" ] && exit 0
 echo $$ >> "$FAKE_SLURM/step.pids"
+[ -n "$FAKE_SLURM_SLEEP" ] && exec sleep "$FAKE_SLURM_SLEEP"
 exec "$@"
 """
 # scontrol: this machine is the only node; a requeue is written down
 FAKE_SCONTROL = """#!/bin/bash
 case "$1 $2" in
   "show hostnames") echo 127.0.0.1 ;;
-  "requeue "*) echo "requeue $2" >> "$FAKE_SLURM/requeue" ;;
+  "requeue "*) [ -n "$FAKE_SLURM_REQUEUE_FAILS" ] && exit 1; echo "requeue $2" >> "$FAKE_SLURM/requeue" ;;
   *) exit 1 ;;
 esac
 """
@@ -54,6 +55,7 @@ def fake_slurm(tmp_path):
         path.chmod(path.stat().st_mode | stat.S_IXUSR)
 
     def env(nodes: int, gpus: int, dry: bool = False, **extra):
+        extra.setdefault("SLURM_CPUS_PER_TASK", 16)
         return dict(os.environ, PATH=f"{folder}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM=str(folder),
                     FAKE_SLURM_DRY="1" if dry else "", SLURM_NNODES=str(nodes), SLURM_GPUS_ON_NODE=str(gpus),
                     SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="node001", PYTHON=sys.executable,
@@ -103,6 +105,7 @@ def test_the_allocation_times_the_images_per_gpu_and_accumulation_is_the_papers_
         assert _flag(args, "--work_dir") == f"work_dirs/slurm_{dataset}"       # fixed: a requeue finds it
         assert _flag(args, "--rdzv-endpoint") == f"127.0.0.1:{fake_slurm(n, g)['MASTER_PORT']}"
         assert args[-2:] == ["--data_folder", "X"]                              # the user's flags come last
+        assert int(_flag(args, "--num_workers")) == max(1, 16 // g)            # the task's CPUs per GPU
     # the header's own allocation needs no accumulation
     res = subprocess.run(["bash", SBATCH[dataset]], cwd=REPO, capture_output=True, text=True,
                          env=fake_slurm(nodes, gpus, dry=True), timeout=60)
@@ -159,3 +162,40 @@ def test_coco_launch_keeps_the_batch_of_8_on_two_processes(coco_copy, tmp_path, 
     log = (wd / "train.log").read_text()
     assert "Total gpus: 2, samples per gpu: 1, gradient accumulation: 4, global batch: 8" in log
     assert "differs from the paper" not in log and "Training finished" in log
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+@pytest.mark.parametrize("flags, named", [
+    (["--resume", "old/checkpoint.pth"], "--resume"), (["--resume=old.pth"], "--resume"), (["--resu", "x"], "--resu"),
+    (["--work_dir", "elsewhere"], "--work_dir"), (["--work=elsewhere"], "--work"),
+    (["--samples_per_gpu", "4"], "--samples_per_gpu"), (["--spg", "4"], "--spg"), (["--samp=4"], "--samp"),
+    (["--grad_accum", "2"], "--grad_accum"), (["--grad_a=2"], "--grad_a")])
+def test_flags_the_recipe_sets_are_refused_before_any_step(dataset, flags, named, fake_slurm):
+    res = subprocess.run(["bash", SBATCH[dataset], "--data_folder", "X", *flags], cwd=REPO, capture_output=True,
+                         text=True, env=fake_slurm(1, 2, dry=True), timeout=60)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named} is set by this sbatch file"), lines
+    assert ("WORK_DIR" in lines[0]) == (named in ("--resume", "--resu", "--work_dir", "--work"))
+    assert not (fake_slurm.folder / "srun.args").exists()                    # nothing was launched
+
+
+def test_flags_that_only_look_alike_are_passed_on(fake_slurm):
+    res = subprocess.run(["bash", SBATCH["voc"], "--data_folder", "X", "--grad_checkpointing", "--num_workers", "3",
+                          "--seed", "5"], cwd=REPO, capture_output=True, text=True,
+                         env=fake_slurm(1, 2, dry=True), timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert _launch_args(fake_slurm)[-5:] == ["--grad_checkpointing", "--num_workers", "3", "--seed", "5"]
+
+
+def test_a_failed_requeue_ends_the_job_with_an_error(fake_slurm):
+    env = fake_slurm(1, 2, FAKE_SLURM_SLEEP=60, FAKE_SLURM_REQUEUE_FAILS=1)
+    job = subprocess.Popen(["bash", SBATCH["voc"], "--data_folder", "X"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    end = time.time() + 30
+    while not (fake_slurm.folder / "step.pids").exists() and time.time() < end:
+        time.sleep(0.1)
+    job.send_signal(signal.SIGUSR1)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 1, (out, err)
+    assert "error: scontrol requeue 4242 failed" in err and not (fake_slurm.folder / "requeue").exists()
