@@ -1,4 +1,4 @@
-"""Convert VOC test predictions into the PNGs the official evaluation server expects (docs/method.md#evaluation).
+"""Convert VOC test predictions into the PNGs the official evaluation server expects (docs/usage.md#voc-server-convert_voc_rgbpy).
 
     python convert_voc_rgb.py --input PRED_DIR --output OUT_DIR --data_folder VOC2012
     python convert_voc_rgb.py --input PRED_DIR --output OUT_DIR --list lists/test.txt --no-tar

@@ -35,8 +35,8 @@ def add_crf_backend_flags(p) -> None:
     p.add_argument("--crf_backend", default="auto", choices=CRF_BACKENDS,
                    help="dense CRF implementation: torch (batched PyTorch, on the evaluation's "
                    "device), pydensecrf (C++, CPU worker processes) or auto: torch on a GPU, "
-                   "pydensecrf on the CPU (where it is faster); both give the same labels on "
-                   ">= 99.5%% of pixels")
+                   "pydensecrf on the CPU (where it is faster); the tests require the same labels on "
+                   ">= 99.5%% of pixels, measured 100%% on VOC- and COCO-sized scenes (docs/performance.md)")
     p.add_argument("--crf_batch", type=int, default=None,
                    help="images per torch CRF batch (default 8 on a GPU, 1 on the CPU); lower "
                    "it if the GPU runs out of memory")

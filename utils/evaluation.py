@@ -96,7 +96,8 @@ def add_data_and_model_flags(p, dataset: str, infer_default: str, infer_help: st
     else:
         p.add_argument("--img_folder", "--data_folder", dest="img_folder",
                        help="COCO image folder with train2014/ and val2014/ (required)")
-        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/")
+        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/ (default: "
+                       "<img_folder>/SegmentationClass, else <img_folder>/../SegmentationClass)")
     p.add_argument("--infer_set", default=infer_default, help=infer_help)
     p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
     p.add_argument("--model_path", help="checkpoint (this project's or the original's; required)")
