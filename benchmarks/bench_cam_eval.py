@@ -37,13 +37,11 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import eval_cam_coco  # noqa: E402
 import eval_cam_voc  # noqa: E402
-from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
-from datasets import synthetic  # noqa: E402
+from benchmarks.common import dataset_folder, random_checkpoint, result_header, sync  # noqa: E402
 from datasets.layout import coco_layout, voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists, labels_path  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from model.cam import CAM_SCALES, multiscale_cam  # noqa: E402
-from model.network import DualStudentNet  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from utils.inference import load_model  # noqa: E402
 from utils.precision import autocast, resolve_amp  # noqa: E402
@@ -112,14 +110,8 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    if args.dataset == "voc":
-        root = voc_folder(args.data_folder)
-        layout = voc_layout(root)
-    else:
-        root = args.data_folder or os.path.join("demo_data", "coco", "JPEGImages")
-        if not os.path.isdir(root):
-            synthetic.write_all("demo_data")
-        layout = coco_layout(root)
+    root = dataset_folder(args.dataset, args.data_folder)
+    layout = voc_layout(root) if args.dataset == "voc" else coco_layout(root)
     script, classes = (eval_cam_voc, 21) if args.dataset == "voc" else (eval_cam_coco, 81)
     work = tempfile.mkdtemp(prefix="bench_cam_eval_")
     lists = os.path.join(work, "lists")
@@ -127,9 +119,7 @@ def main() -> None:
     count = subset_lists(layout, args.split, args.num_images, lists)
     model_path = args.model_path
     if not model_path:
-        torch.manual_seed(0)
-        model_path = os.path.join(work, "random.pth")
-        torch.save({"model": DualStudentNet(args.backbone, classes).state_dict()}, model_path)
+        model_path = random_checkpoint(os.path.join(work, "random.pth"), args.backbone, classes)
     net = load_model(model_path, None if args.model_path else args.backbone, classes, None, device)
     data = EvalDataset(layout, lists, args.split, stats=net.input_stats)
     images = [data[i][1] for i in range(len(data))]

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import dataset_folder, random_checkpoint, result_header  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,18 +55,14 @@ def main() -> None:
     args = p.parse_args()
 
     script = f"eval_cam_{args.dataset}.py"
-    data = args.data_folder or os.path.join("demo_data", *(("VOC2012",) if args.dataset == "voc" else ("coco", "JPEGImages")))
+    data = dataset_folder(args.dataset, args.data_folder)
     work = tempfile.mkdtemp(prefix="cam_before_after_")
     before = os.path.join(work, "before")
     subprocess.run(["git", "worktree", "add", "--detach", before, args.before], cwd=REPO, check=True,
                    capture_output=True)
     model, extra = args.model_path, list(args.extra)
     if not model:
-        import torch
-        from model.network import DualStudentNet
-        torch.manual_seed(0)
-        model = os.path.join(work, "random.pth")
-        torch.save({"model": DualStudentNet(args.backbone, 21 if args.dataset == "voc" else 81).state_dict()}, model)
+        model = random_checkpoint(os.path.join(work, "random.pth"), args.backbone, 21 if args.dataset == "voc" else 81)
         extra += ["--backbone", args.backbone]
     rows = []
     try:

@@ -14,6 +14,7 @@ from datasets import synthetic
 from datasets.classes import IGNORE_INDEX
 
 DEMO_VOC = os.path.join("demo_data", "VOC2012")
+DEMO_COCO = os.path.join("demo_data", "coco", "JPEGImages")
 
 
 def machine() -> str:
@@ -52,6 +53,27 @@ def voc_folder(data_folder=None) -> str:
     if not os.path.isdir(DEMO_VOC):
         synthetic.write_all(os.path.dirname(DEMO_VOC), coco=False)
     return DEMO_VOC
+
+
+def dataset_folder(dataset: str, data_folder=None) -> str:
+    """``data_folder``, or the synthetic demo dataset's VOC2012 folder / COCO image folder
+    (written first when it is missing)."""
+    if dataset == "voc":
+        return voc_folder(data_folder)
+    if data_folder:
+        return data_folder
+    if not os.path.isdir(DEMO_COCO):
+        synthetic.write_all(os.path.dirname(os.path.dirname(DEMO_COCO)))
+    return DEMO_COCO
+
+
+def random_checkpoint(path: str, backbone: str, num_classes: int) -> str:
+    """A checkpoint of a randomly initialised student pair (seed 0) at ``path``, for timings
+    that do not depend on the weights; returns ``path``."""
+    from model.network import DualStudentNet
+    torch.manual_seed(0)
+    torch.save({"model": DualStudentNet(backbone, num_classes).state_dict()}, path)
+    return path
 
 
 def sync(device: torch.device) -> None:

@@ -91,15 +91,25 @@ def test_counts_of_the_wrong_shape_or_type_are_refused(counts):
         cm.add_counts(counts)
     assert int(cm.mat.sum()) == 0
 
-def _reduce_worker(rank, world, port, gts, preds, out):
+def _matrix():
+    return ConfusionMatrix(6)
+
+
+def _sweep():
+    return ThresholdSweep(6, [0.2, 0.6])
+
+
+def _reduce_worker(rank, world, port, make, cases, out):
+    """Rank ``rank`` of ``world``: ``make()`` updated with its share of ``cases``, summed over the
+    ranks; rank 0 puts the counts in ``out``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    cm = ConfusionMatrix(6)
-    for g, p in list(zip(gts, preds))[rank::world]:
-        cm.update(g, p)
-    cm.reduce_from_all_processes()
+    counts = make()
+    for case in cases[rank::world]:
+        counts.update(*case)
+    counts.reduce_from_all_processes()
     if rank == 0:
-        out.put(cm.mat.numpy())
+        out.put((counts.mat if isinstance(counts, ConfusionMatrix) else counts.counts).numpy())
     dist.barrier()
     dist.destroy_process_group()
 
@@ -114,7 +124,7 @@ def test_reduce_across_two_processes_equals_one_process():
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     port = 29500 + os.getpid() % 1000
-    mp.start_processes(_reduce_worker, args=(2, port, gts, preds, out), nprocs=2,
+    mp.start_processes(_reduce_worker, args=(2, port, _matrix, list(zip(gts, preds)), out), nprocs=2,
                        start_method="spawn")
     np.testing.assert_array_equal(out.get(), single.mat.numpy())
 
@@ -161,27 +171,14 @@ def test_threshold_sweep_refuses_maps_of_different_sizes():
         sweep.update(torch.zeros(4, dtype=torch.long), torch.zeros(5), torch.zeros(4, dtype=torch.long))
 
 
-def _sweep_reduce_worker(rank, world, port, cases, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    sweep = ThresholdSweep(6, [0.2, 0.6])
-    for gt, score, cls in cases[rank::world]:
-        sweep.update(gt, score, cls)
-    sweep.reduce_from_all_processes()
-    if rank == 0:
-        out.put(sweep.counts.numpy())
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 def test_threshold_sweep_reduces_across_two_processes():
     cases = [_sweep_case(seed) for seed in range(4)]
-    single = ThresholdSweep(6, [0.2, 0.6])
+    single = _sweep()
     for case in cases:
         single.update(*case)
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
-    mp.start_processes(_sweep_reduce_worker, args=(2, 29500 + (os.getpid() + 500) % 1000, cases, out),
+    mp.start_processes(_reduce_worker, args=(2, 29500 + (os.getpid() + 500) % 1000, _sweep, cases, out),
                        nprocs=2, start_method="spawn")
     np.testing.assert_array_equal(out.get(), single.counts.numpy())
 

@@ -11,6 +11,22 @@ import torch
 import torch.distributed as dist
 
 
+def scored_pixels(gt: torch.Tensor, pred: torch.Tensor, num_classes: int, *more: torch.Tensor):
+    """The pixels a confusion matrix counts: those whose ground truth is in ``[0, C)``, with a
+    prediction outside ``[0, C)`` turned into ``C`` (a miss of its GT class); ``more`` (flat, of the
+    same length) are filtered alike. Returns ``(gt, pred, *more)``."""
+    keep = (gt >= 0) & (gt < num_classes)
+    gt, pred = gt[keep], pred[keep]
+    pred = torch.where((pred >= 0) & (pred < num_classes), pred, torch.full_like(pred, num_classes))
+    return (gt, pred, *(m[keep] for m in more))
+
+
+def sum_over_ranks(tensor: torch.Tensor) -> None:
+    """Sum ``tensor`` over all ranks in place (a no-op without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
 class ConfusionMatrix:
     """Accumulate ``update(gt, pred)`` over many images, ``reduce_from_all_processes()`` across
     ranks, then ``compute()`` the scores. Memory is ``C x (C+1)`` whatever the number of images."""
@@ -26,9 +42,7 @@ class ConfusionMatrix:
         if gt.shape != pred.shape:
             raise ValueError(f"gt has {gt.numel()} pixels but pred has {pred.numel()}")
         c = self.num_classes
-        keep = (gt >= 0) & (gt < c)
-        gt, pred = gt[keep], pred[keep]
-        pred = torch.where((pred >= 0) & (pred < c), pred, torch.full_like(pred, c))
+        gt, pred = scored_pixels(gt, pred, c)
         self.mat += torch.bincount(gt * (c + 1) + pred, minlength=c * (c + 1)).view(c, c + 1)
 
     def add_counts(self, counts) -> None:
@@ -48,8 +62,7 @@ class ConfusionMatrix:
 
     def reduce_from_all_processes(self) -> None:
         """Sum the matrices of all ranks in place (a no-op without a process group)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.mat, op=dist.ReduceOp.SUM)
+        sum_over_ranks(self.mat)
 
     def compute(self) -> Dict[str, object]:
         """Scores as the original defines them.
@@ -107,9 +120,7 @@ class ThresholdSweep:
         if not gt.shape == score.shape == cls.shape:
             raise ValueError(f"gt, score and cls must have as many pixels: {gt.numel()}, {score.numel()}, "
                              f"{cls.numel()}")
-        keep = (gt >= 0) & (gt < c)
-        gt, score, cls = gt[keep], score[keep], cls[keep]
-        cls = torch.where((cls >= 0) & (cls < c), cls, torch.full_like(cls, c))
+        gt, cls, score = scored_pixels(gt, cls, c, score)
         below = torch.searchsorted(self.sorted, score.contiguous())     # thresholds strictly below
         below = torch.where(torch.isnan(score), torch.zeros_like(below), below)
         key = (gt * (c + 1) + cls) * n + below
@@ -117,8 +128,7 @@ class ThresholdSweep:
 
     def reduce_from_all_processes(self) -> None:
         """Sum the counts of all ranks in place (a no-op without a process group)."""
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.counts, op=dist.ReduceOp.SUM)
+        sum_over_ranks(self.counts)
 
     def matrices(self) -> list:
         """One :class:`ConfusionMatrix` per threshold, in the order given."""
