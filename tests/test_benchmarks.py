@@ -104,3 +104,16 @@ def test_bench_crf_times_both_backends_and_checks_agreement(tmp_path):
             assert d[key]["images_per_s"] > 0
             assert d[key]["pixel_agreement"] >= 0.995
     assert "images/s" in res.stdout and "of pixels equal pydensecrf's" in res.stdout
+
+
+def test_bench_checkpoint_writes_the_runs_payload_and_measures_its_size(tmp_path):
+    out = tmp_path / "ckpt.json"
+    res = _run(["benchmarks/bench_checkpoint.py", "--backbone", "deit_tiny_patch16_224", "--num_classes", "21",
+                "--folder", str(tmp_path), "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["checkpoints"]
+    assert row["backbone"] == "deit_tiny_patch16_224" and row["write_seconds"] > 0
+    # the weights in fp32 plus AdamW's two moments of every trainable weight, and a little more
+    least = 4 * row["params"] + 8 * row["trainable_params"]
+    assert least < row["bytes"] < least * 1.01
+    assert os.listdir(tmp_path) == ["ckpt.json"]            # the checkpoint itself is not left behind

@@ -169,6 +169,40 @@ def test_sigterm_writes_a_checkpoint_at_that_iteration_and_resume_auto_finishes(
         poly_warmup_lr(39, 1e-4, 40, 2, 1e-6, 0.9), rel=1e-9)
 
 
+def test_a_stop_during_a_long_validation_checkpoints_within_15_s_and_the_relaunch_validates_first(tmp_path):
+    """The signal reaches every process of the job, loader workers included (what a cluster's
+    scancel does), 5 s into a validation of about 15 s."""
+    from datasets import synthetic
+    voc = synthetic.write_voc(tmp_path / "data", num_train=8, num_val=45, num_test=0, seed=5)
+    wd = tmp_path / "val_stop"
+    cmd = [sys.executable, "train_final_voc.py", "--data_folder", str(voc), "--work_dir", str(wd),
+           *[a if a != "48" else "224" for a in TINY], "--num_workers", "2", "--max_iters", "4",
+           "--eval_iters", "2", "--log_iters", "1", "--cam_iters", "1", "--gmm_iters", "2",
+           "--cam_scales", "1.0", "0.5", "1.5", "--resume", "auto"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert _wait_for(wd / "train.log", "Validating...", proc)
+    time.sleep(5)
+    assert proc.poll() is None and "val cls score" not in (wd / "train.log").read_text()
+    os.killpg(proc.pid, signal.SIGTERM)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 15 and proc.returncode == 0, err[-2000:]
+    log = (wd / "train.log").read_text()
+    assert "Stopped by SIGTERM after iteration 2 during its validation" in log and "val cls score" not in log
+    ckpt = read_checkpoint(str(wd / "checkpoint.pth"))
+    assert ckpt["step"] == 2 and ckpt["validation_due"] is True and not (wd / "best.pth").exists()
+
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (wd / "train.log").read_text().split("Resumed from")[1]
+    assert log.index("The validation after iteration 2 was stopped: running it now") < log.index("Iter: 3;")
+    assert log.count("val cls score of branch #1") == 2 and "Training finished" in log
+    final = read_checkpoint(str(wd / "checkpoint.pth"))
+    assert final["step"] == 4 and "validation_due" not in final
+    assert read_checkpoint(str(wd / "best.pth"))["step"] in (2, 4)
+
+
 def _torchrun(*args):
     return [sys.executable, "-m", "torch.distributed.run", *args]
 

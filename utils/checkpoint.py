@@ -157,14 +157,17 @@ def set_rng_state(state: Dict[str, object]) -> None:
 
 
 def checkpoint_payload(net, optimizer, step: int, args, cfg, best: float,
-                       miou: Optional[Dict[str, float]] = None) -> dict:
+                       miou: Optional[Dict[str, float]] = None, validation_due: bool = False) -> dict:
     """Everything resume needs: weights, optimiser, step, RNG states, the run's arguments and
-    config (a dataclass), and the best validation score so far (mean Seg mIoU of the two students)."""
+    config (a dataclass), the best validation score so far (mean Seg mIoU of the two students) and,
+    with ``validation_due``, that the validation after ``step`` was stopped and is still to run."""
     payload = {"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                "rng": rng_state(), "args": plain(vars(args)), "config": plain(asdict(cfg)),
                "best_miou": float(best)}
     if miou is not None:
         payload["miou"] = plain(miou)
+    if validation_due:
+        payload["validation_due"] = True
     return payload
 
 

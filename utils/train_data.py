@@ -12,6 +12,7 @@ from model.dupl import Batch
 
 from .distributed import DistInfo, barrier
 from .errors import UserError, message
+from .stop import ignore_stop_signals
 
 
 def build_data(args, dataset: str, info: DistInfo, logger, stats: InputStats):
@@ -44,6 +45,7 @@ class BatchStream:
                                  num_workers=args.num_workers, drop_last=True,
                                  pin_memory=args.pin_memory and info.device.type == "cuda",
                                  persistent_workers=args.num_workers > 0,
+                                 worker_init_fn=ignore_stop_signals,   # the rank handles stop requests
                                  prefetch_factor=4 if args.num_workers > 0 else None)
         if len(self.loader) == 0:
             raise UserError(f"the training split has {len(dataset)} images: fewer than one batch of "

@@ -5,9 +5,13 @@
     set_up                  resume, seeding, network + optimiser, DDP wrapping, data, tensorboard
     for n in the schedule:
         optimizer_step      grad_accum micro-batches of model.dupl.dupl_step, backward, AdamW
-        (preemption)        SIGTERM / SIGUSR1: checkpoint and stop, all ranks at the same n
+        (stop request)      SIGTERM / SIGUSR1: checkpoint and stop, all ranks at the same n
         log_interval        running loss means (the NaN guard), tensorboard scalars and images
         validate_and_checkpoint   every --eval_iters and at the end: scores, checkpoint, best
+
+A stop request during a validation ends it before its next image: the checkpoint holds the state
+after iteration n and says that the validation after n is due; the relaunch (``--resume auto``)
+runs that validation first, so the run's results equal an uninterrupted run's (:mod:`utils.stop`).
 
 What each iteration computes (phases A, B, C and the loss weights) is the schedule of
 :mod:`model.schedule`; the flags are :mod:`utils.train_args`, the data :mod:`utils.train_data`,
@@ -21,16 +25,13 @@ import math
 import os
 import random
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets.layout import DatasetLayout
@@ -47,6 +48,7 @@ from .precision import autocast, resolve_amp
 from .results import write_results
 from .safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
 from .schedule import PolyWarmupAdamW
+from .stop import StopRequest, StopRequested
 from .train_args import (BEST_CHECKPOINT, CHECKPOINT, DEFAULTS, check_args, check_crop,
                          config_from_args, resolve_resume)
 from .train_data import BatchStream, build_data
@@ -82,38 +84,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class PreemptionFlag:
-    """SIGTERM / SIGUSR1 (what SLURM sends before it kills a job) only set a flag; the loop checks it
-    after each iteration, on every rank together, so all ranks stop at the same iteration."""
-
-    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
-
-    def __init__(self):
-        self.name = None
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.name = signal.Signals(signum).name
-
-    def requested(self, device: torch.device) -> bool:
-        flag = self.name is not None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([1.0 if flag else 0.0], device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-            if flag and self.name is None:
-                self.name = "a signal to another rank"
-        return flag
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old = {}
-
-
 def _fmt_time(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -137,6 +107,7 @@ class Run:
     writer: object                    # tensorboard SummaryWriter on the main rank, else None
     start: int                        # first iteration (0, or the resumed step)
     best: float                       # best mean Seg mIoU so far
+    validation_due: bool              # the resumed checkpoint's validation was stopped: run it first
 
     @property
     def checkpoint_path(self) -> str:
@@ -189,10 +160,10 @@ def build_network(args, ckpt: Optional[dict], device: torch.device) -> DualStude
 
 
 def resume_state(args, ckpt: Optional[dict], net, optimizer, logger) -> tuple:
-    """``(first iteration, best score)``: ``(0, -1)`` for a fresh run, else the checkpoint's, with
-    its weights and optimiser state loaded."""
+    """``(first iteration, best score, validation due)``: ``(0, -1, False)`` for a fresh run, else
+    the checkpoint's, with its weights and optimiser state loaded."""
     if not args.resume:
-        return 0, -1.0
+        return 0, -1.0, False
     load_network(net, ckpt, source=args.resume)
     if "optimizer" not in ckpt or "step" not in ckpt:
         raise UserError(f"--resume {args.resume} holds network weights only (no optimiser state "
@@ -200,7 +171,7 @@ def resume_state(args, ckpt: Optional[dict], net, optimizer, logger) -> tuple:
     optimizer.load_state_dict(ckpt["optimizer"])
     start = int(ckpt["step"])
     logger.info(f"Resumed from {args.resume} at iteration {start}")
-    return start, float(ckpt.get("best_miou", -1.0))
+    return start, float(ckpt.get("best_miou", -1.0)), ckpt.get("validation_due") is True
 
 
 def log_batch_and_data(args, dataset: str, info: DistInfo, train_set, val_set, logger) -> None:
@@ -233,8 +204,8 @@ def set_up(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict]) -> 
                                 max_iters=args.max_iters, weight_decay=args.wt_decay,
                                 warmup_iters=args.warmup_iters, warmup_ratio=args.warmup_lr,
                                 power=args.power)
-    start, best = resume_state(args, ckpt, net, optimizer, logger)
-    if start >= args.max_iters:
+    start, best, validation_due = resume_state(args, ckpt, net, optimizer, logger)
+    if start >= args.max_iters and not validation_due:
         logger.info(f"{args.resume} is already at --max_iters {args.max_iters}; nothing to train")
         return None
     seed_everything(args.seed + info.rank + 1000 * start)
@@ -255,7 +226,7 @@ def set_up(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict]) -> 
         stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
         writer = SummaryWriter(fresh_dir(os.path.join(args.work_dir, "tb"), stamp))
     return Run(args, dataset, info, logger, cfg, layout, val_set, net, model, optimizer, par, stream,
-               aug_gen, writer, start, best)
+               aug_gen, writer, start, best, validation_due)
 
 
 def optimizer_step(run: Run, n: int, meter: LossMeter, want_grid: bool = False) -> Optional[torch.Tensor]:
@@ -307,13 +278,15 @@ def log_interval(run: Run, n: int, meter: LossMeter, grid: Optional[torch.Tensor
     meter.reset()
 
 
-def validate_and_checkpoint(run: Run, n: int) -> Dict[str, object]:
+def validate_and_checkpoint(run: Run, n: int, stop: StopRequest) -> Dict[str, object]:
     """Validate both students after iteration ``n`` (sharded over the ranks); the main rank logs
-    the scores, writes results.json, the checkpoint and, on a new best mean Seg mIoU, best.pth."""
+    the scores, writes results.json, the checkpoint and, on a new best mean Seg mIoU, best.pth.
+    A stop request ends the validation early (:class:`StopRequested`)."""
     args, info, logger, cfg = run.args, run.info, run.logger, run.cfg
     logger.info("Validating...")
     result = validate(run.net, run.val_set, info.device, info.rank, info.world_size, args.crop_size,
-                      cfg.bkg_thre, cfg.cam_scales, num_workers=min(2, args.num_workers), amp=args.amp)
+                      cfg.bkg_thre, cfg.cam_scales, num_workers=min(2, args.num_workers), amp=args.amp,
+                      stop=stop)
     if info.is_main:
         for k in range(2):
             logger.info(f"val cls score of branch #{k + 1}: {result['f1'][k]:.6f}")
@@ -339,14 +312,18 @@ def validate_and_checkpoint(run: Run, n: int) -> Dict[str, object]:
     return result
 
 
-def stop_for_preemption(run: Run, n: int, stop: PreemptionFlag) -> None:
-    """Checkpoint after iteration ``n`` (main rank) and say how to continue."""
+def stop_for_preemption(run: Run, n: int, stop: StopRequest, validation_due: bool = False) -> None:
+    """Checkpoint after iteration ``n`` (main rank) and say how to continue; ``validation_due``:
+    the stop came during the validation after ``n``, which the relaunch runs first."""
     if run.info.is_main:
         save_checkpoint(run.checkpoint_path,
-                        checkpoint_payload(run.net, run.optimizer, n + 1, run.args, run.cfg, run.best))
-        run.logger.info(f"Stopped by {stop.name} after iteration {n + 1}; checkpoint written to "
+                        checkpoint_payload(run.net, run.optimizer, n + 1, run.args, run.cfg, run.best,
+                                           validation_due=validation_due))
+        during = " during its validation" if validation_due else ""
+        then = " (the relaunch validates first)" if validation_due else ""
+        run.logger.info(f"Stopped by {stop.name} after iteration {n + 1}{during}; checkpoint written to "
                         f"{run.checkpoint_path}. Relaunch with --resume auto "
-                        f"--work_dir {run.args.work_dir} to continue")
+                        f"--work_dir {run.args.work_dir} to continue{then}")
     barrier()
 
 
@@ -365,8 +342,12 @@ def train(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict] = Non
         progress = tqdm(total=args.max_iters, initial=run.start, desc="train", mininterval=5,
                         dynamic_ncols=True, file=sys.stderr)
     run.model.train()
-    stop = PreemptionFlag()
+    stop = StopRequest()
+    n = run.start - 1
     try:
+        if run.validation_due:
+            logger.info(f"The validation after iteration {run.start} was stopped: running it now")
+            last_result = validate_and_checkpoint(run, n, stop)
         for n in range(run.start, args.max_iters):
             log_now = (n + 1) % args.log_iters == 0
             eval_now = (n + 1) % args.eval_iters == 0 or n + 1 == args.max_iters
@@ -379,7 +360,9 @@ def train(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict] = Non
             if log_now or eval_now:
                 log_interval(run, n, meter, grid, log_now, t0)
             if eval_now:
-                last_result = validate_and_checkpoint(run, n)
+                last_result = validate_and_checkpoint(run, n, stop)
+    except StopRequested:
+        stop_for_preemption(run, n, stop, validation_due=True)
     finally:
         stop.restore()
         if progress is not None:

@@ -1,9 +1,11 @@
 """Validation during training (docs/method.md#evaluation), sharded across ranks.
 
 Each rank scores every ``world_size``-th image (no padding, no duplicates); the six confusion
-matrices and the F1 sums are summed over ranks, so the numbers equal a one-process run's.
+matrices and the F1 sums are summed over ranks, so the numbers equal a one-process run's. A stop
+request (:mod:`utils.stop`) is looked at before each image, on every rank together.
 """
-from typing import Dict, Sequence
+import math
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from model.pseudo_labels import cam_to_label
 from .distributed import all_reduce_sum
 from .metric import ConfusionMatrix, format_table
 from .precision import autocast
+from .stop import StopRequest, StopRequested, ignore_stop_signals
 
 COLUMNS = ("CAM_1", "aux_CAM_1", "Seg_1", "CAM_2", "aux_CAM_2", "Seg_2")
 
@@ -38,17 +41,36 @@ def f1_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def validate(net, dataset, device: torch.device, rank: int = 0, world_size: int = 1,
              crop_size: int = 448, bkg_thre: float = 0.5, cam_scales: Sequence[float] = (1.0, 0.5, 1.5),
-             num_workers: int = 2, amp: bool = False) -> Dict[str, object]:
+             num_workers: int = 2, amp: bool = False, stop: Optional[StopRequest] = None) -> Dict[str, object]:
     """Classification F1 and CAM / aux-CAM / segmentation IoU of both students on ``dataset``
     (an :class:`EvalDataset`). Images are resized to ``crop_size`` squared, predictions back to
-    the mask size. Returns ``{"f1": [f1_1, f1_2], "scores": {column: metric dict}}``."""
+    the mask size. Returns ``{"f1": [f1_1, f1_2], "scores": {column: metric dict}}``. With
+    ``stop``, a stop request raises :class:`StopRequested` before the next image (every rank)."""
     was_training = net.training
     net.eval()
+    try:
+        return _validate(net, dataset, device, rank, world_size, crop_size, bkg_thre, cam_scales,
+                         num_workers, amp, stop)
+    finally:
+        net.train(was_training)
+
+
+def _validate(net, dataset, device, rank, world_size, crop_size, bkg_thre, cam_scales, num_workers, amp,
+              stop) -> Dict[str, object]:
     num_classes = net.num_classes
     mats = {c: ConfusionMatrix(num_classes, device) for c in COLUMNS}
     f1_sum = torch.zeros(3, dtype=torch.float64, device=device)   # f1 of both students, count
-    loader = DataLoader(shard(dataset, rank, world_size), batch_size=None, num_workers=num_workers)
-    for _, image, mask, label in loader:
+    loader = DataLoader(shard(dataset, rank, world_size), batch_size=None, num_workers=num_workers,
+                        worker_init_fn=ignore_stop_signals if stop is not None else None)
+    items = iter(loader)
+    # the same number of stop checks on every rank: the shards differ by one image at most
+    for _ in range(math.ceil(len(dataset) / world_size)):
+        if stop is not None and stop.requested(device):
+            raise StopRequested(stop.name)
+        item = next(items, None)
+        if item is None:
+            continue
+        _, image, mask, label = item
         x = F.interpolate(image[None].to(device), size=(crop_size, crop_size), mode="bilinear",
                           align_corners=False)
         mask = mask.to(device)
@@ -69,7 +91,6 @@ def validate(net, dataset, device: torch.device, rank: int = 0, world_size: int 
     for m in mats.values():
         m.reduce_from_all_processes()
     all_reduce_sum(f1_sum)
-    net.train(was_training)
     count = max(float(f1_sum[2]), 1.0)
     return {"f1": [float(f1_sum[0]) / count, float(f1_sum[1]) / count],
             "scores": {c: m.compute() for c, m in mats.items()}, "num_images": int(f1_sum[2])}

@@ -1,0 +1,61 @@
+"""Stop requests: SIGTERM / SIGUSR1, what SLURM (and torchrun, passing it on) sends before it kills
+a job. One home for how a training run hears them:
+
+* :class:`StopRequest` installs handlers that only set a flag; :meth:`StopRequest.requested` is
+  the check, collective over the ranks, so every rank stops at the same point. Training checks it
+  after each iteration and validation before each image (:func:`utils.validation.validate`), so a
+  run stops within one iteration or one validation image, then writes its checkpoint.
+* :func:`ignore_stop_signals` is the ``worker_init_fn`` of the training and validation loaders: a
+  cluster signals every process of the job step, loader workers included, and a worker killed by
+  the signal would end the run with a loader error before the checkpoint. The workers leave when
+  their rank does.
+"""
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+
+class StopRequested(Exception):
+    """Raised by a phase that a stop request ended early (validation); the caller checkpoints."""
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 set a flag (the handlers are installed on construction from the main
+    thread and put back by :meth:`restore`)."""
+
+    def __init__(self):
+        self.name = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.name = signal.Signals(signum).name
+
+    def requested(self, device: torch.device) -> bool:
+        """Whether any rank has been asked to stop. Collective: every rank must call it the same
+        number of times."""
+        flag = self.name is not None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+            if flag and self.name is None:
+                self.name = "a signal to another rank"
+        return flag
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of a loader whose process handles stop requests: the worker ignores them."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
