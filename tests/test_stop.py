@@ -4,6 +4,8 @@ handles stop requests survive the signal. The whole run (signal during validatio
 relaunch) is tested in tests/test_reliability.py."""
 import os
 import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -116,3 +118,17 @@ def test_loader_workers_of_a_stoppable_rank_survive_the_signal():
     # without it the worker dies of the signal and the loader raises
     with pytest.raises(RuntimeError, match="DataLoader worker"):
         list(DataLoader(Pids(), batch_size=None, num_workers=1))
+
+
+def test_a_worker_ignores_the_clusters_signal_but_not_its_rank_shutting_it_down():
+    loader = DataLoader(list(range(100)), batch_size=None, num_workers=1, worker_init_fn=ignore_stop_signals)
+    items = iter(loader)
+    next(items)
+    (worker,) = items._workers
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)       # another process: ignored
+    subprocess.run(["kill", "-USR1", str(worker.pid)], check=True)
+    time.sleep(1)
+    assert worker.is_alive() and next(items) == 1
+    worker.terminate()                                                   # its rank: it ends
+    worker.join(timeout=10)
+    assert not worker.is_alive()

@@ -7,9 +7,10 @@ a job. One home for how a training run hears them:
   run stops within one iteration or one validation image, then writes its checkpoint.
 * :func:`ignore_stop_signals` is the ``worker_init_fn`` of the training and validation loaders: a
   cluster signals every process of the job step, loader workers included, and a worker killed by
-  the signal would end the run with a loader error before the checkpoint. The workers leave when
-  their rank does.
+  the signal would end the run with a loader error before the checkpoint. The signal of their own
+  rank (which ends them when it shuts the loader down) still ends them.
 """
+import os
 import signal
 import threading
 
@@ -56,6 +57,19 @@ class StopRequest:
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of a loader whose process handles stop requests: the worker ignores them."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """``worker_init_fn`` of a loader whose process handles stop requests: the worker ignores a stop
+    signal from anyone but its rank, whose own ``terminate()`` (when the rank shuts its loaders
+    down or exits) still ends it at once, as torch's worker handler does. Linux (``sigwaitinfo``
+    tells the sender); elsewhere torch's handler stays."""
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)      # every thread of the worker; one waits
+
+    def watch():
+        while True:
+            info = signal.sigwaitinfo(SIGNALS)
+            if info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="stop-signals", daemon=True).start()
