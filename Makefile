@@ -5,17 +5,17 @@ PY := $(VENV)/bin/python
 
 .PHONY: install demo test test-slow clean-demo
 
-# TORCH_INDEX: a PyTorch wheel index (e.g. https://download.pytorch.org/whl/cu126) whose torch and
-# torchvision go into the venv before the other requirements, which then keep them
+# install: scripts/install.sh, whose head explains the settings: LOCK (requirements.lock, the exact
+# versions of the committed logs; LOCK= for the newest that requirements.txt admits), TORCH_INDEX (a
+# PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126, honoured whenever given) and
+# PYDENSECRF=0 (no C++ compiler: everything but pydensecrf2; the CRF runs on the PyTorch backend)
+LOCK ?= requirements.lock
 TORCH_INDEX ?=
+PYDENSECRF ?= 1
 
-$(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(if $(TORCH_INDEX),$(PY) -m pip install torch torchvision --index-url $(TORCH_INDEX))
-	$(PY) -m pip install -r requirements.txt
-	touch $@
-
-install: $(VENV)/.installed
+install:
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" LOCK="$(LOCK)" TORCH_INDEX="$(TORCH_INDEX)" PYDENSECRF="$(PYDENSECRF)" \
+		bash scripts/install.sh
 
 demo: install
 	$(PY) demo.py

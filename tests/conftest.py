@@ -11,6 +11,18 @@ from datasets import synthetic
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``pydensecrf`` (they run it, or compare against it) are skipped where it is not
+    installed (``make install PYDENSECRF=0``)."""
+    from utils.crf import pydensecrf_available
+    if pydensecrf_available():
+        return
+    skip = pytest.mark.skip(reason="pydensecrf is not installed (make install PYDENSECRF=0)")
+    for item in items:
+        if "pydensecrf" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def ref():
     """Inputs and outputs of the original implementation's components (components.npz), as tensors."""

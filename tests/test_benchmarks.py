@@ -32,6 +32,7 @@ def test_bench_train_reports_every_phase_with_a_breakdown(voc_copy, tmp_path):
     assert "par_refine" not in data["phases"]["A"]["breakdown_s"]
 
 
+@pytest.mark.pydensecrf
 def test_bench_eval_checks_crf_workers_against_the_plain_loop(voc_copy, tmp_path):
     out = tmp_path / "eval.json"
     res = _run(["benchmarks/bench_eval.py", "--data_folder", str(voc_copy), "--backbone",
@@ -90,6 +91,7 @@ def test_device_check_script_runs_every_step_and_writes_the_numbers(tmp_path):
     assert all(r["s_per_step"] > 0 and r["first_loss"] == r["first_loss"] for r in runs)
 
 
+@pytest.mark.pydensecrf
 def test_bench_crf_times_both_backends_and_checks_agreement(tmp_path):
     out = tmp_path / "crf.json"
     res = _run(["benchmarks/bench_crf.py", "--num_images", "2", "--size", "40", "56", "--workers", "2",
@@ -116,4 +118,20 @@ def test_bench_checkpoint_writes_the_runs_payload_and_measures_its_size(tmp_path
     # the weights in fp32 plus AdamW's two moments of every trainable weight, and a little more
     least = 4 * row["params"] + 8 * row["trainable_params"]
     assert least < row["bytes"] < least * 1.01
+    assert 0 < row["pickle_bytes"] < 1 << 20
     assert os.listdir(tmp_path) == ["ckpt.json"]            # the checkpoint itself is not left behind
+
+
+def test_bench_logits_disk_saves_the_evaluations_files_and_sizes_them(tmp_path):
+    out = tmp_path / "logits.json"
+    res = _run(["benchmarks/bench_logits_disk.py", "--json", str(out)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {(r["dataset"], tuple(r["image_size"])): r for r in json.loads(out.read_text())["logits"]}
+    coco = rows[("coco", (480, 640))]
+    # both students' 81 class maps at the 28 x 28 token grid in float32, plus the npz headers
+    assert 2 * 81 * 28 * 28 * 4 < coco["bytes_per_image"] < 2 * 81 * 28 * 28 * 4 + 4096
+    assert coco["per_split_gib"]["val"] == round(40137 * coco["bytes_per_image"] / 2 ** 30, 2)
+    voc = rows[("voc", (375, 500))]
+    # per student, scale and mirror: 21 maps at about a sixteenth of the scaled sides
+    grid = sum(round(375 * s / 16) * round(500 * s / 16) for s in (1.0, 1.5, 1.25))
+    assert 0.9 < voc["bytes_per_image"] / (2 * 2 * 21 * 4 * grid) < 1.1

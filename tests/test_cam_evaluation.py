@@ -149,6 +149,7 @@ def test_bad_values_are_one_line_errors(voc_copy, checkpoint, one_line_error):
     assert "--crf_class_chunk" in one_line_error(eval_cam_voc.run, base + ["--crf", "--crf_class_chunk", "-1"])
 
 
+@pytest.mark.pydensecrf
 def test_crf_columns_agree_between_backends_and_torch_batches(voc_copy, checkpoint, tmp_path):
     res = {}
     for name, flags in (("pydensecrf", ["--crf_backend", "pydensecrf"]), ("torch", ["--crf_backend", "torch"]),

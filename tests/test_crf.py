@@ -34,6 +34,7 @@ def test_parameters_are_those_of_the_spec():
     assert CRF_PARAMS["clip"] == pytest.approx(1e-5)
 
 
+@pytest.mark.pydensecrf
 def test_unary_clamps_probabilities_at_1e_5():
     probs = np.zeros((2, 3, 4), np.float32)
     probs[0] = 1.0
@@ -47,6 +48,7 @@ def test_unary_clamps_probabilities_at_1e_5():
     assert np.all(dense_crf(img, probs) == 0)
 
 
+@pytest.mark.pydensecrf
 def test_crf_cleans_noise_towards_the_square():
     image, probs, truth = _scene(0)
     noisy = probs.argmax(0)
@@ -59,6 +61,7 @@ def test_crf_cleans_noise_towards_the_square():
     assert not np.any(out == 2)  # the scattered distractor class disappears
 
 
+@pytest.mark.pydensecrf
 def test_crf_accepts_non_contiguous_inputs_and_parameter_overrides():
     image, probs, _ = _scene(1)
     ref = dense_crf(image, probs)
@@ -92,6 +95,7 @@ def _crf_job(job):
     return seed, dense_crf(image, probs_from_logits(logits, image.shape[:2])), torch.get_num_threads()
 
 
+@pytest.mark.pydensecrf
 def test_run_crf_results_do_not_depend_on_the_worker_count():
     jobs = list(range(5))
     inline = run_crf(jobs, _crf_job, workers=1, desc="test")

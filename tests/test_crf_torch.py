@@ -52,6 +52,7 @@ def voc_scenes(synthetic_root, tmp_path_factory):
     return _scenes(synthetic_root, tmp_path_factory.mktemp("lists"), "voc", 12)
 
 
+@pytest.mark.pydensecrf
 @pytest.mark.parametrize("dataset,n", [("voc", 12), ("coco", 6)])
 def test_labels_agree_with_pydensecrf_on_realistic_inputs(synthetic_root, tmp_path, dataset, n, voc_scenes):
     scenes = voc_scenes if dataset == "voc" else _scenes(synthetic_root, tmp_path, "coco", n)
@@ -114,14 +115,20 @@ def test_invalid_inputs_are_refused():
 
 
 def test_backend_choice(monkeypatch):
+    monkeypatch.setattr(crf_module, "pydensecrf_available", lambda: True)
     assert resolve_crf_backend("auto", torch.device("cpu")) == "pydensecrf"
     assert resolve_crf_backend("auto", torch.device("cuda")) == "torch"
     assert resolve_crf_backend("torch", torch.device("cpu")) == "torch"
     assert resolve_crf_backend("pydensecrf", torch.device("cuda")) == "pydensecrf"
     monkeypatch.setattr(crf_module, "pydensecrf_available", lambda: False)
     assert resolve_crf_backend("auto", torch.device("cpu")) == "torch"
+    # installed without it (make install PYDENSECRF=0): naming it is a one-line error
+    from utils.errors import UserError
+    with pytest.raises(UserError, match="--crf_backend pydensecrf: the pydensecrf module is not installed"):
+        resolve_crf_backend("pydensecrf", torch.device("cpu"))
 
 
+@pytest.mark.pydensecrf
 def test_refine_labels_dispatches_to_both_backends(voc_scenes):
     image, probs, _ = voc_scenes[0]
     a = refine_labels(image, torch.from_numpy(probs), "pydensecrf")
@@ -149,6 +156,7 @@ def test_stream_returns_results_in_job_order_and_reports_memory(voc_scenes, monk
         stream.submit(0)
 
 
+@pytest.mark.pydensecrf
 def test_queue_batches_images_of_one_class_count_and_hands_each_its_labels(voc_scenes, monkeypatch):
     few = [(im, p[:6] / p[:6].sum(0, keepdims=True)) for im, p, _ in voc_scenes[:2]]      # 6 classes
     items = [voc_scenes[0][:2], few[0], voc_scenes[1][:2], voc_scenes[2][:2], few[1]]
@@ -184,6 +192,7 @@ def test_queue_batches_images_of_one_class_count_and_hands_each_its_labels(voc_s
 TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu", "--scales", "1.0"]
 
 
+@pytest.mark.pydensecrf
 def test_eval_seg_voc_backends_agree(voc_copy, tmp_path):
     torch.manual_seed(0)
     torch.save({"model": DualStudentNet("deit_tiny_patch16_224", 21).state_dict()}, tmp_path / "m.pth")

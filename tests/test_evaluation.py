@@ -132,6 +132,7 @@ def test_coco_eval_two_processes_equal_one_process(coco_copy, checkpoints, tmp_p
     assert _pngs(tmp_path / "one" / "crf").keys() == _pngs(tmp_path / "two" / "crf").keys()
 
 
+@pytest.mark.pydensecrf
 def test_crf_refines_the_float32_probabilities(voc_copy, checkpoints, tmp_path):
     wd = tmp_path / "crf32"
     eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),
@@ -213,6 +214,7 @@ def test_saved_logits_are_an_eighth_of_full_resolution_float32_at_voc_size(check
     assert os.path.getsize(tmp_path / "v.npz") <= 2 * 21 * h * w * 4 / 8
 
 
+@pytest.mark.pydensecrf
 def test_crf_rerun_from_the_saved_file_equals_the_evaluation(voc_copy, checkpoints, tmp_path):
     wd = tmp_path / "rerun"
     eval_seg_voc.run(["--data_folder", str(voc_copy), "--model_path", str(checkpoints / "voc.pth"),

@@ -118,6 +118,7 @@ def test_amp_is_bfloat16_on_every_device_like_training_and_evaluation(device):
     assert ctx.fast_dtype == torch.bfloat16
 
 
+@pytest.mark.pydensecrf
 @pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
 def test_crf_refines_the_prediction_with_either_backend(tiny_ckpt, image_folder, tmp_path, backend):
     from utils.crf import dense_crf

@@ -90,6 +90,7 @@ def test_demo_checkpoint_scores_well_in_the_multiscale_evaluation(demo_run, demo
         assert 100 * results[column]["miou"] >= demo_run["baseline"] + MARGIN, column
 
 
+@pytest.mark.pydensecrf
 def test_torch_crf_equals_pydensecrf_on_the_trained_demo_outputs(demo_run, demo_eval):
     """Realistic CRF inputs: the trained students' saved multi-scale logits of the val images."""
     from datasets.layout import voc_layout

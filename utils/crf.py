@@ -77,6 +77,9 @@ def resolve_crf_backend(name: str, device: torch.device) -> str:
         raise ValueError(f"unknown CRF backend {name!r}; choose one of {', '.join(CRF_BACKENDS)}")
     if name == "auto":
         name = "torch" if device.type == "cuda" or not pydensecrf_available() else "pydensecrf"
+    elif name == "pydensecrf" and not pydensecrf_available():
+        raise UserError("--crf_backend pydensecrf: the pydensecrf module is not installed (it was left out "
+                        "by make install PYDENSECRF=0, or failed to build); use --crf_backend torch or auto")
     return name
 
 
