@@ -8,7 +8,8 @@ training optimiser as a run does, takes one AdamW step so that both moment buffe
 writes the payload a run writes (:func:`utils.checkpoint.checkpoint_payload`,
 :func:`utils.checkpoint.save_checkpoint`) into ``--folder`` (a temporary folder by default, removed
 afterwards): the file's bytes and the seconds the write took (this machine's disk; a stop request
-must finish it within the launcher's grace period, docs/usage.md).
+must finish it within the launcher's grace period, docs/usage.md), and the size of its pickle
+part (what the checkpoint reader walks before loading, docs/data.md#untrusted-files).
 """
 import argparse
 import json
@@ -16,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,16 +47,19 @@ def measure(backbone: str, num_classes: int, folder: str) -> dict:
     save_checkpoint(path, payload)
     seconds = time.perf_counter() - t0
     size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as z:                 # the pickle part the checkpoint reader walks
+        pickle_bytes = sum(i.file_size for i in z.infolist() if i.filename.endswith("/data.pkl"))
     os.unlink(path)
     return {"backbone": backbone, "num_classes": num_classes,
             "params": sum(p.numel() for p in net.parameters()),
             "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
-            "bytes": size, "gigabytes": round(size / 1e9, 3), "write_seconds": round(seconds, 2)}
+            "bytes": size, "gigabytes": round(size / 1e9, 3), "pickle_bytes": pickle_bytes,
+            "write_seconds": round(seconds, 2)}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--backbone", nargs="+", default=["deit_base_patch16_224"])
+    p.add_argument("--backbone", nargs="+", default=["deit_base_patch16_224"], help="timm encoder names")
     p.add_argument("--num_classes", type=int, nargs="+", default=[21, 81], help="VOC 21, COCO 81")
     p.add_argument("--folder", default=None, help="where the file is written (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the results here")

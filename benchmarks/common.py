@@ -2,7 +2,6 @@
 (:func:`network_like_probs`)."""
 import datetime
 import os
-import platform
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import torch
 
 from datasets import synthetic
 from datasets.classes import IGNORE_INDEX
+from utils.precision import cpu_description
 
 DEMO_VOC = os.path.join("demo_data", "VOC2012")
 DEMO_COCO = os.path.join("demo_data", "coco", "JPEGImages")
@@ -19,14 +19,8 @@ DEMO_COCO = os.path.join("demo_data", "coco", "JPEGImages")
 
 def machine() -> str:
     """``N CPU cores (model)[, GPU]`` of this process, for a result file."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        model = names[0] if names else model
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cores} CPU cores ({model}){gpu}"
+    return f"{cpu_description()}{gpu}"
 
 
 def git_head() -> str:

@@ -29,6 +29,18 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path, text, expected):
     assert precision._linux_cpu_flags(str(tmp_path / "missing")) is None
 
 
+def test_the_cpu_is_described_by_its_model_name_and_usable_cores(tmp_path, monkeypatch):
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9999 64-Core Processor\n"
+                    "flags\t\t: fpu avx512_bf16\n")
+    assert precision._cpuinfo(("model name",), str(path)) == "AMD EPYC 9999 64-Core Processor"
+    assert precision._cpuinfo(("model name",), str(tmp_path / "missing")) is None
+    real = precision._cpuinfo
+    monkeypatch.setattr(precision, "_cpuinfo", lambda keys, p=str(path): real(keys, p))
+    monkeypatch.setattr(precision.os, "sched_getaffinity", lambda pid: {0, 3}, raising=False)
+    assert precision.cpu_description() == "2 CPU cores (AMD EPYC 9999 64-Core Processor)"
+
+
 @pytest.mark.parametrize("flags, has", [({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
                                         ({"asimd", "bf16"}, True), ({"avx512f", "avx2"}, False), (set(), False)])
 def test_bf16_is_the_cpu_flags(monkeypatch, flags, has):

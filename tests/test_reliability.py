@@ -203,6 +203,27 @@ def test_a_stop_during_a_long_validation_checkpoints_within_15_s_and_the_relaunc
     assert read_checkpoint(str(wd / "best.pth"))["step"] in (2, 4)
 
 
+def test_a_stop_request_ends_an_evaluation_at_once_and_every_finished_file_is_whole(voc_copy, ckpt, tmp_path):
+    wd = tmp_path / "eval"
+    cmd = [sys.executable, "eval_seg_voc.py", "--data_folder", str(voc_copy), "--model_path", str(ckpt), "--cpu",
+           "--num_workers", "2", "--no-crf", "--work_dir", str(wd)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    end = time.time() + 120
+    while time.time() < end and proc.poll() is None and not list((wd / "logits").glob("*.npz")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    t0 = time.time()
+    proc.communicate(timeout=60)
+    assert time.time() - t0 < 15 and proc.returncode != 0
+    from utils.inference import load_logits
+    done = sorted((wd / "logits").glob("*.npz"))
+    assert 1 <= len(done) < 12 and not (wd / "results.json").exists()
+    for path in done:                                # written atomically: complete or absent
+        assert load_logits(str(path), "1").shape[0] == 21
+
+
 def _torchrun(*args):
     return [sys.executable, "-m", "torch.distributed.run", *args]
 

@@ -10,6 +10,8 @@ Speed and learning under CPU bf16: docs/performance.md#bf16-on-the-cpu.
 import argparse
 import contextlib
 import functools
+import os
+import platform
 import sys
 from typing import Callable, Optional
 
@@ -27,18 +29,32 @@ def add_amp_flag(parser) -> None:
                         help=AMP_HELP)
 
 
-def _linux_cpu_flags(path: str = "/proc/cpuinfo") -> Optional[set]:
-    """The feature flags of the first CPU in ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``),
-    or None where the file is missing or says nothing of them."""
+def _cpuinfo(keys, path: str = "/proc/cpuinfo") -> Optional[str]:
+    """The value of the first line of ``/proc/cpuinfo`` whose key is one of ``keys``, or None where
+    the file is missing or has no such line."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         return None
     return None
+
+
+def _linux_cpu_flags(path: str = "/proc/cpuinfo") -> Optional[set]:
+    """The feature flags of the first CPU in ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``),
+    or None where the file is missing or says nothing of them."""
+    value = _cpuinfo(("flags", "Features"), path)
+    return None if value is None else set(value.split())
+
+
+def cpu_description() -> str:
+    """``N CPU cores (model)``: the cores this process may use and the CPU's model name, for logs
+    and result files (the model decides the kernels, so the last digits of the numbers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} CPU cores ({_cpuinfo(('model name',)) or platform.machine()})"
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,7 +44,7 @@ from .checkpoint import (adopt_model_flags, checkpoint_payload, read_checkpoint,
                          set_rng_state)
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .errors import UserError
-from .precision import autocast, resolve_amp
+from .precision import autocast, cpu_description, resolve_amp
 from .results import write_results
 from .safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
 from .schedule import PolyWarmupAdamW
@@ -390,7 +390,7 @@ def main(args, dataset: str) -> Dict[str, object]:
         barrier()
         logger = setup_logger(args.work_dir, info.is_main)
         if info.is_main:
-            gpu = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "CPU"
+            gpu = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else cpu_description()
             logger.info(f"Pytorch version: {torch.__version__}; device: {gpu}")
             logger.info(f"Args: {args}")
             text = json.dumps(vars(args), indent=1, default=str)
