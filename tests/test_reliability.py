@@ -274,6 +274,27 @@ def test_two_nodes_train_and_validate_together(voc_copy, tmp_path):
     assert "Total gpus: 2" in log and "Validating" in log and "Seg_2" in log
 
 
+def test_nodes_that_see_different_run_folders_stop_before_training(voc_copy, tmp_path):
+    """`--resume auto` on two nodes whose WORK_DIR is not one shared folder: node 0 finds a
+    checkpoint, node 1 none; both stop with one line before anything is written."""
+    ensure_lists(voc_layout(str(voc_copy)), None, ["train_aug", "val"])
+    common = ["--cam_iters", "1", "--gmm_iters", "2", "--log_iters", "1", "--eval_iters", "2", "--resume", "auto"]
+    train_final_voc.run(_train_args(voc_copy, tmp_path / "node0", "--max_iters", "2", *common))
+    before = _snapshot(tmp_path / "node0")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    port = str(29300 + (os.getpid() + 45) % 90)
+    procs = [subprocess.Popen(_torchrun("--nnodes", "2", "--node_rank", str(r), "--nproc_per_node", "1",
+                                        "--master_addr", "127.0.0.1", "--master_port", port, "train_final_voc.py",
+                                        *_train_args(voc_copy, tmp_path / f"node{r}", "--max_iters", "4", *common)),
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode != 0
+        assert "error: the ranks would start from different states (--resume auto): --work_dir" in err, err[-2000:]
+    assert _snapshot(tmp_path / "node0") == before and not (tmp_path / "node1").exists()
+
+
 def test_a_corrupt_training_image_stops_with_its_name_and_keeps_the_checkpoint(voc_copy, tmp_path, one_line_error,
                                                                                capsys):
     wd = tmp_path / "corrupt"

@@ -163,6 +163,15 @@ def from_main_rank(value):
     return value
 
 
+def same_on_every_rank(value: int, device: torch.device) -> bool:
+    """Whether every rank passed the same integer ``value`` (always true in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([value, -value], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)          # max of value and of -value: -min
+        return bool(t[0] == -t[1])
+    return True
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all ranks in place (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -42,7 +42,7 @@ from model.schedule import DuPLConfig
 
 from .checkpoint import (adopt_model_flags, checkpoint_payload, read_checkpoint, save_checkpoint,
                          set_rng_state)
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import DistInfo, barrier, cleanup, init_distributed, same_on_every_rank
 from .errors import UserError
 from .precision import autocast, cpu_description, resolve_amp
 from .results import write_results
@@ -373,12 +373,29 @@ def train(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict] = Non
     return last_result
 
 
+def _step_of(ckpt: Optional[dict]) -> int:
+    """The checkpoint's step (-1 without a checkpoint, -2 where it holds none)."""
+    if ckpt is None:
+        return -1
+    try:
+        return int(ckpt["step"])
+    except (KeyError, TypeError, ValueError):
+        return -2
+
+
 def main(args, dataset: str) -> Dict[str, object]:
     check_args(args, dataset)
+    asked = args.resume
     resolve_resume(args)
     # a checkpoint is read (and refused) before anything is written next to it
     ckpt = read_checkpoint(args.resume) if args.resume else None
     info = init_distributed(cpu=args.cpu, require_gpu=True, join_timeout_s=args.join_timeout)
+    # each rank found (or did not find) its checkpoint itself: all must start from the same step
+    if not same_on_every_rank(_step_of(ckpt), info.device):
+        cleanup()
+        raise UserError(f"the ranks would start from different states (--resume {asked}): "
+                        f"--work_dir {args.work_dir} must be one folder that every node sees (a shared "
+                        "file system), with the same checkpoint.pth")
     created = False
     try:
         if not args.work_dir:
