@@ -29,7 +29,7 @@ from datasets import synthetic  # noqa: E402
 from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
 from utils.crf_torch import dense_crf_batch  # noqa: E402
 
-from benchmarks.common import network_like_probs, sync  # noqa: E402
+from benchmarks.common import network_like_probs, result_header, sync  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 SIZES = {"voc": ((375, 500), 21), "coco": ((480, 640), 81)}
@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     workers = args.workers or len(os.sched_getaffinity(0))
-    out = {"torch": torch.__version__, "cores": workers, "torch_threads": torch.get_num_threads(),
+    out = {**result_header("bench_crf.py"), "cores": workers, "torch_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     for kind in args.sizes:
         out[kind] = bench_size(kind, args.num_images, args.batches, devices, workers, args.size)

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks.common import result_header  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 STALE_GLOO_KEY = "default_pg/0//cpu//0/0"     # torch's key of rank 0's gloo address (plain init)
@@ -109,7 +109,6 @@ def main() -> None:
     if args.worker:
         args.join = args.join[0]
         return worker(args)
-    import torch
     results = {}
     for join in args.join:
         trials = []
@@ -120,10 +119,7 @@ def main() -> None:
         print(f"--join {join}: {counts}", flush=True)
         results[join] = {"counts": counts, "trials": trials}
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        data = {"date": datetime.date.today().isoformat(), "commit": commit,
-                "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})", "torch": torch.__version__,
-                "command": "python benchmarks/repro_restart.py " + " ".join(sys.argv[1:]),
+        data = {**result_header("repro_restart.py"),
                 "settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
                 "results": results}
         with open(args.json, "w") as f:

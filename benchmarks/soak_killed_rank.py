@@ -8,10 +8,8 @@ the machine's cores busy, as on a shared node. Each run of
 is timed; the JSON lists each run's outcome and seconds. Exit 1 if any run failed.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks.common import result_header  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 TEST = ("tests/test_reliability.py::"
         "test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_uninterrupted_state")
@@ -28,11 +27,6 @@ NEIGHBOURS = {
                  "test_demo_students_and_cams_learn_well_above_the_all_background_baseline"],
     "none": None,
 }
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def main(argv=None) -> int:
@@ -72,9 +66,7 @@ def main(argv=None) -> int:
             os.killpg(neighbour.pid, signal.SIGKILL)   # pytest and the training it started
             neighbour.wait()
     summary = {
-        "date": datetime.date.today().isoformat(), "commit": commit(),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
-        "command": "python benchmarks/soak_killed_rank.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **result_header("soak_killed_rank.py"),
         "test": TEST, "neighbour": args.neighbour, "neighbour_starts": neighbour_runs,
         "passed": sum(r["passed"] for r in runs), "runs": runs,
         "max_seconds": max((r["seconds"] for r in runs), default=None),

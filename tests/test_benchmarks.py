@@ -106,6 +106,7 @@ def test_bench_crf_times_both_backends_and_checks_agreement(tmp_path):
             assert d[key]["images_per_s"] > 0
             assert d[key]["pixel_agreement"] >= 0.995
     assert "images/s" in res.stdout and "of pixels equal pydensecrf's" in res.stdout
+    assert len(data["commit"]) == 40 and data["date"] and data["machine"] and "bench_crf.py" in data["command"]
 
 
 def test_bench_checkpoint_writes_the_runs_payload_and_measures_its_size(tmp_path):

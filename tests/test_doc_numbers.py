@@ -188,7 +188,7 @@ def test_performance_tables_equal_their_json_files():
         stages = {"cams": "cams", "backward": "backward", "forward": "forward", "par": "par_refine", "gmm": "gmm"}
         for name, ms in re.findall(r"(\w+) (\d+)", cells[4]):
             assert int(ms) == round(1000 * phase["breakdown_s"][stages[name.lower()]]), (cells[0], name)
-    families = _results("2026-12-04_families_cpu.json")["results"]
+    families = _results("2026-12-07_families_cpu.json")["results"]
     runs = {(r["backbone"], r["grad_checkpointing"]): r for r in families if not r["amp"]}
     rows = _table(text, "backbone")
     assert {(f"`{r[0].strip('`')}`") for r in rows} == {f"`{b}`" for b, _ in runs}
@@ -200,7 +200,7 @@ def test_performance_tables_equal_their_json_files():
         assert float(cells[4]) == round(off["s_per_step"], 1) and float(cells[5]) == round(on["s_per_step"], 1), cells
         assert float(cells[6]) == round(off["peak_rss_above_start_gib"], 2), cells
         assert float(cells[7]) == round(on["peak_rss_above_start_gib"], 2), cells
-    crf = _results("2026-12-03_crf_cpu.json")
+    crf = _results("2026-12-07_crf_cpu.json")
     keys = {"pydensecrf, one core": ("pydensecrf", "images_per_s_one_core"),
             "pydensecrf, 2 worker processes": ("pydensecrf", "images_per_s_all_cores"),
             "torch CRF on the CPU, 1 thread": ("torch_cpu_1threads", "images_per_s"),
@@ -321,3 +321,36 @@ def test_the_bf16_tables_equal_their_sources():
         assert seg == [log["summary"]["Seg_1"], log["summary"]["Seg_2"]], (cells, path)
         assert cam == [log["summary"]["CAM_1"], log["summary"]["CAM_2"]], (cells, path)
         assert int(cells[3]) == log["total_s"], (cells, path)
+
+
+def test_the_reproduction_page_quotes_the_originals_logs_and_the_measured_disk():
+    """docs/reproduce.md: the cost table and the last validations against logs/original/summary.json
+    (the original's logs, transcribed), the disk figures against the cited result files."""
+    text = _read("docs/reproduce.md")
+    flat = _flat(text)
+    original = json.load(open(os.path.join(REPO, "logs", "original", "summary.json")))
+    assert "logs/original/summary.json" in text
+    rows = _table(text, "run")
+    for cells, key in zip(rows, ("voc_deit_b", "coco_deit_b")):
+        run = original[key]
+        speeds = [float(v) for v in re.findall(r"[\d.]+", cells[2])]
+        assert speeds == [run["seconds_per_iteration"][p] for p in "ABC"], cells
+        assert float(re.match(r"[\d.]+", cells[3]).group()) == run["minutes_per_validation"], cells
+        assert f"{run['validations']} of them" in cells[3] and f"{run['iterations'] // 1000}k" in cells[0], cells
+    assert "8 h 15 min" in rows[0][4] and original["voc_deit_b"]["elapsed_at_iteration_20000"] == "8:14:59"
+    assert "31 h 28 min" in rows[1][4] and original["coco_deit_b"]["whole_run"].startswith("31:28")
+    for key, phrase in (("voc_deit_b", "original's log ends at Seg {Seg_1:.2f} / {Seg_2:.2f} (students 1 / 2), "
+                                       "CAM {CAM_1:.2f} / {CAM_2:.2f}"),
+                        ("voc_vit_b_21k", "21k log ends at Seg {Seg_1:.2f} / {Seg_2:.2f}, CAM {CAM_1:.2f} / {CAM_2:.2f}")):
+        assert phrase.format(**original[key]["val_at_20000"]) in flat, key
+    coco = original["coco_deit_b"]["val_part_at_80000"]
+    assert f"ends at Seg {coco['Seg_1']:.2f} / {coco['Seg_2']:.2f}" in flat
+    (ckpt,) = _cited(text, "checkpoint")
+    sizes = {round(r["gigabytes"], 1) for r in ckpt["checkpoints"] if r["backbone"] == "deit_base_patch16_224"}
+    assert sizes == {2.2} and "2.2 GB each" in flat
+    (disk,) = _cited(text, "logits_disk")
+    voc = next(r for r in disk["logits"] if r["dataset"] == "voc")["per_split_gib"]
+    coco_disk = next(r for r in disk["logits"] if r["dataset"] == "coco")["per_split_gib"]
+    assert round(voc["val"], 1) == round(voc["test"], 1) == 1.6 and "about 1.6 GiB each for VOC val and test" in flat
+    assert round(coco_disk["val"]) == 19 and "19 GiB for COCO val" in flat
+    assert round(coco_disk["val_part"], 1) == 2.4 and "2.4 GiB for `val_part`" in flat
