@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.schedule import DuPLConfig  # noqa: E402
 from utils.checkpoint import checkpoint_payload, save_checkpoint  # noqa: E402
@@ -70,11 +70,7 @@ def main(argv=None) -> dict:
             for k in args.num_classes:
                 rows.append(measure(backbone, k, folder))
                 print(json.dumps(rows[-1]))
-    out = {**result_header("bench_checkpoint.py"), "checkpoints": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return write_result(args.json, "bench_checkpoint.py", {"checkpoints": rows})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ pydensecrf's and the peak memory of the torch CRF (the GPU's allocator on a GPU,
 the process's resident memory on the CPU).
 """
 import argparse
-import json
 import os
 import resource
 import sys
@@ -29,7 +28,7 @@ from datasets import synthetic  # noqa: E402
 from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
 from utils.crf_torch import dense_crf_batch  # noqa: E402
 
-from benchmarks.common import network_like_probs, result_header, sync  # noqa: E402
+from benchmarks.common import network_like_probs, sync, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 SIZES = {"voc": ((375, 500), 21), "coco": ((480, 640), 81)}
@@ -139,14 +138,11 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     workers = args.workers or len(os.sched_getaffinity(0))
-    out = {**result_header("bench_crf.py"), "cores": workers, "torch_threads": torch.get_num_threads(),
+    out = {"cores": workers, "torch_threads": torch.get_num_threads(),
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     for kind in args.sizes:
         out[kind] = bench_size(kind, args.num_images, args.batches, devices, workers, args.size)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-    return out
+    return write_result(args.json, "bench_crf.py", out, indent=2)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from utils.evaluation import multiscale_logits  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
@@ -53,11 +53,7 @@ def main(argv=None) -> dict:
         rows = [measure(*case, folder) for case in CASES]
     for row in rows:
         print(json.dumps(row))
-    out = {**result_header("bench_logits_disk.py"), "logits": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return write_result(args.json, "bench_logits_disk.py", {"logits": rows})
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Shared set-up of the benchmark scripts, and the dense CRF's inputs that the CRF's tests share
 (:func:`network_like_probs`)."""
 import datetime
+import json
 import os
 import subprocess
 import sys
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -38,6 +40,16 @@ def result_header(script: str) -> dict:
     """What every result file records: date, machine, commit, torch version and the command."""
     return {"date": datetime.date.today().isoformat(), "machine": machine(), "commit": git_head(),
             "torch": torch.__version__, "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:])}
+
+
+def write_result(path: Optional[str], script: str, payload: dict, indent: int = 1) -> dict:
+    """``payload`` under the result header of ``script`` (:func:`result_header`), written to
+    ``path`` as JSON when one is given; returns it."""
+    out = {**result_header(script), **payload}
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=indent)
+    return out
 
 
 def voc_folder(data_folder=None) -> str:
