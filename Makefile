@@ -7,15 +7,13 @@ PY := $(VENV)/bin/python
 
 # install: scripts/install.sh, whose head explains the settings: LOCK (requirements.lock, the exact
 # versions of the committed logs; LOCK= for the newest that requirements.txt admits), TORCH_INDEX (a
-# PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126, honoured whenever given) and
-# PYDENSECRF=0 (no C++ compiler: everything but pydensecrf2; the CRF runs on the PyTorch backend)
-LOCK ?= requirements.lock
-TORCH_INDEX ?=
-PYDENSECRF ?= 1
+# PyTorch wheel index, e.g. https://download.pytorch.org/whl/cu126) and PYDENSECRF=0 (no C++
+# compiler: everything but pydensecrf2; the CRF runs on the PyTorch backend). Only the settings
+# given are passed: the others keep what the venv was made with.
+SETTINGS := $(foreach v,LOCK TORCH_INDEX PYDENSECRF,$(if $(filter command line environment,$(origin $(v))),$(v)="$($(v))"))
 
 install:
-	@PYTHON="$(PYTHON)" VENV="$(VENV)" LOCK="$(LOCK)" TORCH_INDEX="$(TORCH_INDEX)" PYDENSECRF="$(PYDENSECRF)" \
-		bash scripts/install.sh
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" $(SETTINGS) bash scripts/install.sh
 
 demo: install
 	$(PY) demo.py

@@ -5,27 +5,34 @@
 #   LOCK          constraints: the exact versions the committed logs were made with
 #                 (requirements.lock); LOCK= (empty) takes the newest versions requirements.txt admits
 #   TORCH_INDEX   a PyTorch wheel index (https://download.pytorch.org/whl/cu126, ...): torch and
-#                 torchvision come from it, at the lock's versions; remembered in VENV/.torch_index,
-#                 and given again with another index, it replaces the torch in the venv
+#                 torchvision come from it, at the lock's versions; given again with another index,
+#                 it replaces the torch in the venv
 #   PYDENSECRF    0: no pydensecrf2 (it is the one package that needs a C++ compiler and the Python
 #                 headers); the CRF then runs on the PyTorch backend everywhere
-# Everything comes from requirements.txt; the stamp VENV/.installed records the settings it was made
-# with, so a second call with the same ones does nothing and one with other ones installs again.
+# A setting that is not given keeps the value the venv was made with (VENV/.settings), so that
+# `make demo` / `make test` after `make install PYDENSECRF=0` (or LOCK=, or TORCH_INDEX=...) keep
+# that venv as it is; without a venv the defaults above apply. Everything comes from
+# requirements.txt; the stamp VENV/.installed records what was installed, so a call that changes
+# nothing does nothing.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-LOCK=${LOCK-requirements.lock}
-TORCH_INDEX=${TORCH_INDEX:-}
-PYDENSECRF=${PYDENSECRF:-1}
 PY="$VENV/bin/python"
+settings="$VENV/.settings"
+recalled() { [ -f "$settings" ] && grep -q "^$1=" "$settings"; }
+recall() { grep -m1 "^$1=" "$settings" | cut -d= -f2-; }
+installed_index=$(recalled TORCH_INDEX && recall TORCH_INDEX || true)
+if [ -z "${LOCK+set}" ]; then LOCK=$(recalled LOCK && recall LOCK || echo requirements.lock); fi
+if [ -z "${PYDENSECRF+set}" ] || [ -z "$PYDENSECRF" ]; then
+    PYDENSECRF=$(recalled PYDENSECRF && recall PYDENSECRF || echo 1)
+fi
+TORCH_INDEX=${TORCH_INDEX:-$installed_index}
 
 case "$PYDENSECRF" in 0|1) ;; *) echo "error: PYDENSECRF=$PYDENSECRF: use 1 (default) or 0 (no compiler)" >&2; exit 2 ;; esac
 if [ -n "$LOCK" ] && [ ! -f "$LOCK" ]; then
     echo "error: LOCK=$LOCK does not exist; LOCK= (empty) installs the newest versions requirements.txt admits" >&2
     exit 2
 fi
-# the index a previous call installed torch from is kept unless another one is given
-[ -z "$TORCH_INDEX" ] && [ -f "$VENV/.torch_index" ] && TORCH_INDEX=$(cat "$VENV/.torch_index")
 lock_sum=$([ -n "$LOCK" ] && sha256sum "$LOCK" | cut -c1-16 || echo none)
 key="requirements=$(sha256sum requirements.txt | cut -c1-16) lock=$LOCK:$lock_sum torch_index=$TORCH_INDEX pydensecrf=$PYDENSECRF"
 if [ -f "$VENV/.installed" ] && [ "$(cat "$VENV/.installed")" = "$key" ]; then
@@ -51,7 +58,7 @@ if [ -n "$LOCK" ]; then
     constraints=(-c "$work/lock.txt")
 fi
 
-if [ -n "$TORCH_INDEX" ] && [ "$(cat "$VENV/.torch_index" 2>/dev/null)" != "$TORCH_INDEX" ]; then
+if [ -n "$TORCH_INDEX" ] && [ "$installed_index" != "$TORCH_INDEX" ]; then
     pins=(torch torchvision)
     if [ -n "$LOCK" ]; then
         pins=($(grep -E '^(torch|torchvision)==' "$LOCK" | sed 's/+.*//'))
@@ -61,7 +68,7 @@ if [ -n "$TORCH_INDEX" ] && [ "$(cat "$VENV/.torch_index" 2>/dev/null)" != "$TOR
         echo "error: ${pins[*]} is not on $TORCH_INDEX; give the index of a CUDA these versions are built for, or LOCK= for the newest torch there" >&2
         exit 1
     }
-    echo "$TORCH_INDEX" > "$VENV/.torch_index"
+    printf 'LOCK=%s\nPYDENSECRF=%s\nTORCH_INDEX=%s\n' "${LOCK:-}" "$PYDENSECRF" "$TORCH_INDEX" > "$settings"
 fi
 if [ -n "$TORCH_INDEX" ] && [ -n "$LOCK" ]; then
     # the index's torch brings its own CUDA packages: the lock pins the rest
@@ -72,4 +79,5 @@ fi
     echo "error: pip could not install requirements.txt${LOCK:+ at the versions of $LOCK (made with Python 3.11 on x86-64 Linux; LOCK= takes the newest versions that fit this Python)}" >&2
     exit 1
 }
+printf 'LOCK=%s\nPYDENSECRF=%s\nTORCH_INDEX=%s\n' "$LOCK" "$PYDENSECRF" "$TORCH_INDEX" > "$settings"
 echo "$key" > "$VENV/.installed"

@@ -64,6 +64,7 @@ def install(tmp_path):
         calls = log.read_text().splitlines() if log.exists() else []
         files = {p.name[len("pip.log."):]: p.read_text() for p in tmp_path.glob("pip.log.*")}
         return res, calls, files
+    run.venv = tmp_path / "venv"
     return run
 
 
@@ -87,6 +88,8 @@ def test_make_install_takes_requirements_txt_at_the_locks_versions_once(install)
     again = install()
     assert again[0].returncode == 0 and again[1] == []          # the same settings: nothing to do
     assert install("LOCK=")[1] == ["-m pip install -r requirements.txt"]
+    assert install()[1] == []                                    # `make demo` keeps the newest versions
+    assert install("LOCK=requirements.lock")[1][0].startswith("-m pip install -r requirements.txt -c ")
 
 
 def test_torch_index_is_honoured_whenever_given_and_kept_after(install):
@@ -112,6 +115,10 @@ def test_without_a_compiler_everything_but_pydensecrf2_is_installed(install):
     assert res.returncode == 0, res.stderr
     assert "pydensecrf2" not in files["1-r"] and "timm" in files["1-r"]
     assert "pydensecrf2" not in _pins(files["1-c"]) and "torch" in _pins(files["1-c"])
+    # `make demo` / `make test` afterwards keep that venv: no attempt to build pydensecrf2
+    res, calls, _ = install()
+    assert res.returncode == 0 and calls == []
+    assert "PYDENSECRF=0" in (install.venv / ".settings").read_text()
 
 
 def test_install_failures_are_one_line_errors(install):
