@@ -149,6 +149,12 @@ def _open_store(host: str, port: int, world: int, token: str) -> Optional[dist.S
     return None
 
 
+def _several_ranks() -> bool:
+    """Whether a process group of more than one rank is running (else every collective below is
+    the single process's own value)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -156,16 +162,25 @@ def barrier() -> None:
 
 def from_main_rank(value):
     """``value`` as the main rank has it, on every rank (the value itself in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_ranks():
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
     return value
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on some rank (``flag`` itself in a single process)."""
+    if _several_ranks():
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
+
+
 def same_on_every_rank(value: int, device: torch.device) -> bool:
     """Whether every rank passed the same integer ``value`` (always true in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_ranks():
         t = torch.tensor([value, -value], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)          # max of value and of -value: -min
         return bool(t[0] == -t[1])
@@ -174,7 +189,7 @@ def same_on_every_rank(value: int, device: torch.device) -> bool:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all ranks in place (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_ranks():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 

@@ -8,7 +8,8 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from .distributed import all_reduce_sum
 
 
 def scored_pixels(gt: torch.Tensor, pred: torch.Tensor, num_classes: int, *more: torch.Tensor):
@@ -19,12 +20,6 @@ def scored_pixels(gt: torch.Tensor, pred: torch.Tensor, num_classes: int, *more:
     gt, pred = gt[keep], pred[keep]
     pred = torch.where((pred >= 0) & (pred < num_classes), pred, torch.full_like(pred, num_classes))
     return (gt, pred, *(m[keep] for m in more))
-
-
-def sum_over_ranks(tensor: torch.Tensor) -> None:
-    """Sum ``tensor`` over all ranks in place (a no-op without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
 
 class ConfusionMatrix:
@@ -62,7 +57,7 @@ class ConfusionMatrix:
 
     def reduce_from_all_processes(self) -> None:
         """Sum the matrices of all ranks in place (a no-op without a process group)."""
-        sum_over_ranks(self.mat)
+        all_reduce_sum(self.mat)
 
     def compute(self) -> Dict[str, object]:
         """Scores as the original defines them.
@@ -128,7 +123,7 @@ class ThresholdSweep:
 
     def reduce_from_all_processes(self) -> None:
         """Sum the counts of all ranks in place (a no-op without a process group)."""
-        sum_over_ranks(self.counts)
+        all_reduce_sum(self.counts)
 
     def matrices(self) -> list:
         """One :class:`ConfusionMatrix` per threshold, in the order given."""

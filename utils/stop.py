@@ -15,7 +15,8 @@ import signal
 import threading
 
 import torch
-import torch.distributed as dist
+
+from .distributed import any_rank
 
 SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
 
@@ -41,13 +42,9 @@ class StopRequest:
     def requested(self, device: torch.device) -> bool:
         """Whether any rank has been asked to stop. Collective: every rank must call it the same
         number of times."""
-        flag = self.name is not None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([1.0 if flag else 0.0], device=device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            flag = bool(t.item())
-            if flag and self.name is None:
-                self.name = "a signal to another rank"
+        flag = any_rank(self.name is not None, device)
+        if flag and self.name is None:
+            self.name = "a signal to another rank"
         return flag
 
     def restore(self) -> None:

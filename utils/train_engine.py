@@ -390,14 +390,13 @@ def main(args, dataset: str) -> Dict[str, object]:
     # a checkpoint is read (and refused) before anything is written next to it
     ckpt = read_checkpoint(args.resume) if args.resume else None
     info = init_distributed(cpu=args.cpu, require_gpu=True, join_timeout_s=args.join_timeout)
-    # each rank found (or did not find) its checkpoint itself: all must start from the same step
-    if not same_on_every_rank(_step_of(ckpt), info.device):
-        cleanup()
-        raise UserError(f"the ranks would start from different states (--resume {asked}): "
-                        f"--work_dir {args.work_dir} must be one folder that every node sees (a shared "
-                        "file system), with the same checkpoint.pth")
     created = False
     try:
+        # each rank found (or did not find) its checkpoint itself: all must start from the same step
+        if not same_on_every_rank(_step_of(ckpt), info.device):
+            raise UserError(f"the ranks would start from different states (--resume {asked}): "
+                            f"--work_dir {args.work_dir} must be one folder that every node sees (a "
+                            "shared file system), with the same checkpoint.pth")
         if not args.work_dir:
             stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H-%M-%S")
             args.work_dir = os.path.join("work_dirs", dataset, stamp)
