@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from datasets.readers import MAX_DATASET_PIXELS  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from utils.cli import add_numbers  # noqa: E402
@@ -62,8 +62,7 @@ def main(argv=None) -> dict:
         logits = merge_voc(raw, (args.height, args.width))
         probs = ((to_size(logits[0], (args.height, args.width)).softmax(1)
                   + to_size(logits[1], (args.height, args.width)).softmax(1)) / 2)[0]
-    result = dict(result_header("bench_admitted_image.py"), threads=torch.get_num_threads(),
-                  backbone=net.backbone_name)
+    result = dict(threads=torch.get_num_threads(), backbone=net.backbone_name)
     result.update({"image": [args.width, args.height], "pixels": args.width * args.height,
                    "scales": list(args.scales), "inference_s": round(time.perf_counter() - t0, 1),
                    "inference_peak_mib_above_start": round(peak_mib() - start, 1)})
@@ -74,11 +73,8 @@ def main(argv=None) -> dict:
         dense_crf(rgb, probs.float().numpy())
         result["crf_s"] = round(time.perf_counter() - t0, 1)
         result["crf_peak_mib_above_start"] = round(peak_mib() - before, 1)
+    result = write_result(args.json, "bench_admitted_image.py", result)
     print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
     return result
 
 

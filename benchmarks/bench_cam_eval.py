@@ -21,7 +21,6 @@ The ratio the issue names is the loop over the faster of the two CAM-pass timing
 each precision must give the same results.json scores (checked).
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -37,7 +36,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import eval_cam_coco  # noqa: E402
 import eval_cam_voc  # noqa: E402
-from benchmarks.common import dataset_folder, random_checkpoint, result_header, sync  # noqa: E402
+from benchmarks.common import dataset_folder, random_checkpoint, sync, write_result  # noqa: E402
 from datasets.layout import coco_layout, voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists, labels_path  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
@@ -153,12 +152,10 @@ def main() -> None:
               f"profiled loop {profiled_loop:.1f} s: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in ranges.items()), flush=True)
     shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        out = {**result_header("bench_cam_eval.py"), "device": str(device), "dataset": args.dataset, "size": args.size,
-               "batch_size": scores["batch_size"], "batch_size_flag": args.batch_size, "train_batch": args.train_batch,
-               "backbone": args.backbone if not args.model_path else "from --model_path", "results": results}
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_result(args.json, "bench_cam_eval.py", {
+        "device": str(device), "dataset": args.dataset, "size": args.size, "batch_size": scores["batch_size"],
+        "batch_size_flag": args.batch_size, "train_batch": args.train_batch,
+        "backbone": args.backbone if not args.model_path else "from --model_path", "results": results})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ must be identical. It also checks that CRF from the saved file equals CRF from t
 probabilities the evaluation refines.
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
+from benchmarks.common import sync, voc_folder, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
@@ -106,7 +105,7 @@ def main() -> None:
               "saved_mib_per_image": saved_bytes / count / 2 ** 20,
               "original_mib_per_image": original_bytes / count / 2 ** 20}
     if 0 in args.crf_workers:
-        write_json(args.json, result)
+        write_result(args.json, "bench_eval.py", result)
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # the loop on one core, like each worker
@@ -142,13 +141,7 @@ def main() -> None:
               flush=True)
     result.update({"crf_loop_images_per_s": loop_rate, "crf_images_per_s": crf_rates,
                    "crf_file_vs_memory_pixel_agreement": file_agreement})
-    write_json(args.json, result)
-
-
-def write_json(path, result) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump({**result_header("bench_eval.py"), **result}, f, indent=1)
+    write_result(args.json, "bench_eval.py", result)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
+from benchmarks.common import sync, voc_folder, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
@@ -147,10 +147,7 @@ def main() -> None:
                 print(f"{backbone} ({r['family']}, patch {r['patch']}, {r['encoder_params_m']:.1f}M): "
                       f"amp {amp}, grad_checkpointing {ckpt}: {r['s_per_step']:.3f} s/step, {mem}",
                       flush=True)
-    if args.json:
-        payload = dict(result_header("bench_families.py"), threads=torch.get_num_threads(), results=results)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+    write_result(args.json, "bench_families.py", {"threads": torch.get_num_threads(), "results": results})
 
 
 if __name__ == "__main__":

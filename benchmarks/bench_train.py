@@ -19,7 +19,6 @@ wall time), so the total runs slightly above the plain s/iter.
 """
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import result_header, sync, voc_folder  # noqa: E402
+from benchmarks.common import sync, voc_folder, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
 from datasets.prepare import ensure_lists  # noqa: E402
@@ -207,10 +206,7 @@ def main() -> None:
     print(f"device {name}, backbone {args.backbone}, crop {args.crop_size}, "
           f"{args.samples_per_gpu} images per step, amp {args.amp}, "
           f"grad_checkpointing {args.grad_checkpointing}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**result_header("bench_train.py"), "device": name, "args": vars(args), "phases": results},
-                      f, indent=1)
+    write_result(args.json, "bench_train.py", {"device": name, "args": vars(args), "phases": results})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import dataset_folder, random_checkpoint, result_header  # noqa: E402
+from benchmarks.common import dataset_folder, random_checkpoint, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,10 +80,8 @@ def main() -> None:
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", before], cwd=REPO, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**result_header("cam_eval_before_after.py"), "before": args.before, "dataset": args.dataset,
-                       "runs": rows}, f, indent=1)
+    write_result(args.json, "cam_eval_before_after.py", {"before": args.before, "dataset": args.dataset,
+                                                         "runs": rows})
     if not all(r["identical_results"] for r in rows):
         raise SystemExit("the results differ")
 

@@ -11,7 +11,6 @@ paper's ViT/DeiT path, else timm's ``pretrained_cfg`` of the weights' tag). READ
 table quotes this file (tests/test_doc_numbers.py compares them).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timm  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from model.backbone import EXAMPLES, Encoder, input_stats  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
@@ -51,10 +50,7 @@ def main() -> None:
         print(f"{name} ({r['family']}, patch {r['patch']}): {r['params'] / 1e6:.1f} M parameters "
               f"({r['trainable_params'] / 1e6:.1f} M trainable); mean {r['input_mean']}, std {r['input_std']}",
               flush=True)
-    if args.json:
-        payload = dict(result_header("count_params.py"), timm=timm.__version__, results=results)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+    write_result(args.json, "count_params.py", {"timm": timm.__version__, "results": results})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ store when the second attempt started.
 """
 import argparse
 import datetime
-import json
 import os
 import signal
 import socket
@@ -26,7 +25,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 STALE_GLOO_KEY = "default_pg/0//cpu//0/0"     # torch's key of rank 0's gloo address (plain init)
@@ -118,12 +117,8 @@ def main() -> None:
         counts = {k: sum(t["outcome"] == k for t in trials) for k in ("joined", "refused", "stuck", "join_timeout")}
         print(f"--join {join}: {counts}", flush=True)
         results[join] = {"counts": counts, "trials": trials}
-    if args.json:
-        data = {**result_header("repro_restart.py"),
-                "settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")},
-                "results": results}
-        with open(args.json, "w") as f:
-            json.dump(data, f, indent=1)
+    write_result(args.json, "repro_restart.py", {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "worker")}, "results": results})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ the machine's cores busy, as on a shared node. Each run of
 is timed; the JSON lists each run's outcome and seconds. Exit 1 if any run failed.
 """
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.common import result_header  # noqa: E402
+from benchmarks.common import write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 TEST = ("tests/test_reliability.py::"
         "test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_uninterrupted_state")
@@ -65,16 +64,12 @@ def main(argv=None) -> int:
         if neighbour is not None and neighbour.poll() is None:
             os.killpg(neighbour.pid, signal.SIGKILL)   # pytest and the training it started
             neighbour.wait()
-    summary = {
-        **result_header("soak_killed_rank.py"),
+    summary = write_result(args.json, "soak_killed_rank.py", {
         "test": TEST, "neighbour": args.neighbour, "neighbour_starts": neighbour_runs,
         "passed": sum(r["passed"] for r in runs), "runs": runs,
         "max_seconds": max((r["seconds"] for r in runs), default=None),
-    }
+    })
     print(f"{summary['passed']} of {len(runs)} passed; longest {summary['max_seconds']} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=1)
     return 0 if summary["passed"] == len(runs) else 1
 
 
