@@ -26,14 +26,14 @@ from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
 from utils.cli import ArgumentParser
-from utils.demo_figure import demo_figure, pick_images
+from engine.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
 from utils.precision import add_amp_flag
 from utils.safe_io import open_for_append, write_atomically
-from utils.inference import load_model
+from engine.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
-from utils.train_args import CHECKPOINT
-from utils.validation import result_table
+from engine.train_args import CHECKPOINT
+from engine.validation import result_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:

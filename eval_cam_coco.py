@@ -5,11 +5,11 @@
 
 Multi-scale + flip CAMs and aux CAMs of both students (the training-time rule), their mIoU over
 a sweep of background thresholds, PAR-refined pseudo labels and optionally CRF-refined ones;
-results.json / results.txt in --work_dir. The evaluation itself is `utils/cam_evaluation.py`.
+results.json / results.txt in --work_dir. The evaluation itself is `engine/cam_evaluation.py`.
 """
 import sys
 
-from utils.cam_evaluation import evaluate_cams, get_args_parser
+from engine.cam_evaluation import evaluate_cams, get_args_parser
 from utils.errors import exit_on_user_error
 
 

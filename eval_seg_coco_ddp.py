@@ -12,7 +12,7 @@ upsampled to the mask size. ``--infer_set val_part|val``.
 import sys
 
 from utils.errors import exit_on_user_error
-from utils.evaluation import evaluate, get_args_parser
+from engine.evaluation import evaluate, get_args_parser
 
 
 @exit_on_user_error

@@ -6,14 +6,14 @@
 
 Scales 1.0/1.5/1.25 with flips, merged by max at full resolution; scores of both students and
 their ensemble without CRF; both students' network outputs are saved before resizing
-(``logits/<id>.npz``, rebuilt by ``utils.inference.load_logits``), the ``--branch`` prediction
+(``logits/<id>.npz``, rebuilt by ``engine.inference.load_logits``), the ``--branch`` prediction
 (default: ensemble) as PNGs, refined by dense CRF in ``--crf_workers`` processes. ``--help`` lists
-all flags. The evaluation itself is ``utils/evaluation.py``.
+all flags. The evaluation itself is ``engine/evaluation.py``.
 """
 import sys
 
 from utils.errors import exit_on_user_error
-from utils.evaluation import evaluate, get_args_parser
+from engine.evaluation import evaluate, get_args_parser
 
 
 @exit_on_user_error

@@ -29,15 +29,15 @@ from PIL import Image
 
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import MAX_IMAGE_PIXELS, read_image
-from utils.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
+from engine.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
 from utils.precision import add_amp_flag, autocast, resolve_amp
 from utils.safe_io import make_output_dir, output_path, save_image
-from utils.evaluation import DEFAULT_MODEL, add_model_flags
-from utils.checkpoint import resolve_model_flags
-from utils.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size, voc_msc_logits
-from utils.visualize import blend, label_image
+from engine.evaluation import DEFAULT_MODEL, add_model_flags
+from engine.run_state import resolve_model_flags
+from engine.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size, voc_msc_logits
+from engine.visualize import blend, label_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Images whose shorter side is below this are enlarged for the network (a ViT needs at least one

@@ -41,10 +41,10 @@ from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
-from utils.evaluation import DEFAULT_MODEL
-from utils.checkpoint import resolve_model_flags
-from utils.inference import BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model, select_branch
-from utils.visualize import caption, cam_overlay, colorize_label, tile_grid, to_uint8
+from engine.evaluation import DEFAULT_MODEL
+from engine.run_state import resolve_model_flags
+from engine.inference import BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model, select_branch
+from engine.visualize import caption, cam_overlay, colorize_label, tile_grid, to_uint8
 
 LOW_THRE = 0.25
 DEFAULT_BKG = {"voc": 0.5, "coco": 0.45}

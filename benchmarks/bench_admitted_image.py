@@ -27,7 +27,7 @@ from datasets.readers import MAX_DATASET_PIXELS  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from utils.cli import add_numbers  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
-from utils.inference import VOC_EVAL_SCALES, load_model, merge_voc, to_size, voc_raw_logits  # noqa: E402
+from engine.inference import VOC_EVAL_SCALES, load_model, merge_voc, to_size, voc_raw_logits  # noqa: E402
 
 
 def peak_mib() -> float:
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
                    "scales": list(args.scales), "inference_s": round(time.perf_counter() - t0, 1),
                    "inference_peak_mib_above_start": round(peak_mib() - start, 1)})
     if args.crf:
-        from utils.crf import dense_crf
+        from engine.crf import dense_crf
         rgb = np.random.default_rng(0).integers(0, 256, (args.height, args.width, 3), dtype=np.uint8)
         before, t0 = peak_mib(), time.perf_counter()
         dense_crf(rgb, probs.float().numpy())

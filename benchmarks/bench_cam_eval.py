@@ -42,7 +42,7 @@ from datasets.prepare import ensure_lists, labels_path  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from model.cam import CAM_SCALES, multiscale_cam  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
-from utils.inference import load_model  # noqa: E402
+from engine.inference import load_model  # noqa: E402
 from utils.precision import autocast, resolve_amp  # noqa: E402
 
 RANGES = ("cams", "par", "score")

@@ -26,9 +26,10 @@ import torch  # noqa: E402
 from benchmarks.common import write_result  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.schedule import DuPLConfig  # noqa: E402
-from utils.checkpoint import checkpoint_payload, save_checkpoint  # noqa: E402
+from engine.run_state import checkpoint_payload  # noqa: E402
+from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
-from utils.schedule import PolyWarmupAdamW  # noqa: E402
+from engine.optim import PolyWarmupAdamW  # noqa: E402
 
 
 def measure(backbone: str, num_classes: int, folder: str) -> dict:

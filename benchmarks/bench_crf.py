@@ -25,8 +25,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets import synthetic  # noqa: E402
-from utils.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
-from utils.crf_torch import dense_crf_batch  # noqa: E402
+from engine.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
+from engine.crf_torch import dense_crf_batch  # noqa: E402
 
 from benchmarks.common import network_like_probs, sync, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402

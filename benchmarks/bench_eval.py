@@ -6,9 +6,9 @@
 Inference: both students' multi-scale + flip logits (VOC rule, scales 1.0/1.5/1.25) of the val
 images at their own size and the ensemble's probabilities on the host, after one warm-up image.
 Logits: the time to save them and the bytes of the file this project writes per image
-(:func:`utils.inference.save_logits`) against both students' full-resolution float32 logits. CRF:
+(:func:`engine.inference.save_logits`) against both students' full-resolution float32 logits. CRF:
 the straightforward per-image loop in one process (load the logits, CRF, write the index and colour
-PNGs) against :func:`utils.crf.run_crf` with each worker count doing the same jobs; the predictions
+PNGs) against :func:`engine.crf.run_crf` with each worker count doing the same jobs; the predictions
 must be identical. It also checks that CRF from the saved file equals CRF from the in-memory
 probabilities the evaluation refines.
 """
@@ -32,9 +32,9 @@ from datasets.prepare import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from datasets.readers import read_image  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
-from utils.crf import dense_crf, probs_from_logits, run_crf  # noqa: E402
-from utils.evaluation import crf_job, save_png  # noqa: E402
-from utils.inference import (VOC_EVAL_SCALES, load_logits, load_model, merge_voc,  # noqa: E402
+from engine.crf import dense_crf, probs_from_logits, run_crf  # noqa: E402
+from engine.evaluation import crf_job, save_png  # noqa: E402
+from engine.inference import (VOC_EVAL_SCALES, load_logits, load_model, merge_voc,  # noqa: E402
                              save_logits, select_branch, voc_raw_logits)
 
 

@@ -38,8 +38,8 @@ from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from model.schedule import voc_config  # noqa: E402
-from utils.schedule import PolyWarmupAdamW  # noqa: E402
-from utils.train_step import TrainingStep  # noqa: E402
+from engine.optim import PolyWarmupAdamW  # noqa: E402
+from engine.train_step import TrainingStep  # noqa: E402
 
 FAMILIES = ("vit_small_patch14_reg4_dinov2", "vit_small_patch16_dinov3", "vit_base_patch16_clip_224",
             "vit_base_patch16_siglip_224", "eva02_tiny_patch14_224")

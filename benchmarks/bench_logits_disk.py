@@ -3,8 +3,8 @@
     python benchmarks/bench_logits_disk.py [--json benchmarks/results/DATE_logits_disk.json]
 
 For one image of each typical size (VOC 500x375 and 375x500, COCO 640x480) it runs the evaluation's
-own path (:func:`utils.evaluation.multiscale_logits` with the paper's scales, then
-:func:`utils.inference.save_logits`) on a random ``deit_tiny_patch16_224`` pair (the file's size
+own path (:func:`engine.evaluation.multiscale_logits` with the paper's scales, then
+:func:`engine.inference.save_logits`) on a random ``deit_tiny_patch16_224`` pair (the file's size
 depends on the patch, the class count and the image size, not on the encoder's width) and records
 the file's bytes; ``per_split_gib`` multiplies them by the splits' image counts (an estimate: VOC
 images are at most 500 pixels a side, most of them 500x375 or 375x500; COCO's logits are at the
@@ -22,9 +22,9 @@ import torch  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
-from utils.evaluation import multiscale_logits  # noqa: E402
+from engine.evaluation import multiscale_logits  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
-from utils.inference import COCO_EVAL_SCALES, VOC_EVAL_SCALES, save_logits  # noqa: E402
+from engine.inference import COCO_EVAL_SCALES, VOC_EVAL_SCALES, save_logits  # noqa: E402
 
 CASES = (("voc", 21, (375, 500), VOC_EVAL_SCALES), ("voc", 21, (500, 375), VOC_EVAL_SCALES),
          ("coco", 81, (480, 640), COCO_EVAL_SCALES))

@@ -6,7 +6,7 @@
 Any supported encoder family: ``--backbone vit_base_patch14_reg4_dinov2`` (DINOv2), ``..._dinov3``,
 ``..._clip_224``, ``..._siglip_224``, ``eva02_...``; ``--backbone_args depth=2,...`` shrinks it.
 
-Runs the real training step (the engine's ``utils.train_step.TrainingStep`` around
+Runs the real training step (the engine's ``engine.train_step.TrainingStep`` around
 ``model.dupl.dupl_step``, backward, AdamW step) on synthetic VOC-format data (written to
 ``demo_data`` when ``--data_folder`` is not given) with random weights, for iterations in phase A
 (before cam_iters), B (before gmm_iters) and C (GMM + consistency), after ``--warmup`` untimed
@@ -42,8 +42,8 @@ from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from model.schedule import voc_config  # noqa: E402
 from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
-from utils.schedule import PolyWarmupAdamW  # noqa: E402
-from utils.train_step import TrainingStep, release_idle_gradients  # noqa: E402
+from engine.optim import PolyWarmupAdamW  # noqa: E402
+from engine.train_step import TrainingStep, release_idle_gradients  # noqa: E402
 
 # dense peak TFLOP/s (fp32 without tensor cores, bf16 tensor cores) of known GPUs
 PEAK_TFLOPS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0),

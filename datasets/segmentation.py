@@ -15,7 +15,9 @@ from utils.errors import UserError
 from .layout import DatasetLayout
 from .prepare import labels_path, load_labels, read_list
 from .readers import read_image, read_mask
-from .transforms import PAPER_STATS, InputStats, TrainAugmentation
+from utils.input_stats import PAPER_STATS, InputStats
+
+from .transforms import TrainAugmentation
 
 
 def _load_split(layout: DatasetLayout, list_folder: str, split: str, need_masks: bool,

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from datasets.transforms import PAPER_STATS, InputStats
+from utils.input_stats import PAPER_STATS, InputStats
 from utils.checkpoint import read_checkpoint
 from utils.errors import UserError
 from utils.safe_io import check_safetensors, check_zip, npz_shapes

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datasets.transforms import InputStats
+from utils.input_stats import InputStats
 from utils.checkpoint import network_state, read_checkpoint
 from utils.errors import UserError
 

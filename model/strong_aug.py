@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats  # noqa: F401
+from utils.input_stats import PAPER_STATS, InputStats
 
 OP_NAMES: Tuple[str, ...] = ("AutoContrast", "Equalize", "Posterize", "Color", "Contrast",
                              "Brightness", "Sharpness")

@@ -14,7 +14,7 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``pydensecrf`` (they run it, or compare against it) are skipped where it is not
     installed (``make install PYDENSECRF=0``)."""
-    from utils.crf import pydensecrf_available
+    from engine.crf import pydensecrf_available
     if pydensecrf_available():
         return
     skip = pytest.mark.skip(reason="pydensecrf is not installed (make install PYDENSECRF=0)")

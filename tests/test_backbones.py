@@ -25,7 +25,7 @@ from utils.errors import UserError
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
-from datasets.transforms import PAPER_STATS, InputStats, denormalize
+from utils.input_stats import PAPER_STATS, InputStats
 from model import backbone as bb
 from model.backbone import (Encoder, default_aux_layer, describe_state, input_stats, parse_backbone_args,
                             pretrained_name, vit_token_maps)
@@ -34,10 +34,10 @@ from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet, load_network
 from model.par import PAR
 from model.schedule import voc_config
-from utils import train_args, train_engine
+from engine import train_args, train_engine
 from utils.checkpoint import read_checkpoint
 from utils.distributed import DistInfo
-from utils.inference import load_model
+from engine.inference import load_model
 from utils.metric import ConfusionMatrix
 
 SMALL = "depth=3,embed_dim=48,num_heads=2"
@@ -483,7 +483,7 @@ def test_par_and_the_strong_view_get_the_8bit_image_whatever_the_family(name, pa
     exact = torch.from_numpy(img).permute(0, 3, 1, 2).float() / torch.full((1, 1, 1, 1), 255.0)
     assert seen["stats"] == net.input_stats and torch.equal(seen["strong"], seen["par"])
     if net.branch1.encoder.paper_path:
-        assert torch.equal(seen["par"], denormalize(images))
+        assert torch.equal(seen["par"], PAPER_STATS.denormalize(images))
         assert float((seen["par"] - exact).abs().max()) <= 1 / 255 + 1e-7
     else:
         assert torch.equal(seen["par"], exact)

@@ -1,4 +1,4 @@
-"""CAM and pseudo-label evaluation (utils/cam_evaluation.py, eval_cam_voc.py, eval_cam_coco.py)."""
+"""CAM and pseudo-label evaluation (engine/cam_evaluation.py, eval_cam_voc.py, eval_cam_coco.py)."""
 import json
 import os
 import subprocess
@@ -14,8 +14,8 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
-from utils.cam_evaluation import best_present_class, default_batch_size
-from utils.validation import validate
+from engine.cam_evaluation import best_present_class, default_batch_size
+from engine.validation import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu", "--size", "48",

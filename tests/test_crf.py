@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.crf import CRF_PARAMS, dense_crf, probs_from_logits, run_crf, unary_from_probs
+from engine.crf import CRF_PARAMS, dense_crf, probs_from_logits, run_crf, unary_from_probs
 
 H, W = 40, 50
 

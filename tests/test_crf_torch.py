@@ -12,9 +12,9 @@ from datasets.layout import coco_layout, voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
-from utils import crf as crf_module
-from utils.crf import dense_crf, refine_labels, resolve_crf_backend
-from utils.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch
+from engine import crf as crf_module
+from engine.crf import dense_crf, refine_labels, resolve_crf_backend
+from engine.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch
 from utils.errors import UserError
 
 
@@ -149,7 +149,7 @@ def test_stream_returns_results_in_job_order_and_reports_memory(voc_scenes, monk
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
-    import utils.crf_torch as ct
+    import engine.crf_torch as ct
     monkeypatch.setattr(ct, "dense_crf_batch", oom)
     stream = TorchCRFStream(lambda j: voc_scenes[j][:2], lambda j, label: j, "cpu", batch=1)
     with pytest.raises(UserError, match="--crf_batch"):
@@ -162,7 +162,7 @@ def test_queue_batches_images_of_one_class_count_and_hands_each_its_labels(voc_s
     items = [voc_scenes[0][:2], few[0], voc_scenes[1][:2], voc_scenes[2][:2], few[1]]
     expected = [dense_crf_torch(image, probs) for image, probs in items]
     calls, got = [], {}
-    import utils.crf_torch as ct
+    import engine.crf_torch as ct
     real = ct.dense_crf_batch
 
     def counting(images, probs, **kw):

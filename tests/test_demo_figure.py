@@ -1,4 +1,4 @@
-"""The demo's picture (utils/demo_figure.py) and the legend and letterbox helpers."""
+"""The demo's picture (engine/demo_figure.py) and the legend and letterbox helpers."""
 import numpy as np
 import torch
 
@@ -7,8 +7,8 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
-from utils.demo_figure import COLUMNS, demo_figure, pick_images
-from utils.visualize import legend, letterbox
+from engine.demo_figure import COLUMNS, demo_figure, pick_images
+from engine.visualize import legend, letterbox
 
 
 def _val(voc_copy, tmp_path):

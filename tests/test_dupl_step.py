@@ -12,7 +12,7 @@ from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet
 from model.par import PAR
 from model.schedule import coco_config, voc_config
-from utils.train_step import TrainingStep, training_visuals
+from engine.train_step import TrainingStep, training_visuals
 
 
 def _full_cams(student, x, scales, maps=None, final=True):

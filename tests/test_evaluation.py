@@ -12,8 +12,8 @@ import eval_seg_coco_ddp
 import eval_seg_voc
 from datasets.prepare import read_list
 from model.network import DualStudentNet
-from utils.evaluation import column_predictions, crf_job, multiscale_logits
-from utils.inference import (coco_msc_logits, load_logits, save_logits, select_branch, voc_msc_logits,
+from engine.evaluation import column_predictions, crf_job, multiscale_logits
+from engine.inference import (coco_msc_logits, load_logits, save_logits, select_branch, voc_msc_logits,
                              voc_raw_logits)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +139,7 @@ def test_crf_refines_the_float32_probabilities(voc_copy, checkpoints, tmp_path):
                       "--work_dir", str(wd), "--crf_workers", "2", "--scales", "1.0", *TINY])
     from datasets.layout import voc_layout
     from datasets.segmentation import EvalDataset
-    from utils.crf import dense_crf
+    from engine.crf import dense_crf
     net = DualStudentNet("deit_tiny_patch16_224", 21)
     net.load_state_dict(torch.load(checkpoints / "voc.pth")["model"])
     net.eval()

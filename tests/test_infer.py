@@ -121,7 +121,7 @@ def test_amp_is_bfloat16_on_every_device_like_training_and_evaluation(device):
 @pytest.mark.pydensecrf
 @pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
 def test_crf_refines_the_prediction_with_either_backend(tiny_ckpt, image_folder, tmp_path, backend):
-    from utils.crf import dense_crf
+    from engine.crf import dense_crf
     out = tmp_path / backend
     infer.main(["--model_path", tiny_ckpt, "--input", str(image_folder / "odd.JPG"), "--out", str(out),
                 "--scales", "1.0", "--crf", "--crf_backend", backend, *BACKBONE])

@@ -95,9 +95,9 @@ def test_torch_crf_equals_pydensecrf_on_the_trained_demo_outputs(demo_run, demo_
     """Realistic CRF inputs: the trained students' saved multi-scale logits of the val images."""
     from datasets.layout import voc_layout
     from datasets.readers import read_mask
-    from utils.crf import dense_crf
-    from utils.crf_torch import dense_crf_batch
-    from utils.evaluation import crf_inputs
+    from engine.crf import dense_crf
+    from engine.crf_torch import dense_crf_batch
+    from engine.evaluation import crf_inputs
     _, work = demo_eval
     layout = voc_layout(str(demo_run["root"] / "data" / "VOC2012"))
     ids = sorted(f[:-4] for f in os.listdir(work / "logits"))[:16]

@@ -75,9 +75,9 @@ def test_autocast_runs_the_network_in_bf16_only_when_enabled():
 def test_every_amp_flag_has_the_one_help():
     import demo
     import infer
-    from utils.cam_evaluation import get_args_parser as cam_parser
-    from utils.evaluation import get_args_parser as eval_parser
-    from utils.train_args import get_args_parser as train_parser
+    from engine.cam_evaluation import get_args_parser as cam_parser
+    from engine.evaluation import get_args_parser as eval_parser
+    from engine.train_args import get_args_parser as train_parser
     parsers = [train_parser("voc"), train_parser("coco"), eval_parser("voc"), eval_parser("coco"),
                cam_parser("voc"), cam_parser("coco"), infer.get_args_parser(), demo.get_args_parser()]
     for p in parsers:

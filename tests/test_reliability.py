@@ -20,8 +20,8 @@ from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists, read_list
 from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
-from utils import train_args
-from utils.evaluation import usable_cores
+from engine import train_args
+from engine.evaluation import usable_cores
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "deit_tiny_patch16_224", "--no-pretrained", "--crop_size", "48",
@@ -164,7 +164,7 @@ def test_sigterm_writes_a_checkpoint_at_that_iteration_and_resume_auto_finishes(
     args = train_args.get_args_parser("voc").parse_args(["--max_iters", "40", "--cam_iters", "2",
                                                          "--gmm_iters", "4", "--lr", "1e-4",
                                                          "--warmup_iters", "2"])
-    from utils.schedule import poly_warmup_lr
+    from engine.optim import poly_warmup_lr
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
         poly_warmup_lr(39, 1e-4, 40, 2, 1e-6, 0.9), rel=1e-9)
 
@@ -217,7 +217,7 @@ def test_a_stop_request_ends_an_evaluation_at_once_and_every_finished_file_is_wh
     t0 = time.time()
     proc.communicate(timeout=60)
     assert time.time() - t0 < 15 and proc.returncode != 0
-    from utils.inference import load_logits
+    from engine.inference import load_logits
     done = sorted((wd / "logits").glob("*.npz"))
     assert 1 <= len(done) < 12 and not (wd / "results.json").exists()
     for path in done:                                # written atomically: complete or absent
@@ -252,7 +252,7 @@ def test_a_killed_rank_is_restarted_and_the_run_resumes_to_the_uninterrupted_sta
     assert "Resumed from" in log and "Iter: 16;" in log
     final = read_checkpoint(str(wd / "checkpoint.pth"))
     assert final["step"] == 16 and final["optimizer"]["global_step"] == 16
-    from utils.schedule import poly_warmup_lr
+    from engine.optim import poly_warmup_lr
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(poly_warmup_lr(15, 1e-4, 16, 2, 1e-6, 0.9))
 
 

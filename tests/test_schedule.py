@@ -11,8 +11,8 @@ import torch
 
 from model.schedule import DuPLConfig, coco_config, voc_config
 from model.thresholds import cosine_descent, image_thresholds
-from utils.schedule import PolyWarmupAdamW, poly_warmup_lr
-from utils.train_args import config_from_args, get_args_parser
+from engine.optim import PolyWarmupAdamW, poly_warmup_lr
+from engine.train_args import config_from_args, get_args_parser
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "reference")
 VOC_TARGET = [0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,

@@ -28,7 +28,7 @@ from datasets.readers import read_image
 from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
 from utils.errors import UserError
-from utils.checkpoint import plain, rng_state, set_rng_state
+from engine.run_state import plain, rng_state, set_rng_state
 
 TINY = ["--backbone", "deit_tiny_patch16_224", "--cpu"]
 

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from utils.checkpoint import read_checkpoint
-from utils.train_engine import PAPER_GLOBAL_BATCH
+from engine.train_engine import PAPER_GLOBAL_BATCH
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH = {"voc": os.path.join(REPO, "scripts", "slurm", "train_voc.sbatch"),

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from model.network import DualStudentNet
 from utils.stop import StopRequest, StopRequested, ignore_stop_signals
-from utils.validation import validate
+from engine.validation import validate
 
 
 class Images(torch.utils.data.Dataset):

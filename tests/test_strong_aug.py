@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from datasets.transforms import PAPER_STATS, InputStats
-from model.strong_aug import (IMAGENET_MEAN, IMAGENET_STD, OP_NAMES, draw_ops, op_values,
+from utils.input_stats import IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats
+from model.strong_aug import (OP_NAMES, draw_ops, op_values,
                               strong_augment, strong_augment_pil)
 
 

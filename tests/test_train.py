@@ -13,8 +13,8 @@ from utils import checkpoint
 from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
 from model.schedule import coco_config, voc_config
-from utils import train_args, train_step
-from utils.validation import validate
+from engine import train_args, train_step
+from engine.validation import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone", "deit_tiny_patch16_224", "--no-pretrained", "--crop_size", "48",

@@ -9,8 +9,8 @@ from PIL import Image
 from datasets.layout import voc_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset
-from datasets.transforms import (IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats, TrainAugmentation,
-                                 denormalize, normalize, random_pad_crop, random_rescale)
+from datasets.transforms import TrainAugmentation, random_pad_crop, random_rescale
+from utils.input_stats import IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats
 from utils.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_rescale_stays_within_half_to_double():
 
 
 def test_normalize_uses_imagenet_mean_and_std():
-    x = normalize(np.zeros((2, 3, 3), np.uint8))
+    x = PAPER_STATS.normalize(np.zeros((2, 3, 3), np.uint8))
     assert x.shape == (3, 2, 3) and x.dtype == torch.float32
     expected = -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(x[:, 0, 0], expected)
@@ -116,7 +116,7 @@ def test_the_papers_statistics_give_the_old_formulas_bit_for_bit():
     x = torch.from_numpy(img).permute(2, 0, 1).float()
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.equal(PAPER_STATS.normalize(img), (x / 255.0 - mean) / std)
-    assert torch.equal(normalize(img), (x / 255.0 - mean) / std)
+    assert torch.equal(PAPER_STATS.normalize(img), (x / 255.0 - mean) / std)
     assert torch.equal(PAPER_STATS.normalize_pixels(img), (x - mean * 255.0) / (std * 255.0))
     v = x[None].repeat(2, 1, 1, 1)
     old_levels = torch.stack([((v / 255)[:, c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c] for c in range(3)], dim=1)
@@ -125,7 +125,7 @@ def test_the_papers_statistics_give_the_old_formulas_bit_for_bit():
     z = torch.cat([torch.stack([PAPER_STATS.normalize(img)] * 2), 3 * torch.randn(2, 3, 24, 32, generator=g)])
     old = torch.stack([z[:, c] * s + m for c, (m, s) in enumerate(zip(_OLD_MEAN_255, _OLD_STD_255))], dim=1)
     old = torch.remainder(torch.trunc(old), 256) / torch.full((1, 1, 1, 1), 255.0)
-    assert torch.equal(PAPER_STATS.denormalize(z), old) and torch.equal(denormalize(z), old)
+    assert torch.equal(PAPER_STATS.denormalize(z), old) and torch.equal(PAPER_STATS.denormalize(z), old)
     assert PAPER_STATS.uint8_cast and PAPER_STATS.mean == IMAGENET_MEAN and PAPER_STATS.std == IMAGENET_STD
 
 

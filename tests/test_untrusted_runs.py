@@ -25,8 +25,8 @@ import train_final_voc
 from datasets.prepare import read_list
 from model.network import DualStudentNet
 from model.schedule import voc_config
-from utils.checkpoint import checkpoint_payload
-from utils.schedule import PolyWarmupAdamW
+from engine.run_state import checkpoint_payload
+from engine.optim import PolyWarmupAdamW
 
 TINY = "depth=2,embed_dim=64,num_heads=2"
 VICTIM_TEXT = "the user's own file\n"

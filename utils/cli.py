@@ -9,7 +9,7 @@
 * ``--help`` prints each default once (:class:`utils.help_format.DefaultsHelpFormatter`).
 """
 import argparse
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from utils.errors import UserError
 from utils.help_format import DefaultsHelpFormatter

@@ -3,7 +3,7 @@ a job. One home for how a training run hears them:
 
 * :class:`StopRequest` installs handlers that only set a flag; :meth:`StopRequest.requested` is
   the check, collective over the ranks, so every rank stops at the same point. Training checks it
-  after each iteration and validation before each image (:func:`utils.validation.validate`), so a
+  after each iteration and validation before each image (:func:`engine.validation.validate`), so a
   run stops within one iteration or one validation image, then writes its checkpoint.
 * :func:`ignore_stop_signals` is the ``worker_init_fn`` of the training and validation loaders: a
   cluster signals every process of the job step, loader workers included, and a worker killed by

@@ -17,9 +17,9 @@ from model.network import DualStudentNet
 from model.par import PAR
 from model.schedule import voc_config
 from utils.distributed import init_distributed
-from utils.schedule import PolyWarmupAdamW
-from utils.train_step import TrainingStep, release_idle_gradients
-from utils.validation import validate
+from engine.optim import PolyWarmupAdamW
+from engine.train_step import TrainingStep, release_idle_gradients
+from engine.validation import validate
 
 
 def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:

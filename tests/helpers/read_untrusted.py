@@ -16,7 +16,7 @@ def main(argv):
         from utils.checkpoint import read_checkpoint
         obj = read_checkpoint(path)
         if kind == "model":
-            from utils.checkpoint import model_settings
+            from engine.run_state import model_settings
             model_settings(obj, None, None, None, {"backbone": "deit_tiny_patch16_224",
                                                    "num_classes": 21, "aux_layer": -3}, path)
     elif kind == "pretrained":

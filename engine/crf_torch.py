@@ -1,6 +1,6 @@
 """Fully connected CRF in PyTorch: mean-field inference with permutohedral-lattice filtering.
 
-The model is the one :func:`utils.crf.dense_crf` runs through ``pydensecrf`` (Krähenbühl and
+The model is the one :func:`engine.crf.dense_crf` runs through ``pydensecrf`` (Krähenbühl and
 Koltun, NIPS 2011), with the same conventions so the labels agree with it:
 
 - unary ``-log(max(p, 1e-5))``; Q starts as the softmax of ``-unary``;
@@ -33,7 +33,7 @@ import torch
 
 from utils.errors import UserError
 
-# the paper's dense CRF (both backends, :mod:`utils.crf`): Gaussian and bilateral kernels, mean-field
+# the paper's dense CRF (both backends, :mod:`engine.crf`): Gaussian and bilateral kernels, mean-field
 # iterations, the probability floor of the unary
 CRF_PARAMS = {
     "gauss_sxy": 1,
@@ -291,14 +291,14 @@ def dense_crf_batch(images: Sequence, probs: Sequence, device=None, class_chunk:
 
 
 def dense_crf_torch(image, probs, device=None, class_chunk: Optional[int] = None, **params):
-    """One image: the labels as a uint8 numpy array ``(H, W)`` (as :func:`utils.crf.dense_crf`)."""
+    """One image: the labels as a uint8 numpy array ``(H, W)`` (as :func:`engine.crf.dense_crf`)."""
     return dense_crf_batch([image], [probs], device, class_chunk, **params)[0].numpy()
 
 
 class TorchCRFStream:
     """Dense CRF of images as inference produces them, on ``device``, ``batch`` images at a time.
 
-    The same interface as :class:`utils.crf.CRFStream`: ``submit(job)`` queues a job, ``close()``
+    The same interface as :class:`engine.crf.CRFStream`: ``submit(job)`` queues a job, ``close()``
     returns the results in job order. ``prepare(job)`` gives the job's uint8 image ``(H, W, 3)``
     and probabilities ``(C, H, W)`` (a tensor already on the device stays there); once the batch
     is refined, ``finish(job, labels)`` (writing PNGs, counting) runs in a background thread so

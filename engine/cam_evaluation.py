@@ -37,15 +37,15 @@ from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 
 from .crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
-from .distributed import barrier, cleanup, init_distributed
-from .cli import ArgumentParser, add_launcher_flags, add_numbers
+from utils.distributed import barrier, cleanup, init_distributed
+from utils.cli import ArgumentParser, add_launcher_flags, add_numbers
 from .evaluation import (DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split,
                          output_folder)
-from .checkpoint import resolve_model_flags
+from .run_state import resolve_model_flags
 from .inference import load_model
-from .metric import ConfusionMatrix, ThresholdSweep, format_table
-from .precision import add_amp_flag, autocast, resolve_amp
-from .results import write_results
+from utils.metric import ConfusionMatrix, ThresholdSweep, format_table
+from utils.precision import add_amp_flag, autocast, resolve_amp
+from utils.results import write_results
 from .validation import shard
 from .visualize import label_image
 

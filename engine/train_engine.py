@@ -14,8 +14,8 @@ after iteration n and says that the validation after n is due; the relaunch (``-
 runs that validation first, so the run's results equal an uninterrupted run's (:mod:`utils.stop`).
 
 What each iteration computes (phases A, B, C and the loss weights) is the schedule of
-:mod:`model.schedule`; the flags are :mod:`utils.train_args`, the data :mod:`utils.train_data`,
-the step as DDP wraps it :mod:`utils.train_step`.
+:mod:`model.schedule`; the flags are :mod:`engine.train_args`, the data :mod:`engine.train_data`,
+the step as DDP wraps it :mod:`engine.train_step`.
 """
 import contextlib
 import datetime
@@ -40,15 +40,15 @@ from model.network import DualStudentNet, load_network
 from model.par import PAR
 from model.schedule import DuPLConfig
 
-from .checkpoint import (adopt_model_flags, checkpoint_payload, read_checkpoint, save_checkpoint,
-                         set_rng_state)
-from .distributed import DistInfo, barrier, cleanup, init_distributed, same_on_every_rank
-from .errors import UserError
-from .precision import autocast, cpu_description, resolve_amp
-from .results import write_results
-from .safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
-from .schedule import PolyWarmupAdamW
-from .stop import StopRequest, StopRequested
+from utils.checkpoint import read_checkpoint, save_checkpoint
+from .run_state import adopt_model_flags, checkpoint_payload, set_rng_state
+from utils.distributed import DistInfo, barrier, cleanup, init_distributed, same_on_every_rank
+from utils.errors import UserError
+from utils.precision import autocast, cpu_description, resolve_amp
+from utils.results import write_results
+from utils.safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
+from .optim import PolyWarmupAdamW
+from utils.stop import StopRequest, StopRequested
 from .train_args import (BEST_CHECKPOINT, CHECKPOINT, DEFAULTS, check_args, check_crop,
                          config_from_args, resolve_resume)
 from .train_data import BatchStream, build_data

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, Subset
 from model.cam import multiscale_cam
 from model.pseudo_labels import cam_to_label
 
-from .distributed import all_reduce_sum
-from .metric import ConfusionMatrix, format_table
-from .precision import autocast
-from .stop import StopRequest, StopRequested, ignore_stop_signals
+from utils.distributed import all_reduce_sum
+from utils.metric import ConfusionMatrix, format_table
+from utils.precision import autocast
+from utils.stop import StopRequest, StopRequested, ignore_stop_signals
 
 COLUMNS = ("CAM_1", "aux_CAM_1", "Seg_1", "CAM_2", "aux_CAM_2", "Seg_2")
 

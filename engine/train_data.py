@@ -7,12 +7,13 @@ from torch.utils.data.distributed import DistributedSampler
 from datasets.layout import dataset_layout
 from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
-from datasets.transforms import InputStats, TrainAugmentation
+from datasets.transforms import TrainAugmentation
+from utils.input_stats import InputStats
 from model.dupl import Batch
 
-from .distributed import DistInfo, barrier
-from .errors import UserError, message
-from .stop import ignore_stop_signals
+from utils.distributed import DistInfo, barrier
+from utils.errors import UserError, message
+from utils.stop import ignore_stop_signals
 
 
 def build_data(args, dataset: str, info: DistInfo, logger, stats: InputStats):

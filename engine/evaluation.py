@@ -1,10 +1,10 @@
 """Multi-scale + CRF evaluation shared by ``eval_seg_voc.py`` and ``eval_seg_coco_ddp.py``.
 
 1. Every rank infers its shard of the split (every ``world_size``-th image): both students'
-   multi-scale logits (VOC or COCO rule, :mod:`utils.inference`), scored for student 1,
+   multi-scale logits (VOC or COCO rule, :mod:`engine.inference`), scored for student 1,
    student 2 and their ensemble without CRF.
 2. The network outputs behind both students' logits are saved before any resizing
-   (``logits/<id>.npz``, float32; :func:`utils.inference.load_logits` rebuilds any branch at full
+   (``logits/<id>.npz``, float32; :func:`engine.inference.load_logits` rebuilds any branch at full
    resolution), with the index and colour PNGs of the ``--branch`` prediction (``prediction/``,
    ``prediction_color/``).
 3. Dense CRF (``--crf``) refines the float32 probabilities of each image while the next images
@@ -35,17 +35,17 @@ from utils.safe_io import fresh_dir, make_output_dir, output_path, save_image
 
 from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
                   refine_labels, resolve_crf_backend)
-from .checkpoint import resolve_model_flags
+from .run_state import resolve_model_flags
 from .crf_torch import TorchCRFStream
-from .distributed import barrier, cleanup, from_main_rank, init_distributed
-from .precision import add_amp_flag, autocast, resolve_amp
+from utils.distributed import barrier, cleanup, from_main_rank, init_distributed
+from utils.precision import add_amp_flag, autocast, resolve_amp
 from utils.errors import UserError
 from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
                         load_model, merge_voc, save_logits, select_branch,
                         to_size, voc_raw_logits)
-from .cli import ArgumentParser, add_launcher_flags, add_numbers
-from .metric import ConfusionMatrix, format_table
-from .results import write_results
+from utils.cli import ArgumentParser, add_launcher_flags, add_numbers
+from utils.metric import ConfusionMatrix, format_table
+from utils.results import write_results
 from .validation import shard
 from .visualize import label_image
 
@@ -168,7 +168,7 @@ def crf_inputs(job) -> Tuple[np.ndarray, object]:
     """The uint8 image and the probabilities ``(C, H, W)`` of a CRF job ``(id, image path, probs,
     mask path or None, num_classes, out dir, colour dir)``: ``probs`` is the float32 softmax (an
     array, or a tensor on the evaluation's device) or ``(path, branch)`` of a file written by
-    :func:`utils.inference.save_logits`."""
+    :func:`engine.inference.save_logits`."""
     image = read_image(job[1])
     probs = job[2]
     if isinstance(probs, tuple):

@@ -10,9 +10,9 @@ import os
 
 from model.schedule import DuPLConfig, coco_config, voc_config
 
-from .cli import ArgumentParser, add_launcher_flags, add_numbers, check, check_range, check_scales
-from .errors import UserError
-from .precision import add_amp_flag
+from utils.cli import ArgumentParser, add_launcher_flags, add_numbers, check, check_range, check_scales
+from utils.errors import UserError
+from utils.precision import add_amp_flag
 
 CHECKPOINT = "checkpoint.pth"            # in the run folder: the last checkpoint, resumed from
 BEST_CHECKPOINT = "best.pth"             # in the run folder: the best validation score so far

@@ -9,16 +9,17 @@ upsampled to the mask size by the caller.
 Which student's prediction is used is a fixed choice (``branch`` 1, 2 or ``ensemble`` = mean of
 both students' softmax), never one made by looking at ground truth.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.checkpoint import model_settings, read_checkpoint, saved_backbone_args, saved_input_stats
+from utils.checkpoint import read_checkpoint
+
+from .run_state import model_settings, saved_backbone_args, saved_input_stats
 from model.network import DualStudentNet, load_network
 
-from utils.errors import UserError
 from utils.safe_io import save_npz
 
 VOC_EVAL_SCALES = (1.0, 1.5, 1.25)

@@ -6,7 +6,7 @@ srgb 5, compat 4) on the original uint8 RGB image; 10 mean-field iterations; arg
 ``run_crf`` spreads independent per-image jobs over worker processes, one CPU thread each.
 
 Two implementations of the same model: ``pydensecrf`` (C++, one core per image) and
-:mod:`utils.crf_torch` (PyTorch, batched, on the GPU or the CPU); ``--crf_backend`` chooses, and
+:mod:`engine.crf_torch` (PyTorch, batched, on the GPU or the CPU); ``--crf_backend`` chooses, and
 ``auto`` takes the one that is faster where the evaluation runs.
 """
 import multiprocessing as mp

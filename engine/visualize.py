@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from datasets.classes import voc_colormap
-from datasets.transforms import InputStats
+from utils.input_stats import InputStats
 
 _CMAP = torch.from_numpy(voc_colormap()).float() / 255.0
 _PALETTE = voc_colormap().reshape(-1).tolist()
