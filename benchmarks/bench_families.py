@@ -37,7 +37,7 @@ from model.backbone import input_stats  # noqa: E402
 from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
-from model.schedule import voc_config  # noqa: E402
+from model.schedule import paper_config  # noqa: E402
 from engine.optim import PolyWarmupAdamW  # noqa: E402
 from engine.train_step import TrainingStep  # noqa: E402
 
@@ -67,7 +67,7 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
     net = DualStudentNet(backbone, 21, backbone_args=args.backbone_args, grad_checkpointing=ckpt).to(device)
     params = sum(p.numel() for p in net.branch1.encoder.parameters())
     opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
-    cfg = voc_config()
+    cfg = paper_config("voc")
     step = TrainingStep(net, cfg)
     n = cfg.gmm_iters + 100
     par = PAR().to(device)

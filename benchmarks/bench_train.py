@@ -40,7 +40,7 @@ from datasets.transforms import TrainAugmentation  # noqa: E402
 from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
-from model.schedule import voc_config  # noqa: E402
+from model.schedule import paper_config  # noqa: E402
 from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
 from engine.optim import PolyWarmupAdamW  # noqa: E402
 from engine.train_step import TrainingStep, release_idle_gradients  # noqa: E402
@@ -187,7 +187,7 @@ def main() -> None:
     net = DualStudentNet(args.backbone, 21, backbone_args=args.backbone_args,
                          grad_checkpointing=args.grad_checkpointing).to(device)
     opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
-    cfg = voc_config()
+    cfg = paper_config("voc")
     step = TrainingStep(net, cfg)
     par = PAR().to(device)
     gen = torch.Generator().manual_seed(0)

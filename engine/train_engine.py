@@ -39,6 +39,7 @@ from model.backbone import input_stats
 from model.network import DualStudentNet, load_network
 from model.par import PAR
 from model.schedule import DuPLConfig
+from model.settings import default_model
 
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from .run_state import adopt_model_flags, checkpoint_payload, set_rng_state
@@ -49,7 +50,7 @@ from utils.results import write_results
 from utils.safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
 from .optim import PolyWarmupAdamW
 from utils.stop import StopRequest, StopRequested
-from .train_args import (BEST_CHECKPOINT, CHECKPOINT, DEFAULTS, check_args, check_crop,
+from .train_args import (BEST_CHECKPOINT, CHECKPOINT, check_args, check_crop,
                          config_from_args, resolve_resume)
 from .train_data import BatchStream, build_data
 from .train_step import TrainingStep, release_idle_gradients, training_visuals
@@ -196,7 +197,7 @@ def set_up(args, dataset: str, info: DistInfo, logger, ckpt: Optional[dict]) -> 
     torch.backends.cudnn.deterministic = args.deterministic
     seed_everything(args.seed + info.rank)
     if ckpt is not None:
-        adopt_model_flags(args, ckpt, DEFAULTS[dataset], logger.info)
+        adopt_model_flags(args, ckpt, default_model(dataset), logger.info)
     stats = input_stats(args.backbone, args.input_mean, args.input_std)
     layout, train_set, val_set = build_data(args, dataset, info, logger, stats)
     net = build_network(args, ckpt, device)

@@ -1,9 +1,13 @@
-"""The DuPL schedule: phases, loss weights, thresholds and the other numbers of the method, for
+"""The DuPL schedule: the loss terms, phases, loss weights and thresholds of the method, for
 PASCAL VOC and MS COCO (docs/method.md#losses-and-phases).
 
-:class:`DuPLConfig` holds every number; :func:`voc_config` and :func:`coco_config` give the
-paper's, with every boundary derived from ``cam_iters`` and ``max_iters``, so a shortened run
-(``--cam_iters 100 --max_iters 400``) keeps the paper's proportions:
+:data:`LOSS_TERMS` declares each loss term once (its name, weight setting, when it is on, which
+parts of a student it trains, its train.log field); the step's sum, the loss meter, the log line,
+tensorboard and the idle-gradient rule follow from it. :class:`DuPLConfig` holds every number:
+its fields are the method's rows of the table of settings (:mod:`model.settings`) and the
+boundaries derived from them; :func:`paper_config` gives the paper's, with every boundary derived
+from ``cam_iters`` and ``max_iters``, so a shortened run (``--cam_iters 100 --max_iters 400``)
+keeps the paper's proportions:
 
     =====================  =========================  =====================================
                            VOC                        COCO (``late = round(1.5 cam_iters)``)
@@ -24,74 +28,88 @@ filtering from ``n == gmm_iters``), the weights choose the terms, and a term wei
 computed (it logs 0), so the parameters move as in the original. COCO weights the consistency
 loss from ``n == gmm_iters`` on (``reg_from_gmm_iter``), so there only ``cam_iters`` is off by one.
 """
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+
+from dataclasses import dataclass, field, make_dataclass
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .cam import CAM_SCALES
+from .settings import method_settings
 from .thresholds import cosine_descent
 
-VOC_HIGH_TARGETS = (0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
-                    0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55)
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the DuPL loss. ``on(cfg, n)``: whether iteration ``n`` weights it (the weight is
+    then the setting ``weight``, or 1 without one); ``trains``: the parts of a student
+    (:class:`model.network.Student` attributes) whose parameters it reaches; ``log_name``: its
+    field in train.log (the original's names, ``sim_loss`` for the discrepancy)."""
+    name: str
+    weight: Optional[str]
+    on: Callable[["DuPLConfig", int], bool]
+    trains: Tuple[str, ...]
+    log_name: str
+
+
+LOSS_TERMS: Tuple[LossTerm, ...] = (
+    LossTerm("cls", None, lambda c, n: True, ("encoder", "classifier", "aux_classifier"), "cls_loss"),
+    LossTerm("ptc", "w_ptc", lambda c, n: n > c.ptc_after, ("encoder",), "ptc_loss"),
+    LossTerm("seg", "w_seg", lambda c, n: n > c.cam_iters, ("encoder", "decoder"), "seg_loss"),
+    LossTerm("dis", "w_dis", lambda c, n: n > c.dis_after, ("encoder",), "sim_loss"),
+    LossTerm("reg", "w_reg", lambda c, n: n >= c.gmm_iters if c.reg_from_gmm_iter else n > c.gmm_iters,
+             ("encoder", "decoder"), "reg_loss"),
+)
+LOSS_NAMES = tuple(t.name for t in LOSS_TERMS)
+STUDENT_PARTS = ("encoder", "classifier", "aux_classifier", "decoder")
+
+_PaperSettings = make_dataclass(
+    "_PaperSettings", [(s.name, Sequence[float] if isinstance(s.voc, tuple) else Optional[s.parse_kind],
+                        field(default=s.voc)) for s in method_settings()])
 
 
 @dataclass
-class DuPLConfig:
-    """Schedule, thresholds and loss weights of DuPL (VOC's by default). Iteration ``n`` is 0-based."""
+class DuPLConfig(_PaperSettings):
+    """Schedule, thresholds and loss weights of DuPL (VOC's by default). Iteration ``n`` is 0-based.
 
-    num_classes: int = 21
-    max_iters: int = 20000
-    cam_iters: int = 2000          # seg pseudo labels from here (weights: n > cam_iters)
-    gmm_iters: int = 8000          # GMM filtering + consistency from here
-    # progressive high threshold (docs/method.md#thresholds)
-    high_thre: float = 0.70
-    high_targets: Sequence[float] = VOC_HIGH_TARGETS
-    descent_start: Optional[int] = None   # None: cam_iters
+    The fields of the table of settings (:mod:`model.settings`, ``method=True``: ``num_classes``,
+    ``max_iters``, ``cam_iters``, ``gmm_iters``, the thresholds, the weights ``w_*``, ...) come
+    first; the boundaries below are derived from them unless given."""
+
+    descent_start: Optional[int] = None   # threshold descent from (None: cam_iters, COCO: late)
     descent_steps: Optional[int] = None   # None: max_iters - descent_start
-    low_thre: float = 0.25
-    bkg_thre: float = 0.50         # validation only
-    # loss weights and the iteration after which each is on
-    w_ptc: float = 0.2
-    ptc_after: int = -1            # COCO: 1.5 cam_iters
-    w_seg: float = 0.2
-    w_dis: float = 0.1
-    dis_after: int = -1            # COCO: cam_iters
-    w_reg: float = 0.05
-    reg_from_gmm_iter: bool = False  # COCO weights L_reg already at n == gmm_iters
-    aux_seg_until: int = -1        # COCO: seg labels from the aux CAMs while n <= 1.5 cam_iters
-    # GMM filter (docs/method.md#gmm-filtering)
-    gamma: float = 0.95
-    gmm_valid_thre: float = 1.0
-    # consistency branch (docs/method.md#consistency)
-    aug_scale: float = 0.75
-    conf_thre: float = 0.9
-    cam_scales: Sequence[float] = CAM_SCALES
-    # quirk switch (docs/method.md#quirks): True applies img_box in pixels to the token map
-    ptc_box_in_pixels: bool = True
+    ptc_after: Optional[int] = None       # PTC weighted after (None: -1, COCO: late)
+    dis_after: Optional[int] = None       # discrepancy weighted after (None: -1, COCO: cam_iters)
+    aux_seg_until: Optional[int] = None   # seg labels from the aux CAMs while n <= (None: -1, COCO: late)
     ignore_index: int = 255
 
     def __post_init__(self):
+        late = None if self.late_factor is None else int(round(self.cam_iters * self.late_factor))
         if self.descent_start is None:
-            self.descent_start = self.cam_iters
+            self.descent_start = self.cam_iters if late is None else late
         if self.descent_steps is None:
             self.descent_steps = self.max_iters - self.descent_start
+        if self.ptc_after is None:
+            self.ptc_after = -1 if late is None else late
+        if self.aux_seg_until is None:
+            self.aux_seg_until = -1 if late is None else late
+        if self.dis_after is None:
+            self.dis_after = -1 if late is None else self.cam_iters
 
     def weights(self, n: int) -> Dict[str, float]:
-        """Loss weights at iteration ``n``: a term is on *after* its boundary (``n > cam_iters``;
-        see the module docstring for the off-by-one against :meth:`phase`)."""
-        reg_on = n >= self.gmm_iters if self.reg_from_gmm_iter else n > self.gmm_iters
-        return {
-            "cls": 1.0,
-            "ptc": self.w_ptc if n > self.ptc_after else 0.0,
-            "seg": self.w_seg if n > self.cam_iters else 0.0,
-            "dis": self.w_dis if n > self.dis_after else 0.0,
-            "reg": self.w_reg if reg_on else 0.0,
-        }
+        """Loss weights at iteration ``n``, one per term of :data:`LOSS_TERMS`: a term is on *after*
+        its boundary (``n > cam_iters``; see the module docstring for the off-by-one against
+        :meth:`phase`)."""
+        return {t.name: (1.0 if t.weight is None else getattr(self, t.weight)) if t.on(self, n) else 0.0
+                for t in LOSS_TERMS}
 
     def phase(self, n: int) -> str:
         """Phase A (``n < cam_iters``), B (``n < gmm_iters``) or C: what the step computes."""
         return "A" if n < self.cam_iters else ("B" if n < self.gmm_iters else "C")
+
+    def seg_labels_from_aux(self, n: int) -> bool:
+        """Whether iteration ``n``'s segmentation pseudo labels come from the aux CAMs (COCO's
+        early iterations) instead of the final-layer CAMs."""
+        return n <= self.aux_seg_until
 
     def class_thresholds(self, n: int, device=None) -> torch.Tensor:
         """Per-class high thresholds ``(K,)`` at iteration ``n`` (cosine descent)."""
@@ -101,18 +119,18 @@ class DuPLConfig:
         return cosine_descent(n - self.descent_start, self.descent_steps, start, target)
 
 
-def voc_config(**overrides) -> DuPLConfig:
-    """The paper's VOC schedule; the threshold descends from ``cam_iters`` to ``max_iters``."""
-    return DuPLConfig(**overrides)
+def paper_config(dataset: str = "voc", **overrides) -> DuPLConfig:
+    """The paper's schedule of ``dataset`` (``voc`` or ``coco``), with ``overrides``. COCO's two
+    boundaries, 8,000 and 12,000 of 80,000 in the paper's run, are ``cam_iters`` and
+    ``round(1.5 cam_iters)``, so a shortened run keeps them in proportion; a boundary given in
+    ``overrides`` is taken as given."""
+    values = {s.name: s.value(dataset) for s in method_settings()}
+    values.update(overrides)
+    return DuPLConfig(**values)
 
 
-def coco_config(**overrides) -> DuPLConfig:
-    """The paper's COCO schedule. Its two boundaries, 8,000 and 12,000 of 80,000 in the paper's
-    run, are ``cam_iters`` and ``round(1.5 cam_iters)``, so a shortened run keeps them in
-    proportion. A boundary given in ``overrides`` is taken as given."""
-    base = dict(num_classes=81, max_iters=80000, cam_iters=8000, gmm_iters=32000, high_thre=0.65,
-                high_targets=(0.55,), bkg_thre=0.45, w_dis=0.05, reg_from_gmm_iter=True)
-    base.update(overrides)
-    late = int(round(base["cam_iters"] * 1.5))
-    derived = dict(descent_start=late, ptc_after=late, aux_seg_until=late, dis_after=base["cam_iters"])
-    return DuPLConfig(**{**derived, **base})
+def idle_parts(active: Sequence[str]) -> Tuple[str, ...]:
+    """The parts of a student that no term of ``active`` (the names of the terms in the loss)
+    trains: they take no part in the loss, and the optimiser must skip them."""
+    trained = {p for t in LOSS_TERMS if t.name in active for p in t.trains}
+    return tuple(p for p in STUDENT_PARTS if p not in trained)

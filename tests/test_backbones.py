@@ -33,7 +33,7 @@ from model.cam import multiscale_cam
 from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet, load_network
 from model.par import PAR
-from model.schedule import voc_config
+from model.schedule import paper_config
 from engine import train_args, train_engine
 from utils.checkpoint import read_checkpoint
 from utils.distributed import DistInfo
@@ -152,7 +152,7 @@ def par():
 @pytest.mark.parametrize("name", NAMES)
 def test_one_step_of_each_phase_trains_every_encoder_parameter(name, par, one_torch_thread):
     net = _net(name).train()
-    cfg = voc_config(max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
+    cfg = paper_config("voc", max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
     images, labels, boxes = _batch(64)    # 64 = 4 patches of 16, or 4 of 14 and 8 pixels left over
     for n, phase in ((0, "A"), (3, "B"), (5, "C")):
         assert cfg.phase(n) == phase
@@ -170,7 +170,7 @@ def test_one_step_of_each_phase_trains_every_encoder_parameter(name, par, one_to
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "vit_small_patch14_reg4_dinov2", "eva02_tiny_patch14_224"])
 def test_grad_checkpointing_gives_the_same_loss_and_gradients(name, par, one_torch_thread):
-    cfg = voc_config(max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
+    cfg = paper_config("voc", max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
     images, labels, boxes = _batch(48, seed=1)
     results = []
     for ckpt in (False, True):
@@ -190,7 +190,7 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(name, par, one_tor
 @pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_small_patch16_dinov3", "eva02_tiny_patch14_224"])
 def test_bf16_autocast_runs_a_phase_c_step(name, par, one_torch_thread):
     net = _net(name)
-    cfg = voc_config(max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
+    cfg = paper_config("voc", max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
     images, labels, boxes = _batch(48)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par,
@@ -478,7 +478,7 @@ def test_par_and_the_strong_view_get_the_8bit_image_whatever_the_family(name, pa
     monkeypatch.setattr(dupl, "refine_cams_with_par", par_spy)
     monkeypatch.setattr(dupl, "strong_augment", strong_spy)
     _, labels, boxes = _batch(48)
-    cfg = voc_config(max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
+    cfg = paper_config("voc", max_iters=30, cam_iters=2, gmm_iters=4, descent_start=2, descent_steps=28)
     dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par, torch.Generator().manual_seed(0))
     exact = torch.from_numpy(img).permute(0, 3, 1, 2).float() / torch.full((1, 1, 1, 1), 255.0)
     assert seen["stats"] == net.input_stats and torch.equal(seen["strong"], seen["par"])

@@ -11,7 +11,7 @@ import model.dupl as dupl
 from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet
 from model.par import PAR
-from model.schedule import coco_config, voc_config
+from model.schedule import paper_config
 from engine.train_step import TrainingStep, training_visuals
 
 
@@ -55,7 +55,7 @@ def test_fast_cam_paths_give_the_full_computation_losses(monkeypatch, config, n)
     classes = 21 if config == "voc" else 81
     net = DualStudentNet("deit_tiny_patch16_224", classes, aux_layer=-3 if config == "voc" else 9)
     sched = dict(max_iters=60, cam_iters=20, gmm_iters=40, descent_start=20, descent_steps=40)
-    cfg = voc_config(**sched) if config == "voc" else coco_config(**sched, ptc_after=30, dis_after=20,
+    cfg = paper_config("voc", **sched) if config == "voc" else paper_config("coco", **sched, ptc_after=30, dis_after=20,
                                                                   aux_seg_until=30)
     fast = _step(net, cfg, n)
     full = _step(net, cfg, n, monkeypatch, full=True)
@@ -67,7 +67,7 @@ def test_fast_cam_paths_give_the_full_computation_losses(monkeypatch, config, n)
 def test_visuals_hold_both_cams_and_labels_equal_to_the_full_computation(monkeypatch):
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40, descent_start=20, descent_steps=40)
+    cfg = paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40, descent_start=20, descent_steps=40)
     _, (fast_cams, fast_labels) = _step(net, cfg, 25, visuals=True)
     _, (full_cams, full_labels) = _step(net, cfg, 25, monkeypatch, full=True, visuals=True)
     assert len(fast_cams) == 4 and all(c is not None for c in fast_cams)
@@ -81,13 +81,13 @@ def test_visuals_hold_both_cams_and_labels_equal_to_the_full_computation(monkeyp
 def test_visuals_add_what_the_step_left_out_as_a_step_that_needs_it_computes_it(n):
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40)
+    cfg = paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40)
     assert cfg.weights(n)["seg"] == 0          # phase A, and the boundary n == cam_iters
     out, (cams, labels) = _step(net, cfg, n, visuals=True)
     # the step itself computed the aux CAMs only (for the patch-token contrast) and no labels
     assert out.pseudo_labels is None and all(cam is None for cam, _ in out.cams)
     # the same weights and thresholds with the segmentation loss on: the step's own CAMs and labels
-    seg_on = voc_config(max_iters=60, cam_iters=19, gmm_iters=40, descent_start=20, descent_steps=40)
+    seg_on = paper_config("voc", max_iters=60, cam_iters=19, gmm_iters=40, descent_start=20, descent_steps=40)
     ref = _step(net, seg_on, 20)
     assert len(cams) == 4
     for a, b in zip(cams, [c for pair in ref.cams for c in pair]):
@@ -112,7 +112,7 @@ def _last_block_calls(net, cfg, n):
 def test_phase_a_cams_stop_at_the_aux_block_and_reuse_the_forward():
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40, descent_start=20, descent_steps=40)
+    cfg = paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40, descent_start=20, descent_steps=40)
     # phase A: the last block runs in the training forward only (2 images per student)
     assert _last_block_calls(net, cfg, 5) == [2, 2]
     # phase B, per student: training forward, the mirror at scale 1.0, image + mirror at 0.5 and 1.5
@@ -133,7 +133,7 @@ def test_the_engine_step_keeps_idle_decoders_in_the_graph_with_zero_gradients():
     # TrainingStep keeps them in the graph (DDP needs every parameter), with the same loss
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40)
+    cfg = paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40)
     batch = Batch(*_batch(), max_present=2)
     out = TrainingStep(net, cfg)(batch, 5, PAR(), torch.Generator().manual_seed(3))
     assert torch.equal(out.loss, _step(net, cfg, 5).loss)
@@ -146,7 +146,7 @@ def test_the_engine_step_keeps_idle_decoders_in_the_graph_with_zero_gradients():
 def test_each_stage_is_a_profiler_range():
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    cfg = voc_config(max_iters=60, cam_iters=20, gmm_iters=40)
+    cfg = paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         _step(net, cfg, 45)          # phase C: every stage
     names = {e.name for e in prof.events() if e.name.startswith("dupl/")}

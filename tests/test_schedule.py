@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.schedule import DuPLConfig, coco_config, voc_config
+from model.schedule import DuPLConfig, paper_config
 from model.thresholds import cosine_descent, image_thresholds
 from engine.optim import PolyWarmupAdamW, poly_warmup_lr
 from engine.train_args import config_from_args, get_args_parser
@@ -132,40 +132,40 @@ def _boundaries(cfg):
 
 
 def test_paper_boundaries_come_from_cam_iters_and_max_iters():
-    assert _boundaries(coco_config()) == dict(dis_after=8000, ptc_after=12000, aux_seg_until=12000,
+    assert _boundaries(paper_config("coco")) == dict(dis_after=8000, ptc_after=12000, aux_seg_until=12000,
                                               descent_start=12000, descent_steps=68000)
-    assert _boundaries(voc_config()) == dict(dis_after=-1, ptc_after=-1, aux_seg_until=-1,
+    assert _boundaries(paper_config("voc")) == dict(dis_after=-1, ptc_after=-1, aux_seg_until=-1,
                                              descent_start=2000, descent_steps=18000)
-    assert voc_config() == DuPLConfig()
+    assert paper_config("voc") == DuPLConfig()
 
 
 def test_a_shortened_coco_schedule_keeps_the_paper_proportions():
-    cfg = coco_config(max_iters=400, cam_iters=40, gmm_iters=160)
+    cfg = paper_config("coco", max_iters=400, cam_iters=40, gmm_iters=160)
     assert _boundaries(cfg) == dict(dis_after=40, ptc_after=60, aux_seg_until=60, descent_start=60,
                                     descent_steps=340)
     # round half to even, as the engine has always rounded 1.5 * cam_iters: 7.5 -> 8, 4.5 -> 4
-    assert coco_config(max_iters=20, cam_iters=5, gmm_iters=10).ptc_after == 8
-    assert coco_config(max_iters=20, cam_iters=3, gmm_iters=10).aux_seg_until == 4
+    assert paper_config("coco", max_iters=20, cam_iters=5, gmm_iters=10).ptc_after == 8
+    assert paper_config("coco", max_iters=20, cam_iters=3, gmm_iters=10).aux_seg_until == 4
     for cam_iters in range(0, 60):
         for max_iters in (cam_iters * 2, cam_iters * 10 + 7):
             late = int(round(cam_iters * 1.5))
-            got = coco_config(max_iters=max_iters, cam_iters=cam_iters, gmm_iters=cam_iters)
+            got = paper_config("coco", max_iters=max_iters, cam_iters=cam_iters, gmm_iters=cam_iters)
             assert _boundaries(got) == dict(dis_after=cam_iters, ptc_after=late, aux_seg_until=late,
                                             descent_start=late, descent_steps=max_iters - late)
-            voc = voc_config(max_iters=max_iters, cam_iters=cam_iters, gmm_iters=cam_iters)
+            voc = paper_config("voc", max_iters=max_iters, cam_iters=cam_iters, gmm_iters=cam_iters)
             assert (voc.descent_start, voc.descent_steps) == (cam_iters, max_iters - cam_iters)
 
 
 def test_the_flags_give_the_derived_schedule():
     flags = ["--max_iters", "400", "--cam_iters", "40", "--gmm_iters", "160"]
     assert config_from_args(get_args_parser("coco").parse_args(flags), "coco") == \
-        coco_config(max_iters=400, cam_iters=40, gmm_iters=160)
+        paper_config("coco", max_iters=400, cam_iters=40, gmm_iters=160)
     assert config_from_args(get_args_parser("voc").parse_args(flags), "voc") == \
-        voc_config(max_iters=400, cam_iters=40, gmm_iters=160)
+        paper_config("voc", max_iters=400, cam_iters=40, gmm_iters=160)
 
 
 def test_phases_and_weights_are_off_by_one_at_the_boundaries_as_in_the_original():
-    voc = voc_config(max_iters=24, cam_iters=6, gmm_iters=12)
+    voc = paper_config("voc", max_iters=24, cam_iters=6, gmm_iters=12)
     # n == cam_iters: phase B already (n < cam_iters is false), the segmentation weight still 0
     assert [voc.phase(n) for n in (5, 6, 7)] == ["A", "B", "B"]
     assert [voc.weights(n)["seg"] for n in (5, 6, 7)] == [0, 0, 0.2]
@@ -174,7 +174,7 @@ def test_phases_and_weights_are_off_by_one_at_the_boundaries_as_in_the_original(
     assert [voc.weights(n)["reg"] for n in (11, 12, 13)] == [0, 0, 0.05]
     assert voc.weights(0)["ptc"] == 0.2 and voc.weights(0)["dis"] == 0.1
     # COCO: late = round(1.5 * 4) = 6
-    coco = coco_config(max_iters=40, cam_iters=4, gmm_iters=16)
+    coco = paper_config("coco", max_iters=40, cam_iters=4, gmm_iters=16)
     assert [coco.phase(n) for n in (3, 4, 5)] == ["A", "B", "B"]
     assert [coco.weights(n)["seg"] for n in (3, 4, 5)] == [0, 0, 0.2]
     assert [coco.weights(n)["dis"] for n in (4, 5)] == [0, 0.05]

@@ -12,7 +12,7 @@ import train_final_voc
 from utils import checkpoint
 from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
-from model.schedule import coco_config, voc_config
+from model.schedule import paper_config
 from engine import train_args, train_step
 from engine.validation import validate
 
@@ -56,12 +56,12 @@ def test_coco_script_runs_all_phases_with_its_own_defaults(coco_copy, tmp_path):
 
 
 def test_phase_weights_follow_the_paper():
-    voc = voc_config()
+    voc = paper_config("voc")
     assert voc.weights(2000)["seg"] == 0 and voc.weights(2001)["seg"] == 0.2
     assert voc.weights(8000)["reg"] == 0 and voc.weights(8001)["reg"] == 0.05
     assert voc.phase(1999) == "A" and voc.phase(2000) == "B" and voc.phase(8000) == "C"
     assert voc.weights(0)["ptc"] == 0.2 and voc.weights(0)["dis"] == 0.1
-    coco = coco_config()
+    coco = paper_config("coco")
     w = coco.weights(8000)
     assert w["seg"] == w["dis"] == w["ptc"] == 0
     w = coco.weights(8001)

@@ -24,7 +24,7 @@ import infer
 import train_final_voc
 from datasets.prepare import read_list
 from model.network import DualStudentNet
-from model.schedule import voc_config
+from model.schedule import paper_config
 from engine.run_state import checkpoint_payload
 from engine.optim import PolyWarmupAdamW
 
@@ -80,7 +80,7 @@ def _download(tmp_path, junk: bool = False):
     opt = PolyWarmupAdamW(net.param_groups(1e-4), lr=1e-4, max_iters=4)
     args = argparse.Namespace(backbone="deit_tiny_patch16_224", backbone_args=TINY, num_classes=21,
                               aux_layer=net.aux_layer, seed=0)
-    torch.save(checkpoint_payload(net, opt, 1, args, voc_config(max_iters=4, cam_iters=1, gmm_iters=2), 0.0), path)
+    torch.save(checkpoint_payload(net, opt, 1, args, paper_config("voc", max_iters=4, cam_iters=1, gmm_iters=2), 0.0), path)
     return folder
 
 

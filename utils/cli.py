@@ -9,6 +9,7 @@
 * ``--help`` prints each default once (:class:`utils.help_format.DefaultsHelpFormatter`).
 """
 import argparse
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from utils.errors import UserError
@@ -86,6 +87,31 @@ def check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = F
                 hi_open: bool = False) -> None:
     ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     check(ok, f"{name} {value:g} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric flag may take: above ``lo`` (strictly with ``lo_open``) and, with
+    ``hi``, below it (strictly with ``hi_open``). :meth:`check` raises the flag's one-line error."""
+    lo: float
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def check(self, flag: str, value: float) -> None:
+        if self.hi is not None:
+            check_range(flag, value, self.lo, self.hi, self.lo_open, self.hi_open)
+        elif self.lo_open:
+            check(value > self.lo, f"{flag} must be positive (got {value})" if self.lo == 0 else
+                  f"{flag} must be > {self.lo:g} (got {value})")
+        else:
+            check(value >= self.lo, f"{flag} must be >= {self.lo:g} (got {value})")
+
+
+POSITIVE = Range(0, lo_open=True)
+NON_NEGATIVE = Range(0)
+UNIT = Range(0, 1)                                   # [0, 1]
+OPEN_UNIT = Range(0, 1, lo_open=True, hi_open=True)  # (0, 1)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ from datasets.transforms import TrainAugmentation
 from model.dupl import Batch
 from model.network import DualStudentNet
 from model.par import PAR
-from model.schedule import voc_config
+from model.schedule import paper_config
 from utils.distributed import init_distributed
 from engine.optim import PolyWarmupAdamW
 from engine.train_step import TrainingStep, release_idle_gradients
@@ -30,7 +30,7 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     dist.barrier()
     torch.manual_seed(0)
     net = DualStudentNet("deit_tiny_patch16_224", 21)
-    cfg = voc_config(cam_iters=1, gmm_iters=2, max_iters=10)
+    cfg = paper_config("voc", cam_iters=1, gmm_iters=2, max_iters=10)
     model = DistributedDataParallel(TrainingStep(net, cfg))
     initial_decoders = [p.detach().clone() for s in net.students for p in s.decoder.parameters()]
     opt = PolyWarmupAdamW(net.param_groups(1e-3), lr=1e-3, max_iters=10, warmup_iters=1)
