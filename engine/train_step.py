@@ -68,5 +68,5 @@ def training_visuals(net: DualStudentNet, batch: Batch, out: StepOutput, n: int,
         cams = student_cams(net, batch.images, out.outputs, cfg, final=True)
     labels = out.pseudo_labels
     if labels is None and cfg.phase(n) != "A":
-        labels = seg_pseudo_labels(net, batch, cams, out.high, n <= cfg.aux_seg_until, cfg, par)
+        labels = seg_pseudo_labels(net, batch, cams, out.high, cfg.seg_labels_from_aux(n), cfg, par)
     return [c for pair in cams for c in pair], labels

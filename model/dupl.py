@@ -165,7 +165,7 @@ def dupl_step(net: DualStudentNet, batch: Batch, n: int, cfg: DuPLConfig, par: P
     w = cfg.weights(n)
     images, cls_label = batch.images, batch.cls_label
     use_seg, use_ptc, use_reg = w["seg"] > 0, w["ptc"] > 0, w["reg"] > 0
-    use_aux = n <= cfg.aux_seg_until
+    use_aux = cfg.seg_labels_from_aux(n)
     outs, aug_segs = training_forward(net, images, cfg, use_reg, aug_generator)
 
     cams = None
