@@ -19,7 +19,7 @@ from PIL import Image
 
 from datasets.classes import VOC_CLASSES, voc_server_palette
 from datasets.layout import voc_layout
-from datasets.prepare import read_list
+from datasets.lists import read_list
 from utils.safe_io import make_output_dir, output_path, write_atomically
 from datasets.readers import image_size, open_image
 from utils.cli import ArgumentParser

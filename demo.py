@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from datasets import synthetic
 from datasets.layout import coco_layout, voc_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
 from utils.cli import ArgumentParser
@@ -32,7 +32,8 @@ from utils.precision import add_amp_flag
 from utils.safe_io import open_for_append, write_atomically
 from engine.inference import load_model
 from utils.metric import ConfusionMatrix, format_table
-from engine.train_args import CHECKPOINT
+from engine.train_args import CHECKPOINT, get_args_parser as train_args_parser
+from engine.train_engine import main as train_main
 from engine.validation import result_table
 
 
@@ -106,10 +107,9 @@ def main(argv=None) -> None:
     print(f"all-background mIoU {baseline:.2f}  ({time.time() - start:.1f} s)")
     if not args.train:
         return
-    import train_final_voc
-    result = train_final_voc.run(demo_train_args(voc.image_root, args.work_dir, args.crop_size,
-                                                 args.max_iters, args.lr, args.backbone,
-                                                 args.backbone_args, args.amp))
+    flags = demo_train_args(voc.image_root, args.work_dir, args.crop_size, args.max_iters, args.lr,
+                            args.backbone, args.backbone_args, args.amp)
+    result = train_main(train_args_parser("voc").parse_args(flags), "voc")
     miou = {k: 100 * v["miou"] for k, v in result["scores"].items()}
     print("per-class IoU on synthetic val (%):")
     print(result_table(result, voc.display_names))

@@ -17,96 +17,23 @@ Files without an image extension are skipped with a note.
 """
 import argparse
 import functools
-import os
 import sys
 import time
-from typing import List, Sequence, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
 from datasets.readers import MAX_IMAGE_PIXELS, read_image
-from engine.crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
+from engine.crf import add_crf_backend_flags, check_crf_flags, crf_driver, resolve_crf_backend
 from utils.cli import ArgumentParser, add_numbers, check_scales
 from utils.errors import UserError, exit_on_user_error
-from utils.precision import add_amp_flag, autocast, resolve_amp
-from utils.safe_io import make_output_dir, output_path, save_image
-from engine.evaluation import DEFAULT_MODEL, add_model_flags
+from utils.precision import add_amp_flag, resolve_amp
+from utils.safe_io import output_path, save_image
 from engine.run_state import resolve_model_flags
-from engine.inference import BRANCHES, VOC_EVAL_SCALES, load_model, select_branch, to_size, voc_msc_logits
+from engine.inference import BRANCHES, DEFAULT_MODEL, VOC_EVAL_SCALES, load_model, segment_logits
+from engine.script_common import (add_model_flags, add_model_path_flag, class_names, collect_inputs, output_folder,
+                                  output_names, pick_device)
 from engine.visualize import blend, label_image
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-# Images whose shorter side is below this are enlarged for the network (a ViT needs at least one
-# 16-pixel patch per side at every scale); the prediction is resized back to the image size.
-MIN_SIDE = 32
-
-
-def class_names(num_classes: int) -> Tuple[str, ...]:
-    """Printable class names: VOC's for 21 classes, COCO's for 81, else ``class <i>``."""
-    if num_classes == len(VOC_DISPLAY_NAMES):
-        return VOC_DISPLAY_NAMES
-    if num_classes == len(COCO_CLASSES):
-        return COCO_CLASSES
-    return tuple(["background"] + [f"class {i}" for i in range(1, num_classes)])
-
-
-def pick_device(cpu: bool) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-
-
-@torch.no_grad()
-def segment_logits(net, rgb: np.ndarray, device: torch.device, branch: str = "ensemble",
-                   scales: Sequence[float] = VOC_EVAL_SCALES, amp: bool = False) -> torch.Tensor:
-    """Logits ``(1, C, H, W)`` (float32) of the chosen branch for a uint8 RGB image ``(H, W, 3)``,
-    VOC multi-scale + flip rule at the image's own size, normalised with the network's statistics."""
-    h, w = rgb.shape[:2]
-    x = net.input_stats.normalize(rgb)[None].to(device)
-    if min(h, w) < MIN_SIDE:
-        f = MIN_SIDE / min(h, w)
-        x = F.interpolate(x, size=(max(MIN_SIDE, round(h * f)), max(MIN_SIDE, round(w * f))),
-                          mode="bilinear", align_corners=False)
-    with autocast(device, amp):
-        logits = voc_msc_logits(net, x, scales)
-    return to_size(select_branch([l.float() for l in logits], branch), (h, w))
-
-
-def collect_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Image files named by ``inputs`` (files, or folders whose files are taken in name order,
-    not recursively) and the skipped non-image files."""
-    images, skipped = [], []
-    for item in inputs:
-        if os.path.isdir(item):
-            files = [os.path.join(item, n) for n in sorted(os.listdir(item))]
-            files = [f for f in files if os.path.isfile(f)]
-        elif os.path.isfile(item):
-            files = [item]
-        else:
-            raise UserError(f"--input {item} does not exist")
-        for f in files:
-            (images if f.lower().endswith(IMAGE_EXTENSIONS) else skipped).append(f)
-    return images, skipped
-
-
-def output_names(paths: Sequence[str]) -> List[str]:
-    """Output stem of each image: its file name without extension, with the extension appended
-    (``a_png``) when two inputs share a stem, and a counter when that still collides."""
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    names, used = [], set()
-    for p, stem in zip(paths, stems):
-        name = stem
-        if stems.count(stem) > 1:
-            name = f"{stem}_{os.path.splitext(p)[1].lstrip('.').lower()}"
-        base, n = name, 2
-        while name in used:
-            name, n = f"{base}_{n}", n + 1
-        used.add(name)
-        names.append(name)
-    return names
-
 
 def read_input_image(path: str) -> np.ndarray:
     """The RGB image of an input file (JPEG or PNG only; anything else is a one-line error), up to
@@ -116,7 +43,7 @@ def read_input_image(path: str) -> np.ndarray:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Segment JPEG/PNG images with a DuPL checkpoint.")
-    p.add_argument("--model_path", required=True, help="checkpoint (this project's or the original's)")
+    add_model_path_flag(p, required=True)
     p.add_argument("--input", nargs="+", required=True,
                    help="image files and/or folders of images (not searched recursively)")
     p.add_argument("--out", "--work_dir", dest="out", required=True, help="output folder (created)")
@@ -150,12 +77,12 @@ def main(argv=None) -> None:
     net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
     del ckpt
     names = class_names(args.num_classes)
-    make_output_dir(args.out, "--out", allow_link=True)
+    output_folder(args.out, "--out")
 
     start = time.time()
     found = np.zeros(args.num_classes, dtype=np.int64)
     corrupt = []
-    crf = CRFQueue(backend, device, crf_batch_size(args, device), args.crf_class_chunk or None)
+    crf = crf_driver(args, backend, device)
 
     def write(path: str, name: str, rgb: np.ndarray, pred: np.ndarray) -> None:
         color = label_image(pred, palette=True)
@@ -177,10 +104,10 @@ def main(argv=None) -> None:
             continue
         logits = segment_logits(net, rgb, device, args.branch, args.scales, args.amp)
         if args.crf:
-            crf.add(rgb, logits[0].softmax(0), functools.partial(write, path, name, rgb))
+            crf.submit((rgb, logits[0].softmax(0), functools.partial(write, path, name, rgb)))
         else:
             write(path, name, rgb, logits[0].argmax(0).byte().cpu().numpy())
-    crf.flush()
+    crf.close()
     if len(corrupt) == len(images):
         raise UserError(f"none of the images of --input could be read (e.g. {corrupt[0]})")
     elapsed = time.time() - start

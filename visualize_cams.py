@@ -29,21 +29,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.classes import COCO_CLASSES, VOC_CLASSES, VOC_DISPLAY_NAMES
-from datasets.layout import dataset_layout
-from datasets.prepare import ensure_lists, load_labels, read_list
+from datasets.lists import ensure_lists, load_labels, read_list
 from datasets.readers import read_image
 from datasets.segmentation import EvalDataset
-from utils.safe_io import make_output_dir, output_path, save_image
-from infer import class_names, collect_inputs, output_names, pick_device, segment_logits
+from utils.safe_io import output_path, save_image
 from model.backbone import input_stats
 from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
-from engine.evaluation import DEFAULT_MODEL
 from engine.run_state import resolve_model_flags
-from engine.inference import BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model, select_branch
+from engine.inference import (BRANCHES, COCO_EVAL_SCALES, DEFAULT_MODEL, VOC_EVAL_SCALES, coco_msc_logits, load_model,
+                              segment_logits, select_branch)
+from engine.script_common import (add_model_path_flag, check_model_path, class_names, collect_inputs,
+                                  layout_from_flags, output_folder, output_names, pick_device)
 from engine.visualize import caption, cam_overlay, colorize_label, tile_grid, to_uint8
 
 LOW_THRE = 0.25
@@ -76,8 +76,7 @@ def parse_labels(text: str, num_classes: int) -> torch.Tensor:
 
 def split_items(args) -> Tuple[str, Iterator[Item], int]:
     """The dataset name, the first ``--num_images`` items of the split and their count."""
-    layout = dataset_layout(args.dataset, args.data_folder, args.img_folder, args.label_folder,
-                            args.num_classes)
+    layout = layout_from_flags(args, args.dataset)
     list_folder = ensure_lists(layout, args.list_folder, [args.split])
     ids = read_list(os.path.join(list_folder, args.split + ".txt"))
     with_masks = all(layout.mask_path(args.split, i) is not None for i in ids)
@@ -180,7 +179,7 @@ def draw(net, par, item: Item, dataset: str, args, device,
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Draw CAMs, PAR pseudo labels and predictions of a "
                                             "DuPL checkpoint.")
-    p.add_argument("--model_path", required=True, help="checkpoint (this project's or the original's)")
+    add_model_path_flag(p, required=True)
     p.add_argument("--out", "--work_dir", dest="out", required=True, help="output folder for the PNG grids (created)")
     src = p.add_argument_group("images: a dataset split, or --images")
     src.add_argument("--dataset", default="voc", choices=("voc", "coco"),
@@ -217,8 +216,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
-    if not os.path.isfile(args.model_path):
-        raise UserError(f"--model_path {args.model_path} does not exist")
+    check_model_path(args.model_path, "the checkpoint whose CAMs to draw")
     ckpt = resolve_model_flags(args, DEFAULT_MODEL[args.dataset])
     if args.size < 32:
         raise UserError(f"--size {args.size} is too small; use at least 32 (448 in training)")
@@ -238,7 +236,7 @@ def main(argv=None) -> None:
     del ckpt
     names = class_names(args.num_classes)
     par = PAR().to(device)
-    make_output_dir(args.out, "--out", allow_link=True)
+    output_folder(args.out, "--out")
 
     start = time.time()
     for n, item in enumerate(items, 1):

@@ -38,7 +38,7 @@ import eval_cam_coco  # noqa: E402
 import eval_cam_voc  # noqa: E402
 from benchmarks.common import dataset_folder, random_checkpoint, sync, write_result  # noqa: E402
 from datasets.layout import coco_layout, voc_layout  # noqa: E402
-from datasets.prepare import ensure_lists, labels_path  # noqa: E402
+from datasets.lists import ensure_lists, labels_path  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from model.cam import CAM_SCALES, multiscale_cam  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402

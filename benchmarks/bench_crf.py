@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets import synthetic  # noqa: E402
-from engine.crf import dense_crf, pydensecrf_available, run_crf  # noqa: E402
+from engine.crf import PydenseCRFDriver, dense_crf, pydensecrf_available  # noqa: E402
 from engine.crf_torch import dense_crf_batch  # noqa: E402
 
 from benchmarks.common import network_like_probs, sync, write_result  # noqa: E402
@@ -58,8 +58,9 @@ def scenes(kind: str, n: int, size=None, seed: int = 0):
     return out
 
 
-def _pydensecrf_job(pair):
-    return dense_crf(*pair)
+def _labels(pair, labels: np.ndarray) -> np.ndarray:
+    """What the pydensecrf workers hand back for a pair: its labels."""
+    return labels
 
 
 def rss_mib() -> float:
@@ -77,7 +78,10 @@ def bench_size(kind: str, n: int, batches, devices, workers: int, size=None) -> 
         ref = [dense_crf(*p) for p in pairs]
         one = len(pairs) / (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        multi = run_crf(pairs, _pydensecrf_job, workers, desc=f"pydensecrf x{workers}")
+        crf = PydenseCRFDriver(workers, finish=_labels)
+        for pair in pairs:
+            crf.submit(pair)
+        multi = crf.close()
         many = len(pairs) / (time.perf_counter() - t0)
         assert all(np.array_equal(a, b) for a, b in zip(ref, multi))
         res["pydensecrf"] = {"images_per_s_one_core": one, "images_per_s_all_cores": many, "workers": workers}

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from benchmarks.common import voc_folder  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
-from datasets.prepare import ensure_lists  # noqa: E402
+from datasets.lists import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
 

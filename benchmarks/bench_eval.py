@@ -8,7 +8,7 @@ images at their own size and the ensemble's probabilities on the host, after one
 Logits: the time to save them and the bytes of the file this project writes per image
 (:func:`engine.inference.save_logits`) against both students' full-resolution float32 logits. CRF:
 the straightforward per-image loop in one process (load the logits, CRF, write the index and colour
-PNGs) against :func:`engine.crf.run_crf` with each worker count doing the same jobs; the predictions
+PNGs) against :class:`engine.crf.PydenseCRFDriver` with each worker count doing the same jobs; the predictions
 must be identical. It also checks that CRF from the saved file equals CRF from the in-memory
 probabilities the evaluation refines.
 """
@@ -28,12 +28,12 @@ from benchmarks.common import sync, voc_folder, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
-from datasets.prepare import ensure_lists  # noqa: E402
+from datasets.lists import ensure_lists  # noqa: E402
 from datasets.segmentation import EvalDataset  # noqa: E402
 from datasets.readers import read_image  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
-from engine.crf import dense_crf, probs_from_logits, run_crf  # noqa: E402
-from engine.evaluation import crf_job, save_png  # noqa: E402
+from engine.crf import PydenseCRFDriver, dense_crf, probs_from_logits  # noqa: E402
+from engine.evaluation import crf_inputs, crf_outputs, save_png  # noqa: E402
 from engine.inference import (VOC_EVAL_SCALES, load_logits, load_model, merge_voc,  # noqa: E402
                              save_logits, select_branch, voc_raw_logits)
 
@@ -131,7 +131,10 @@ def main() -> None:
     crf_rates = {}
     for workers in args.crf_workers:
         t = time.perf_counter()
-        run_crf(jobs, crf_job, workers)
+        crf = PydenseCRFDriver(workers, crf_inputs, crf_outputs)
+        for job in jobs:
+            crf.submit(job)
+        crf.close()
         rate = len(jobs) / (time.perf_counter() - t)
         same = all(np.array_equal(np.array(Image.open(os.path.join(work, "crf", j[0] + ".png"))), r)
                    for j, r in zip(jobs, reference))

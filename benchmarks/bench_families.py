@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from benchmarks.common import sync, voc_folder, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
-from datasets.prepare import ensure_lists  # noqa: E402
+from datasets.lists import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
 from model.backbone import input_stats  # noqa: E402
@@ -89,7 +89,7 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
         losses.append(float(out.loss))
-    enc = net.branch1.encoder
+    enc = net.branch1.backbone
     result = {"backbone": backbone, "family": enc.family, "amp": amp, "grad_checkpointing": ckpt,
               "patch": enc.patch_size, "width": enc.width, "depth": enc.depth, "encoder_params_m": params / 1e6,
               "s_per_step": statistics.median(times), "step_times_s": times, "first_loss": losses[0],

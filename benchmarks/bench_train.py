@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from benchmarks.common import sync, voc_folder, write_result  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from datasets.layout import voc_layout  # noqa: E402
-from datasets.prepare import ensure_lists  # noqa: E402
+from datasets.lists import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
 from model.dupl import Batch  # noqa: E402

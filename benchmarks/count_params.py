@@ -2,7 +2,7 @@
 
     python benchmarks/count_params.py [--backbones NAME ...] [--json benchmarks/results/DATE_encoder_params.json]
 
-For every backbone, builds one student's :class:`model.backbone.Encoder` the way training does
+For every backbone, builds one student's :class:`model.backbone.Backbone` the way training does
 (timm's architecture, random weights, no download; on the meta device, so no memory is filled)
 and counts its parameters: all of them (what a checkpoint holds, the unused heads included) and
 the trainable ones (without the frozen position embedding and heads). It also records the input
@@ -20,7 +20,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
-from model.backbone import EXAMPLES, Encoder, input_stats  # noqa: E402
+from model.backbone import EXAMPLES, Backbone, input_stats  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
 BACKBONES = ("deit_base_patch16_224", "vit_base_patch16_224") + EXAMPLES
@@ -29,11 +29,11 @@ BACKBONES = ("deit_base_patch16_224", "vit_base_patch16_224") + EXAMPLES
 def count(name: str) -> dict:
     """The encoder of ``name``: family, patch, width, depth, parameters, input statistics."""
     with torch.device("meta"):
-        enc = Encoder(name)
+        enc = Backbone(name)
     stats = input_stats(name)
     return {"backbone": name, "family": enc.family, "patch": enc.patch_size, "width": enc.width,
-            "depth": enc.depth, "params": sum(p.numel() for p in enc.parameters()),
-            "trainable_params": sum(p.numel() for p in enc.parameters() if p.requires_grad),
+            "depth": enc.depth, "params": sum(p.numel() for p in enc.timm.parameters()),
+            "trainable_params": sum(p.numel() for p in enc.timm.parameters() if p.requires_grad),
             "input_mean": list(stats.mean), "input_std": list(stats.std)}
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from utils.errors import UserError
 
 from .layout import DatasetLayout
-from .prepare import labels_path, load_labels, read_list
+from .lists import labels_path, load_labels, read_list
 from .readers import read_image, read_mask
 from utils.input_stats import PAPER_STATS, InputStats
 

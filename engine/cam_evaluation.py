@@ -36,13 +36,12 @@ from model.cam import CAM_SCALES, multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 
-from .crf import CRFQueue, add_crf_backend_flags, check_crf_flags, crf_batch_size, resolve_crf_backend
+from .crf import add_crf_backend_flags, check_crf_flags, crf_driver, resolve_crf_backend
 from utils.distributed import barrier, cleanup, init_distributed
 from utils.cli import ArgumentParser, add_launcher_flags, add_numbers
-from .evaluation import (DEFAULT_MODEL, add_data_and_model_flags, check_class_count, eval_logger, eval_split,
-                         output_folder)
-from .run_state import resolve_model_flags
 from .inference import load_model
+from .script_common import (add_data_and_model_flags, check_model_path, output_folder, resolve_dataset_model,
+                            script_logger, split_lists)
 from utils.metric import ConfusionMatrix, ThresholdSweep, format_table
 from utils.precision import add_amp_flag, autocast, resolve_amp
 from utils.results import write_results
@@ -93,10 +92,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-    if not args.model_path:
-        raise UserError("--model_path is required: the checkpoint whose CAMs to evaluate")
-    if not os.path.isfile(args.model_path):
-        raise UserError(f"--model_path {args.model_path} does not exist")
+    check_model_path(args.model_path, "the checkpoint whose CAMs to evaluate")
     if args.size < 32 or args.size % 16:
         raise UserError(f"--size {args.size} must be a multiple of 16 and at least 32")
     if not args.thresholds or not all(0 < t < 1 for t in args.thresholds):
@@ -134,16 +130,17 @@ def label_columns(args) -> list:
 
 class CamEvaluation:
     """This rank's part of one CAM evaluation: its shard of the split, the network, PAR, the CRF
-    queue and the confusion matrices (one per threshold for the sweep's columns, one for each
+    driver and the confusion matrices (one per threshold for the sweep's columns, one for each
     label column). :meth:`run` scores every image; :meth:`scores` reduces over all ranks;
     :meth:`report` prints and keeps the numbers."""
 
     def __init__(self, args, dataset: str, info, backend: str, log, ckpt):
         self.args, self.dataset, self.info, self.log = args, dataset, info, log
-        self.layout, lists = eval_split(args, dataset, info.is_main, log)
+        self.layout, lists = split_lists(args, dataset, [args.infer_set], info.is_main, log.info)
         self.data = EvalDataset(self.layout, lists, args.infer_set,
                                 stats=input_stats(args.backbone, args.input_mean, args.input_std))
-        self.work = output_folder(args, f"cam_{args.infer_set}", info.is_main)
+        self.work = output_folder(args.work_dir, "--work_dir", info.is_main, args.model_path,
+                                  f"cam_{args.infer_set}")
         self.net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, info.device,
                               source=args.model_path)
         self.step = ckpt.get("step") if isinstance(ckpt, dict) else None
@@ -162,7 +159,7 @@ class CamEvaluation:
         barrier()
         self.at = self.thresholds.index(args.bkg_thre)
         self.threshold = torch.tensor(args.bkg_thre, dtype=torch.float32, device=info.device)
-        self.crf = CRFQueue(backend, info.device, crf_batch_size(args, info.device), args.crf_class_chunk or None)
+        self.crf = crf_driver(args, backend, info.device)
 
     def run(self) -> None:
         """Score every image of this rank's shard, ``--batch_size`` at a time, then refine the CRF
@@ -181,7 +178,7 @@ class CamEvaluation:
                 batch = []
         if batch:
             self.images(batch)
-        self.crf.flush()
+        self.crf.close()
         self.seconds = time.perf_counter() - start
 
     def images(self, batch: list) -> None:
@@ -248,7 +245,7 @@ class CamEvaluation:
         scores = torch.cat([torch.full_like(full[:1], self.args.bkg_thre), full])
         probs = (scores / scores.sum(0, keepdim=True).clamp(min=1e-5)).float()
         classes = torch.cat([torch.zeros(1, dtype=torch.long), present.cpu() + 1])
-        self.crf.add(rgb, probs, functools.partial(self.crf_done, f"CRF_{k}", img_id, classes, gt))
+        self.crf.submit((rgb, probs, functools.partial(self.crf_done, f"CRF_{k}", img_id, classes, gt)))
 
     def crf_done(self, column: str, img_id: str, classes: torch.Tensor, gt: torch.Tensor,
                  refined: np.ndarray) -> None:
@@ -305,12 +302,10 @@ def evaluate_cams(args, dataset: str) -> Dict[str, dict]:
     _check(args)
     if args.bkg_thre not in args.thresholds:
         args.thresholds = tuple(sorted(set(args.thresholds) | {args.bkg_thre}))
-    given_classes = args.num_classes
-    ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
-    check_class_count(args, dataset, given_classes)
+    ckpt = resolve_dataset_model(args, dataset)
     info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
     backend = resolve_crf_backend(args.crf_backend, info.device)
-    log = eval_logger("dupl.cam_eval", info.is_main)
+    log = script_logger("dupl.cam_eval", info.is_main)
     args.amp = resolve_amp(args.amp, info.device, log.warning)
     try:
         run = CamEvaluation(args, dataset, info, backend, log, ckpt)

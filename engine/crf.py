@@ -3,28 +3,31 @@
 Probabilities are the softmax of the logits resized to the image size; the unary is
 ``-log(max(p, 1e-5))``; a Gaussian pairwise term (sxy 1, compat 1) and a bilateral one (sxy 121,
 srgb 5, compat 4) on the original uint8 RGB image; 10 mean-field iterations; argmax of the marginals.
-``run_crf`` spreads independent per-image jobs over worker processes, one CPU thread each.
 
 Two implementations of the same model: ``pydensecrf`` (C++, one core per image) and
 :mod:`engine.crf_torch` (PyTorch, batched, on the GPU or the CPU); ``--crf_backend`` chooses, and
-``auto`` takes the one that is faster where the evaluation runs.
+``auto`` takes the one that is faster where the evaluation runs. Scripts hand their images to one
+interface, :class:`CRFDriver` (submit a job, results in order, close), made by :func:`crf_driver`:
+:class:`PydenseCRFDriver` refines in worker processes, one CPU thread each, while inference goes
+on; :class:`TorchCRFDriver` in batches on the device.
 """
+import abc
+import functools
+import importlib
 import multiprocessing as mp
 import os
 from collections import deque
-from typing import Callable, List, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from utils.errors import UserError
 
 from . import crf_torch
 from .crf_torch import CRF_PARAMS
-
-
 
 CRF_BACKENDS = ("auto", "torch", "pydensecrf")
 
@@ -58,13 +61,15 @@ def crf_batch_size(args, device) -> int:
 
 
 def crf_out_of_memory(device, count: int) -> UserError:
+    """The one-line error, with its advice, when the torch CRF of ``count`` images runs out of memory."""
     return UserError(f"{torch.device(device).type} memory ran out in the dense CRF of {count} "
                      "image(s); lower --crf_batch or set --crf_class_chunk (e.g. 21)")
 
 
 def pydensecrf_available() -> bool:
+    """Whether the pydensecrf module imports (it is left out by ``make install PYDENSECRF=0``)."""
     try:
-        import pydensecrf.densecrf  # noqa: F401
+        importlib.import_module("pydensecrf.densecrf")
     except ImportError:
         return False
     return True
@@ -81,60 +86,6 @@ def resolve_crf_backend(name: str, device: torch.device) -> str:
         raise UserError("--crf_backend pydensecrf: the pydensecrf module is not installed (it was left out "
                         "by make install PYDENSECRF=0, or failed to build); use --crf_backend torch or auto")
     return name
-
-
-def refine_labels(image: np.ndarray, probs, backend: str, device=None) -> np.ndarray:
-    """Dense CRF labels uint8 ``(H, W)`` of one image with the resolved ``backend``: ``probs`` is a
-    ``(C, H, W)`` array or tensor; the torch backend runs on ``device`` (default: ``probs``'s)."""
-    if backend == "torch":
-        return crf_torch.dense_crf_torch(image, torch.as_tensor(probs), device=device)
-    if isinstance(probs, torch.Tensor):
-        probs = probs.detach().float().cpu().numpy()
-    return dense_crf(image, np.asarray(probs, dtype=np.float32))
-
-
-class CRFQueue:
-    """Dense CRF of images handed over one at a time, in the caller's thread.
-
-    ``add(image, probs, done)`` takes a uint8 ``(H, W, 3)`` image and its ``(C, H, W)``
-    probabilities. With the torch backend the image waits until ``batch`` images with the same
-    class count ``C`` are queued, and they are refined together on ``device``, ``class_chunk``
-    classes filtered at once; with pydensecrf it is refined at once. ``done(labels)`` then gets
-    the uint8 ``(H, W)`` labels (in the order of ``add`` among images of one class count);
-    ``flush()`` refines the images still waiting. ``batch`` and ``class_chunk`` change the speed
-    and memory, not the labels (up to float rounding)."""
-
-    def __init__(self, backend: str, device=None, batch: int = 1, class_chunk=None):
-        if batch < 1:
-            raise ValueError("the CRF batch must hold at least one image")
-        self.backend, self.device, self.batch, self.class_chunk = backend, device, int(batch), class_chunk
-        self.waiting = {}
-
-    def add(self, image: np.ndarray, probs, done: Callable[[np.ndarray], None]) -> None:
-        if self.backend != "torch":
-            done(refine_labels(image, probs, self.backend))
-            return
-        queue = self.waiting.setdefault(int(probs.shape[0]), [])
-        queue.append((image, probs, done))
-        if len(queue) >= self.batch:
-            self._refine(int(probs.shape[0]))
-
-    def _refine(self, classes: int) -> None:
-        items = self.waiting.pop(classes, [])
-        if not items:
-            return
-        images, probs, dones = zip(*items)
-        device = self.device if self.device is not None else torch.as_tensor(probs[0]).device
-        try:
-            labels = crf_torch.dense_crf_batch(images, probs, device=device, class_chunk=self.class_chunk)
-        except torch.OutOfMemoryError:
-            raise crf_out_of_memory(device, len(images)) from None
-        for done, label in zip(dones, labels):
-            done(label.numpy())
-
-    def flush(self) -> None:
-        for classes in list(self.waiting):
-            self._refine(classes)
 
 
 def unary_from_probs(probs: np.ndarray, clip: float = CRF_PARAMS["clip"]) -> np.ndarray:
@@ -194,31 +145,58 @@ def _single_thread_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_crf(jobs: Sequence, fn: Callable, workers: int, desc: str = "CRF") -> List:
-    """Apply the picklable top-level ``fn`` to every job, in ``workers`` processes; results in job order.
-
-    ``workers <= 1`` runs in this process. Jobs must be independent and deterministic, so the result
-    does not depend on the worker count.
-    """
-    jobs = list(jobs)
-    workers = min(int(workers), len(jobs))
-    if workers <= 1:
-        return [fn(job) for job in tqdm(jobs, desc=desc, total=len(jobs))]
-    # fork keeps start-up cheap where it is available; spawn elsewhere (fn must be importable)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(method)
-    with ctx.Pool(processes=workers, initializer=_single_thread_worker) as pool:
-        return list(tqdm(pool.imap(fn, jobs, chunksize=1), desc=desc, total=len(jobs)))
+def pydensecrf_job(prepare: Callable, finish: Callable, job):
+    """The pydensecrf CRF of one job, what :class:`PydenseCRFDriver` runs (in a worker process, or
+    in the caller's): ``finish(job, labels)`` of the labels of ``prepare(job)``'s image and
+    probabilities (an array or a tensor, refined as float32 on the CPU)."""
+    image, probs = prepare(job)
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().float().cpu().numpy()
+    return finish(job, dense_crf(image, np.asarray(probs, dtype=np.float32)))
 
 
-class CRFStream:
-    """Dense CRF of images as inference produces them: ``submit(job)`` hands a job to one of
-    ``workers`` processes (at most ``2 * workers`` in flight, so memory stays bounded) while the
-    caller goes on with the next image; ``close()`` waits and returns the results in job order.
-    ``workers <= 1`` runs each job at once in this process. Same results whatever the count."""
+def job_inputs(job) -> Tuple[np.ndarray, object]:
+    """The default ``prepare`` of a driver: a job is ``(image, probs, done)``."""
+    return job[0], job[1]
 
-    def __init__(self, fn: Callable, workers: int):
-        self.fn, self.workers = fn, int(workers)
+
+def job_done(job, labels: np.ndarray):
+    """The default ``finish`` of a driver: ``done(labels)`` of a job ``(image, probs, done)``."""
+    return job[2](labels)
+
+
+class CRFDriver(abc.ABC):
+    """Dense CRF of the images a script hands over one at a time while it goes on with the next.
+
+    ``submit(job)``: ``prepare(job)`` gives the job's uint8 ``(H, W, 3)`` image and its ``(C, H, W)``
+    probabilities; once they are refined, ``finish(job, labels)`` gets the uint8 ``(H, W)`` labels.
+    ``close()`` refines what still waits, ends the driver and returns what ``finish`` returned, in
+    the order of ``submit``. By default a job is ``(image, probs, done)`` and ``done(labels)`` is
+    called (:func:`job_inputs`, :func:`job_done`). :func:`crf_driver` picks the backend's driver."""
+
+    def __init__(self, prepare: Optional[Callable] = None, finish: Optional[Callable] = None):
+        self.prepare = prepare or job_inputs
+        self.finish = finish or job_done
+
+    @abc.abstractmethod
+    def submit(self, job) -> None:
+        """Hand over one job."""
+
+    @abc.abstractmethod
+    def close(self) -> List:
+        """Refine what still waits; the results of ``finish`` in the order of :meth:`submit`."""
+
+
+class PydenseCRFDriver(CRFDriver):
+    """pydensecrf in ``workers`` processes, one CPU thread each (at most ``2 * workers`` jobs in
+    flight, so memory stays bounded): :func:`pydensecrf_job` runs ``prepare`` and ``finish`` there
+    too, so both must be picklable top-level functions. ``workers <= 1`` refines each job at once
+    in the caller's thread. Same labels whatever the count."""
+
+    def __init__(self, workers: int = 1, prepare: Optional[Callable] = None, finish: Optional[Callable] = None):
+        super().__init__(prepare, finish)
+        self.workers = int(workers)
+        self.job = functools.partial(pydensecrf_job, self.prepare, self.finish)
         self.results: List = []
         self.pending = deque()
         self.pool = None
@@ -230,9 +208,9 @@ class CRFStream:
 
     def submit(self, job) -> None:
         if self.pool is None:
-            self.results.append(self.fn(job))
+            self.results.append(self.job(job))
             return
-        self.pending.append(self.pool.apply_async(self.fn, (job,)))
+        self.pending.append(self.pool.apply_async(self.job, (job,)))
         while len(self.pending) > 2 * self.workers:
             self.results.append(self.pending.popleft().get())
 
@@ -243,4 +221,74 @@ class CRFStream:
             self.pool.close()
             self.pool.join()
             self.pool = None
-        return self.results
+        results, self.results = self.results, []
+        return results
+
+
+class TorchCRFDriver(CRFDriver):
+    """The torch CRF (:func:`engine.crf_torch.dense_crf_batch`) on ``device``: a job waits until
+    ``batch`` jobs with the same class count ``C`` are queued, and they are refined together,
+    ``class_chunk`` classes filtered at once; ``finish`` then runs for each (in the order of
+    ``submit`` among jobs of one class count) in the caller's thread, or with ``threads > 0`` in
+    that many background threads, so the device goes on with the next images. ``prepare`` runs in
+    the caller's thread (a tensor already on the device stays there). ``batch`` and
+    ``class_chunk`` change the speed and memory, not the labels (up to float rounding)."""
+
+    def __init__(self, device, batch: int = 1, class_chunk: Optional[int] = None,
+                 prepare: Optional[Callable] = None, finish: Optional[Callable] = None, threads: int = 0):
+        super().__init__(prepare, finish)
+        if batch < 1:
+            raise ValueError("the CRF batch must hold at least one image")
+        self.device, self.batch, self.class_chunk = torch.device(device), int(batch), class_chunk
+        self.waiting = {}        # class count -> [(submit index, job, image, probs)]
+        self.submitted = 0
+        self.results: List = []  # (submit index, result, or its future with threads)
+        self.writer = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
+
+    def submit(self, job) -> None:
+        image, probs = self.prepare(job)
+        classes = int(probs.shape[0])
+        queue = self.waiting.setdefault(classes, [])
+        queue.append((self.submitted, job, image, probs))
+        self.submitted += 1
+        if len(queue) >= self.batch:
+            self._refine(classes)
+
+    def _refine(self, classes: int) -> None:
+        indices, jobs, images, probs = zip(*self.waiting.pop(classes))
+        try:
+            labels = crf_torch.dense_crf_batch(images, probs, device=self.device, class_chunk=self.class_chunk)
+        except torch.OutOfMemoryError:
+            raise crf_out_of_memory(self.device, len(images)) from None
+        if self.writer is None:
+            self.results += [(i, self.finish(job, label.numpy())) for i, job, label in zip(indices, jobs, labels)]
+            return
+        # keep the backlog of background work bounded: the writer runs jobs in order, so waiting for
+        # the one handed over 4 batches ago leaves at most about 4 batches queued
+        if len(self.results) > 4 * self.batch:
+            self.results[-4 * self.batch][1].result()
+        self.results += [(i, self.writer.submit(self.finish, job, label.numpy()))
+                         for i, job, label in zip(indices, jobs, labels)]
+
+    def close(self) -> List:
+        for classes in list(self.waiting):
+            self._refine(classes)
+        done = [r for _, r in sorted(self.results, key=lambda item: item[0])]
+        self.results = []
+        if self.writer is not None:
+            done = [f.result() for f in done]
+            self.writer.shutdown()
+            self.writer = None
+        return done
+
+
+def crf_driver(args, backend: str, device, prepare: Optional[Callable] = None,
+               finish: Optional[Callable] = None, workers: int = 1, threads: int = 0) -> CRFDriver:
+    """The driver of the resolved ``backend`` (:func:`resolve_crf_backend`) for a script's CRF
+    flags: torch on ``device``, :func:`crf_batch_size` images per batch and ``--crf_class_chunk``
+    classes at a time, ``finish`` in ``threads`` background threads (0: the caller's); pydensecrf
+    in ``workers`` processes. See :class:`CRFDriver` for ``prepare`` and ``finish``."""
+    if backend == "torch":
+        return TorchCRFDriver(device, crf_batch_size(args, device), args.crf_class_chunk or None,
+                              prepare, finish, threads)
+    return PydenseCRFDriver(workers, prepare, finish)

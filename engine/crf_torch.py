@@ -22,16 +22,14 @@ direction and slice are sparse CSR matrices built once per lattice, so one filte
 sparse x dense products (cuSPARSE on the GPU, no atomics). Several images go through one lattice
 (the image index is part of every vertex's code, so their points never mix); the classes can be
 filtered in chunks to bound the memory. No host synchronisation happens inside the mean-field
-iterations.
+iterations. :class:`engine.crf.TorchCRFDriver` batches a script's images through
+:func:`dense_crf_batch`.
 """
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
-
-from utils.errors import UserError
 
 # the paper's dense CRF (both backends, :mod:`engine.crf`): Gaussian and bilateral kernels, mean-field
 # iterations, the probability floor of the unary
@@ -288,57 +286,3 @@ def dense_crf_batch(images: Sequence, probs: Sequence, device=None, class_chunk:
         out.append(labels[start:start + n].view(img.shape[0], img.shape[1]))
         start += n
     return out
-
-
-def dense_crf_torch(image, probs, device=None, class_chunk: Optional[int] = None, **params):
-    """One image: the labels as a uint8 numpy array ``(H, W)`` (as :func:`engine.crf.dense_crf`)."""
-    return dense_crf_batch([image], [probs], device, class_chunk, **params)[0].numpy()
-
-
-class TorchCRFStream:
-    """Dense CRF of images as inference produces them, on ``device``, ``batch`` images at a time.
-
-    The same interface as :class:`engine.crf.CRFStream`: ``submit(job)`` queues a job, ``close()``
-    returns the results in job order. ``prepare(job)`` gives the job's uint8 image ``(H, W, 3)``
-    and probabilities ``(C, H, W)`` (a tensor already on the device stays there); once the batch
-    is refined, ``finish(job, labels)`` (writing PNGs, counting) runs in a background thread so
-    the device goes on with the next images."""
-
-    def __init__(self, prepare: Callable, finish: Callable, device, batch: int = 1,
-                 class_chunk: Optional[int] = None):
-        if batch < 1:
-            raise ValueError("the CRF batch must hold at least one image")
-        self.prepare, self.finish = prepare, finish
-        self.device, self.batch, self.class_chunk = torch.device(device), int(batch), class_chunk
-        self.queue: List = []
-        self.futures: List = []
-        self.writer = ThreadPoolExecutor(max_workers=2)
-
-    def submit(self, job) -> None:
-        image, probs = self.prepare(job)
-        self.queue.append((job, image, probs))
-        if len(self.queue) >= self.batch:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.queue:
-            return
-        jobs, images, probs = zip(*self.queue)
-        self.queue = []
-        try:
-            labels = dense_crf_batch(images, probs, device=self.device, class_chunk=self.class_chunk)
-        except torch.OutOfMemoryError:
-            raise UserError(f"{self.device.type} memory ran out in the dense CRF of {len(images)} "
-                            "image(s); lower --crf_batch or set --crf_class_chunk (e.g. 21)") from None
-        # keep the backlog of PNG writes bounded: the writer runs jobs in order, so waiting for the
-        # one submitted 4 batches ago leaves at most about 4 batches queued
-        if len(self.futures) > 4 * self.batch:
-            self.futures[-4 * self.batch].result()
-        for job, label in zip(jobs, labels):
-            self.futures.append(self.writer.submit(self.finish, job, label.numpy()))
-
-    def close(self) -> List:
-        self._flush()
-        results = [f.result() for f in self.futures]
-        self.writer.shutdown()
-        return results

@@ -26,23 +26,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datasets.layout import dataset_layout
-from datasets.prepare import ensure_lists
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
 from model.backbone import input_stats
-from utils.safe_io import fresh_dir, make_output_dir, output_path, save_image
+from utils.safe_io import make_output_dir, output_path, save_image
 
-from .crf import (CRFStream, add_crf_backend_flags, check_crf_flags, crf_batch_size, probs_from_logits,
-                  refine_labels, resolve_crf_backend)
-from .run_state import resolve_model_flags
-from .crf_torch import TorchCRFStream
-from utils.distributed import barrier, cleanup, from_main_rank, init_distributed
+from .crf import (add_crf_backend_flags, check_crf_flags, crf_driver, probs_from_logits, pydensecrf_job,
+                  resolve_crf_backend)
+from utils.distributed import barrier, cleanup, init_distributed
 from utils.precision import add_amp_flag, autocast, resolve_amp
 from utils.errors import UserError
-from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_logits,
-                        load_model, merge_voc, save_logits, select_branch,
+from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, ensemble_probs,
+                        load_logits, load_model, merge_voc, save_logits, select_branch,
                         to_size, voc_raw_logits)
+from .script_common import (add_data_and_model_flags, check_model_path, output_folder, resolve_dataset_model,
+                            script_logger, split_lists)
 from utils.cli import ArgumentParser, add_launcher_flags, add_numbers
 from utils.metric import ConfusionMatrix, format_table
 from utils.results import write_results
@@ -89,68 +87,6 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
-def add_data_and_model_flags(p, dataset: str, infer_default: str, infer_help: str) -> None:
-    """The dataset, split, list folder, checkpoint and model flags every evaluation script takes."""
-    if dataset == "voc":
-        p.add_argument("--data_folder", help="the VOC2012 folder (required)")
-    else:
-        p.add_argument("--img_folder", "--data_folder", dest="img_folder",
-                       help="COCO image folder with train2014/ and val2014/ (required)")
-        p.add_argument("--label_folder", help="COCO mask folder with train2014/ and val2014/ (default: "
-                       "<img_folder>/SegmentationClass, else <img_folder>/../SegmentationClass)")
-    p.add_argument("--infer_set", default=infer_default, help=infer_help)
-    p.add_argument("--list_folder", help="split lists (default: <data>_lists, derived when missing)")
-    p.add_argument("--model_path", help="checkpoint (this project's or the original's; required)")
-    add_model_flags(p, dataset)
-
-
-def eval_logger(name: str, is_main: bool) -> logging.Logger:
-    """A logger printing timestamped lines to stdout on the main rank (warnings only elsewhere)."""
-    log = logging.getLogger(name)
-    log.handlers.clear()
-    log.propagate = False     # not also through the training logger "dupl", whose stream may be gone
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s - %(message)s"))
-    log.addHandler(handler)
-    return log
-
-
-def eval_split(args, dataset: str, is_main: bool, log: logging.Logger):
-    """The dataset layout and the split lists of ``args.infer_set`` (derived by the main rank
-    first when they are missing)."""
-    layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
-                            getattr(args, "label_folder", None), args.num_classes)
-    if is_main:
-        ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
-    barrier()
-    return layout, ensure_lists(layout, args.list_folder, [args.infer_set], log=log.info)
-
-
-DEFAULT_MODEL = {"voc": {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3},
-                 "coco": {"backbone": "deit_base_patch16_224", "num_classes": 81, "aux_layer": 9}}
-
-
-def add_model_flags(p, dataset: str) -> None:
-    """``--backbone``, ``--num_classes``, ``--aux_layer``: taken from the checkpoint when left out."""
-    d = DEFAULT_MODEL[dataset]
-    p.add_argument("--backbone", default=None,
-                   help=f"backbone the checkpoint was trained with (default: the checkpoint's, else "
-                   f"{d['backbone']}; DeiT-B and ViT-B share a layout)")
-    p.add_argument("--num_classes", type=int, default=None,
-                   help=f"classes incl. background (default: the checkpoint's, else {d['num_classes']})")
-    p.add_argument("--aux_layer", type=int, default=None,
-                   help=f"block of the aux classifier (default: the checkpoint's, else {d['aux_layer']})")
-
-
-def check_class_count(args, dataset: str, given: Optional[int]) -> None:
-    """A checkpoint of another dataset is refused in one line before anything is read or written."""
-    expected = DEFAULT_MODEL[dataset]["num_classes"]
-    if given is None and args.num_classes != expected:
-        raise UserError(f"{args.model_path} was trained with {args.num_classes} classes but {dataset} "
-                        f"has {expected}; use the script of the dataset it was trained on")
-
-
 def usable_cores() -> int:
     """Cores this process may run on: its CPU affinity (which SLURM and taskset set), else all."""
     try:
@@ -191,49 +127,30 @@ def crf_outputs(job, label: np.ndarray) -> Optional[np.ndarray]:
 
 
 def crf_job(job) -> Optional[np.ndarray]:
-    """CRF of one job with ``pydensecrf`` (runs in a worker process): see :func:`crf_inputs`."""
-    return crf_outputs(job, refine_labels(*crf_inputs(job), "pydensecrf"))
+    """CRF of one job with ``pydensecrf``, as the evaluation's workers run it: see :func:`crf_inputs`."""
+    return pydensecrf_job(crf_inputs, crf_outputs, job)
 
 
 def crf_stream(args, device: torch.device):
-    """The CRF stream of ``--crf_backend`` on ``device`` (``args.crf_backend`` is resolved)."""
+    """The CRF driver of ``--crf_backend`` on ``device`` (``args.crf_backend`` is resolved): jobs
+    of :func:`crf_inputs`, finished by :func:`crf_outputs` (in the pydensecrf workers, or in two
+    background threads beside the torch CRF)."""
     args.crf_backend = resolve_crf_backend(args.crf_backend, device)
-    if args.crf_backend == "torch":
-        batch = crf_batch_size(args, device)
-        return TorchCRFStream(crf_inputs, crf_outputs, device, batch, args.crf_class_chunk or None)
-    return CRFStream(crf_job, args.crf_workers)
+    return crf_driver(args, args.crf_backend, device, crf_inputs, crf_outputs, workers=args.crf_workers,
+                      threads=2)
 
 
 def check_eval_flags(args, dataset: str):
     """Refuse a missing checkpoint, bad CRF flags or another dataset's checkpoint in one line, before
     anything is written; fill ``--crf_workers`` and the model flags. Returns the read checkpoint."""
-    if not args.model_path:
-        raise UserError("--model_path is required: the checkpoint to evaluate")
-    if not os.path.isfile(args.model_path):
-        raise UserError(f"--model_path {args.model_path} does not exist")
+    check_model_path(args.model_path, "the checkpoint to evaluate")
     if args.crf_workers is None:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         args.crf_workers = max(1, usable_cores() // local_ranks)
     if args.crf_workers < 1:
         raise UserError("--crf_workers must be >= 1")
     check_crf_flags(args)
-    given_classes = args.num_classes
-    ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
-    check_class_count(args, dataset, given_classes)
-    return ckpt
-
-
-def output_folder(args, name: str, is_main: bool) -> str:
-    """The folder an evaluation writes to: ``--work_dir`` as given (it may be a link: the user
-    chose it), else a folder made now next to the checkpoint, ``name`` or ``name_2``, ``name_3``...
-    when that exists (a downloaded run folder's own outputs, or a link planted under that name, are
-    never written through or over). Made by the main rank; every rank gets its path."""
-    if args.work_dir:
-        if is_main:
-            make_output_dir(args.work_dir, "--work_dir", allow_link=True)
-        return args.work_dir
-    work = fresh_dir(os.path.dirname(os.path.abspath(args.model_path)), name) if is_main else None
-    return from_main_rank(work)
+    return resolve_dataset_model(args, dataset)
 
 
 def make_output_folders(work: str, is_main: bool) -> Dict[str, str]:
@@ -266,7 +183,7 @@ def column_predictions(logits, size) -> list:
     the mean of both students' softmax) from both students' logits, resized to ``size``."""
     full = [to_size(l, size) for l in logits]
     return [full[0].argmax(1)[0], full[1].argmax(1)[0],
-            ((full[0].softmax(1) + full[1].softmax(1)) / 2).argmax(1)[0]]
+            ensemble_probs(full).argmax(1)[0]]
 
 
 class SegEvaluation:
@@ -279,7 +196,7 @@ class SegEvaluation:
 
     def __init__(self, args, dataset: str, info, log: logging.Logger, ckpt):
         self.args, self.dataset, self.info, self.log = args, dataset, info, log
-        self.layout, lists = eval_split(args, dataset, info.is_main, log)
+        self.layout, lists = split_lists(args, dataset, [args.infer_set], info.is_main, log.info)
         self.with_masks = not (dataset == "voc" and args.infer_set == "test")
         self.deferred = args.branch == BEST_ON_GT
         if self.deferred and not self.with_masks:
@@ -288,7 +205,8 @@ class SegEvaluation:
         self.data = EvalDataset(self.layout, lists, args.infer_set, with_masks=self.with_masks,
                                 with_labels=False,
                                 stats=input_stats(args.backbone, args.input_mean, args.input_std))
-        self.work = output_folder(args, f"eval_{args.infer_set}", info.is_main)
+        self.work = output_folder(args.work_dir, "--work_dir", info.is_main, args.model_path,
+                                  f"eval_{args.infer_set}")
         self.dirs = make_output_folders(self.work, info.is_main)
         # pydensecrf's workers start before the model takes the GPU; they (or the torch CRF's
         # batches on the device) refine each image's float32 probabilities while the next images
@@ -418,7 +336,7 @@ def evaluate(args, dataset: str) -> Dict[str, dict]:
     """Run the evaluation; returns ``{column: scores}`` (empty without masks)."""
     ckpt = check_eval_flags(args, dataset)
     info = init_distributed(cpu=args.cpu, join_timeout_s=args.join_timeout)
-    log = eval_logger("dupl.eval", info.is_main)
+    log = script_logger("dupl.eval", info.is_main)
     args.amp = resolve_amp(args.amp, info.device, log.warning)
     try:
         run = SegEvaluation(args, dataset, info, log, ckpt)

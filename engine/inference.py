@@ -20,11 +20,18 @@ from utils.checkpoint import read_checkpoint
 from .run_state import model_settings, saved_backbone_args, saved_input_stats
 from model.network import DualStudentNet, load_network
 
+from utils.precision import autocast
 from utils.safe_io import save_npz
 
 VOC_EVAL_SCALES = (1.0, 1.5, 1.25)
 COCO_EVAL_SCALES = (1.0, 1.25, 1.5)
 BRANCHES = ("1", "2", "ensemble")
+# the model settings of each dataset's checkpoints where a checkpoint does not record them
+DEFAULT_MODEL = {"voc": {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3},
+                 "coco": {"backbone": "deit_base_patch16_224", "num_classes": 81, "aux_layer": 9}}
+# Images whose shorter side is below this are enlarged for the network by segment_logits (a ViT
+# needs at least one 16-pixel patch per side at every scale); the logits are resized back.
+MIN_SIDE = 32
 
 
 def load_model(model, backbone: Optional[str], num_classes: Optional[int],
@@ -36,7 +43,7 @@ def load_model(model, backbone: Optional[str], num_classes: Optional[int],
     by default); the input statistics are the checkpoint's, else its backbone's."""
     if isinstance(model, str):
         source, model = model, read_checkpoint(model)
-    defaults = defaults or {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3}
+    defaults = defaults or DEFAULT_MODEL["voc"]
     backbone, num_classes, aux_layer = model_settings(model, backbone, num_classes, aux_layer, defaults,
                                                       source)
     mean, std = saved_input_stats(model, source)
@@ -121,7 +128,7 @@ def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = 448,
     x0 = F.interpolate(image, size=(base, base), mode="bilinear", align_corners=False)
     outs = []
     for student in net.students:
-        grid = student.encoder.grid(base, base)
+        grid = student.backbone.grid(base, base)
         total = None
         for s in scales:
             seg = _flip_sum(_flip_pair(student, _resized(x0, s, base, base)), grid)
@@ -130,17 +137,37 @@ def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = 448,
     return outs
 
 
+def ensemble_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The ensemble rule: the mean of both students' softmax over the classes (dim 1)."""
+    return (logits[0].softmax(1) + logits[1].softmax(1)) / 2
+
+
 def select_branch(logits: Sequence[torch.Tensor], branch: str) -> torch.Tensor:
     """Logits whose softmax is the chosen prediction's probabilities: a student's own logits, or
-    for ``ensemble`` the log of the mean of both students' softmax."""
+    for ``ensemble`` the log of :func:`ensemble_probs`."""
     if branch == "1":
         return logits[0]
     if branch == "2":
         return logits[1]
     if branch == "ensemble":
-        probs = (logits[0].softmax(1) + logits[1].softmax(1)) / 2
-        return probs.clamp_min(1e-12).log()
+        return ensemble_probs(logits).clamp_min(1e-12).log()
     raise ValueError(f"branch must be one of {BRANCHES}")
+
+
+@torch.no_grad()
+def segment_logits(net: DualStudentNet, rgb: np.ndarray, device: torch.device, branch: str = "ensemble",
+                   scales: Sequence[float] = VOC_EVAL_SCALES, amp: bool = False) -> torch.Tensor:
+    """Logits ``(1, C, H, W)`` (float32) of the chosen branch for a uint8 RGB image ``(H, W, 3)``,
+    VOC multi-scale + flip rule at the image's own size, normalised with the network's statistics."""
+    h, w = rgb.shape[:2]
+    x = net.input_stats.normalize(rgb)[None].to(device)
+    if min(h, w) < MIN_SIDE:
+        f = MIN_SIDE / min(h, w)
+        x = F.interpolate(x, size=(max(MIN_SIDE, round(h * f)), max(MIN_SIDE, round(w * f))),
+                          mode="bilinear", align_corners=False)
+    with autocast(device, amp):
+        logits = voc_msc_logits(net, x, scales)
+    return to_size(select_branch([l.float() for l in logits], branch), (h, w))
 
 
 def save_logits(path: str, rule: str, raw, size, scales: Sequence[float]) -> None:

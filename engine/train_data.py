@@ -4,29 +4,23 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from datasets.layout import dataset_layout
-from datasets.prepare import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
 from utils.input_stats import InputStats
 from model.dupl import Batch
 
-from utils.distributed import DistInfo, barrier
+from utils.distributed import DistInfo
 from utils.errors import UserError, message
 from utils.stop import ignore_stop_signals
+
+from .script_common import split_lists
 
 
 def build_data(args, dataset: str, info: DistInfo, logger, stats: InputStats):
     """The dataset layout, the training set (with the training augmentation) and the validation
     set of the flags, both normalised with the encoder's input statistics ``stats``; the main rank
     derives missing split lists first."""
-    layout = dataset_layout(dataset, getattr(args, "data_folder", None), getattr(args, "img_folder", None),
-                            getattr(args, "label_folder", None), args.num_classes)
-    if info.is_main:
-        ensure_lists(layout, args.list_folder, [args.train_set, args.val_set], log=logger.info)
-    barrier()
-    list_folder = ensure_lists(layout, args.list_folder, [args.train_set, args.val_set],
-                               log=logger.info)
+    layout, list_folder = split_lists(args, dataset, [args.train_set, args.val_set], info.is_main, logger.info)
     aug = TrainAugmentation(args.crop_size, tuple(args.scales), coco_flip=dataset == "coco",
                             mirror_box_on_coco_flip=getattr(args, "mirror_box_on_flip", False),
                             stats=stats)

@@ -47,11 +47,12 @@ from utils.distributed import DistInfo, barrier, cleanup, init_distributed, same
 from utils.errors import UserError
 from utils.precision import autocast, cpu_description, resolve_amp
 from utils.results import write_results
-from utils.safe_io import fresh_dir, make_output_dir, open_for_append, write_atomically
+from utils.safe_io import fresh_dir, make_output_dir, write_atomically
 from .optim import PolyWarmupAdamW
 from utils.stop import StopRequest, StopRequested
 from .train_args import (BEST_CHECKPOINT, CHECKPOINT, check_args, check_crop,
                          config_from_args, resolve_resume)
+from .script_common import script_logger
 from .train_data import BatchStream, build_data
 from .train_step import TrainingStep, release_idle_gradients, training_visuals
 from .validation import COLUMNS, result_table, validate
@@ -60,23 +61,6 @@ from .visualize import log_training_images, training_grid
 PAPER_GLOBAL_BATCH = {"voc": 4, "coco": 8}
 LOG_FORMAT = "%(asctime)s - %(filename)s - %(levelname)s: %(message)s"
 LOSS_NAMES = ("cls", "ptc", "seg", "dis", "reg")
-
-
-def setup_logger(work_dir: Optional[str], is_main: bool) -> logging.Logger:
-    logger = logging.getLogger("dupl")
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter(LOG_FORMAT)
-    if is_main:
-        console = logging.StreamHandler(sys.stdout)
-        console.setFormatter(fmt)
-        logger.addHandler(console)
-        if work_dir:   # appended to without following a link planted at train.log
-            fh = logging.StreamHandler(open_for_append(os.path.join(work_dir, "train.log")))
-            fh.setFormatter(fmt)
-            logger.addHandler(fh)
-    return logger
 
 
 def seed_everything(seed: int) -> None:
@@ -405,7 +389,8 @@ def main(args, dataset: str) -> Dict[str, object]:
             created = not os.path.lexists(args.work_dir)
             make_output_dir(args.work_dir, "--work_dir", allow_link=True)
         barrier()
-        logger = setup_logger(args.work_dir, info.is_main)
+        logger = script_logger("dupl", info.is_main, LOG_FORMAT, os.path.join(args.work_dir, "train.log"),
+                               every_rank=False)
         if info.is_main:
             gpu = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else cpu_description()
             logger.info(f"Pytorch version: {torch.__version__}; device: {gpu}")

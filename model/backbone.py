@@ -1,9 +1,9 @@
-"""The students' encoder (docs/method.md#network, docs/method.md#backbones): :class:`Encoder`,
+"""The students' encoder (docs/method.md#network, docs/method.md#backbones): :class:`Backbone`,
 one object chosen once from ``--backbone`` that owns everything family-specific.
 
-An :class:`Encoder` is a timm ViT-family model whose parameters, buffers and submodules it holds
-under timm's own names (so checkpoints keep timm's keys, ``branch1.encoder.blocks.0...``, in
-timm's order): a plain ``VisionTransformer`` (ViT/DeiT, the paper's), any other
+A :class:`Backbone` holds a timm ViT-family model (:attr:`Backbone.timm`, which the student
+registers as its ``encoder`` module, so checkpoints keep timm's keys, ``branch1.encoder.blocks.0...``,
+in timm's order): a plain ``VisionTransformer`` (ViT/DeiT, the paper's), any other
 ``VisionTransformer`` (DINOv2 with or without registers, CLIP, SigLIP, ...) or an ``Eva``
 (EVA-02, DINOv3: RoPE). It gives the final patch-token map (after the final LayerNorm) and the
 map of the auxiliary block (no LayerNorm) of any input size, as ``(B, D, h, w)`` with prefix tokens
@@ -24,8 +24,12 @@ itself in a checkpoint-mismatch message. Nothing outside this module asks which 
   columns that do not fill a patch are dropped (what the paper's stride-p patch convolution does).
 """
 import functools
+import importlib
 import os
+import pickle
 import sys
+import zipfile
+import zlib
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -46,8 +50,8 @@ TimmModel = Union["VisionTransformer", "Eva"]
 
 
 def _timm():
-    """timm, imported on first use: it pulls in torchvision and torch._dynamo (about 5 s on a
-    loaded 2-core machine), which a script refusing a bad file or flag never needs."""
+    """timm, imported on first use: it pulls in torchvision and torch._dynamo, which a script
+    refusing a bad file or flag never needs."""
     import timm
     return timm
 
@@ -62,6 +66,34 @@ def _vit_classes():
 def _first_line(exc: BaseException, limit: int) -> str:
     """The first line of ``exc``'s message (its type when empty), cut to ``limit`` characters."""
     return (str(exc).splitlines() or [type(exc).__name__])[0][:limit]
+
+
+# what weights of another layout make timm's loaders and converters raise: a missing record, a
+# tensor or array of another rank, size or dtype, an entry that is not a tensor (a checkpoint may
+# hold numbers and strings), a parameter this model does not have
+LAYOUT_ERRORS = (KeyError, IndexError, ValueError, RuntimeError, TypeError, AttributeError)
+# what reading a damaged record of a zip (an .npz past its checked directory) raises
+ZIP_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _safetensors_error() -> type:
+    """safetensors' error for a header or data it cannot decode (imported when one is raised)."""
+    from safetensors import SafetensorError
+    return SafetensorError
+
+
+def _download_errors() -> Tuple[type, ...]:
+    """What getting timm's weights raises for a cause outside the program: no network, a refused
+    or failed request, a missing cache entry (OSError: the hub's HTTP and cache errors, urllib's,
+    requests'; httpx's transport errors, which are not OSErrors), a tag without weights or a
+    damaged cached ``.bin`` (RuntimeError), a damaged cached ``.safetensors`` or pickle."""
+    errors = [OSError, RuntimeError, EOFError, pickle.UnpicklingError, _safetensors_error()]
+    for library in ("httpx2", "httpx"):    # huggingface_hub 2 / 1 (earlier ones use requests)
+        try:
+            errors.append(importlib.import_module(library).HTTPError)
+        except ImportError:
+            pass
+    return tuple(errors)
 
 
 # an .npz of float weights deflates to about its size; a record declaring more is refused
@@ -169,17 +201,12 @@ def _build(name: str, model_args: Dict[str, Union[int, float]], **kwargs) -> Tim
 
 
 def _probe(name: str, model_args: Dict[str, Union[int, float]]) -> TimmModel:
-    """The model of ``name`` without initialised weights (on the meta device where timm allows),
-    to see which path it takes; a name that is not a timm ViT-family encoder is a one-line error."""
+    """The model of ``name`` without initialised weights (on the meta device), to see which path
+    it takes; a name that is not a timm ViT-family encoder is a one-line error."""
     if name.split(".")[0] not in _timm().list_models():
         raise UserError(f"--backbone {name} is not a timm model; use e.g. one of "
                         f"{', '.join(PLAIN_VITS[:3] + EXAMPLES)}")
-    try:
-        with torch.device("meta"):
-            probe = _build(name, model_args, **model_args)
-    except UserError:
-        raise
-    except Exception:
+    with torch.device("meta"):
         probe = _build(name, model_args, **model_args)
     if not isinstance(probe, _vit_classes()) or not hasattr(probe, "forward_intermediates"):
         raise UserError(f"--backbone {name} is not a ViT-family encoder with a patch-token grid (timm "
@@ -286,12 +313,13 @@ def describe_state(state: Dict[str, torch.Tensor], prefix: str = "branch1.encode
     return f"a ViT-{size}/{patch} ({depth} blocks, width {width}{more})"
 
 
-class Encoder(nn.Module):
-    """A student's encoder, built once from ``--backbone NAME[.TAG]`` (docs/method.md#backbones).
+class Backbone:
+    """A student's encoder as ``--backbone NAME[.TAG]`` chose it (docs/method.md#backbones): the
+    timm model (:attr:`timm`) and everything its family decides about it.
 
-    It holds the timm model's parameters, buffers and submodules as its own (the same objects,
-    under timm's names and in timm's order: ``encoder.blocks``, ``encoder.pos_embed`` ...), so a
-    state dict or an optimiser built from it is the timm model's. :attr:`timm` is the timm model.
+    The student registers :attr:`timm` itself as its ``encoder`` module, so a state dict or an
+    optimiser built from the student holds timm's parameters under timm's names and in timm's
+    order (``encoder.blocks``, ``encoder.pos_embed`` ...); this object holds no parameters.
 
     ``aux_layer`` None: :func:`default_aux_layer`. ``pretrained_path`` loads a local file (no
     network); ``pretrained`` loads timm's weights of :func:`pretrained_name` (the paper's
@@ -308,10 +336,9 @@ class Encoder(nn.Module):
                  backbone_args: Union[None, str, Dict[str, float]] = None,
                  grad_checkpointing: bool = False, input_mean: Optional[Sequence[float]] = None,
                  input_std: Optional[Sequence[float]] = None):
-        super().__init__()
         model_args = parse_backbone_args(backbone_args)
         model, kwargs = _create_empty(name, model_args)
-        self._adopt(model)
+        self.timm: TimmModel = model
         self.name = name
         self.paper_path = is_plain_vit(model)
         self.family = backbone_family(name, model)
@@ -327,13 +354,6 @@ class Encoder(nn.Module):
         self._freeze_unused()
         if grad_checkpointing:
             model.set_grad_checkpointing(True)
-
-    def _adopt(self, model: TimmModel) -> None:
-        """Hold ``model``'s parameters, buffers and submodules as this module's own (the same
-        dictionaries), and ``model`` itself outside the module tree."""
-        for key in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
-            self.__dict__[key] = model.__dict__[key]
-        object.__setattr__(self, "_timm_model", model)
 
     def _check_aux_layer(self, aux_layer: Optional[int]) -> int:
         depth = self.depth
@@ -360,11 +380,6 @@ class Encoder(nn.Module):
             model.fc_norm.requires_grad_(False)
 
     # ------------------------------------------------------------------ what it is
-    @property
-    def timm(self) -> TimmModel:
-        """The timm model whose parameters and submodules this encoder holds."""
-        return self._timm_model
-
     @property
     def patch_size(self) -> int:
         return self.timm.patch_embed.patch_size[0]
@@ -393,7 +408,7 @@ class Encoder(nn.Module):
 
     def describe(self) -> str:
         """This encoder as :func:`describe_state` words it, e.g. ``a ViT-tiny/16 (12 blocks, width 192)``."""
-        return describe_state(self.state_dict(), prefix="")
+        return describe_state(self.timm.state_dict(), prefix="")
 
     def foreign_layout(self, state: Dict[str, torch.Tensor], prefix: str) -> Optional[str]:
         """None when the encoder weights under ``prefix`` in ``state`` have this encoder's layout
@@ -404,17 +419,6 @@ class Encoder(nn.Module):
             return theirs
         return None
 
-    def train(self, mode: bool = True) -> "Encoder":
-        super().train(mode)
-        self.timm.training = mode
-        return self
-
-    # ------------------------------------------------------------------ inputs
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch normalised with this encoder's statistics back to an 8-bit image in [0, 1]
-        (:meth:`datasets.transforms.InputStats.denormalize`)."""
-        return self.input_stats.denormalize(x)
-
     # ------------------------------------------------------------------ token maps
     def token_maps(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//p, W//p)``
@@ -422,9 +426,6 @@ class Encoder(nn.Module):
         if self.paper_path:
             return vit_token_maps(self.timm, x, self.aux_layer, final)
         return timm_token_maps(self.timm, x, self.aux_layer, final)
-
-    def forward(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-        return self.token_maps(x, final)
 
     # ------------------------------------------------------------------ weights
     def _load_timm_weights(self, kwargs: dict) -> None:
@@ -439,7 +440,7 @@ class Encoder(nn.Module):
                 loaded = _timm().create_model(full, pretrained=True, drop_rate=0.0, drop_path_rate=0.0)
             else:
                 loaded = _timm().create_model(full, pretrained=True, **kwargs)
-        except Exception as exc:
+        except _download_errors() as exc:
             msg = _first_line(exc, 100)
             raise UserError(
                 f"cannot get the {what} weights of {full} ({msg}); on a machine with internet run "
@@ -488,7 +489,7 @@ def _load_npz_weights(vit: TimmModel, path: str) -> None:
     _check_npz_patch(vit, path)
     try:
         vit.load_pretrained(path)
-    except Exception as exc:
+    except LAYOUT_ERRORS + ZIP_READ_ERRORS as exc:
         msg = _first_line(exc, 120)
         raise UserError(f"cannot load --pretrained_path {path} into this backbone ({msg}); "
                         "check --backbone") from None
@@ -517,9 +518,7 @@ def _read_state_dict(path: str) -> dict:
             state = load_file(path)
         else:
             state = read_checkpoint(path)
-    except UserError:
-        raise
-    except Exception as exc:
+    except (OSError, _safetensors_error()) as exc:
         raise UserError(f"cannot read --pretrained_path {path} ({exc})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -541,7 +540,7 @@ def _family_state(vit: TimmModel, state: dict, path: str) -> dict:
     if filter_fn is not None:
         try:
             state = filter_fn(state, vit)
-        except Exception as exc:
+        except LAYOUT_ERRORS as exc:
             msg = _first_line(exc, 120)
             raise UserError(f"--pretrained_path {path} does not hold weights of this backbone "
                             f"({msg}); check --backbone") from None
@@ -559,7 +558,7 @@ def _weights_cached(tag: str) -> bool:
 
 
 def _check_hub_reachable(timeout_s: float = 5.0) -> None:
-    """Fail at once on an offline machine instead of after the hub client's retries (~1 min)."""
+    """Fail at once on an offline machine instead of after the hub client's retries."""
     import socket
     from urllib.parse import urlparse
 

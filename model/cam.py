@@ -12,8 +12,8 @@ CAM_SCALES = (1.0, 0.5, 1.5)
 def spatial_extreme(cam: torch.Tensor, largest: bool) -> torch.Tensor:
     """The maximum (``largest``) or minimum of every ``(image, class)`` map of ``(B, K, H, W)``,
     as ``(B, K, 1, 1)``. Exact in any order, so the layout picks the route: the CAMs of the token
-    maps are channels-last, where reducing over rows, then columns, is about 10x faster on the CPU
-    than over both at once."""
+    maps are channels-last, where reducing over rows, then columns, is faster on the CPU than over
+    both at once."""
     name = "amax" if largest else "amin"
     if not cam.is_contiguous() and cam.is_contiguous(memory_format=torch.channels_last):
         rows = getattr(cam.permute(0, 2, 3, 1), name)(dim=1)          # (B, W, K)

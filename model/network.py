@@ -1,10 +1,11 @@
 """The DuPL network: two independent students (docs/method.md#network).
 
-A student is an :class:`~model.backbone.Encoder` (the paper's ViT/DeiT, or DINOv2, DINOv3, CLIP,
-SigLIP, EVA-02), a classifier and an auxiliary classifier (1x1 convs without bias on globally
-max-pooled tokens) and a LargeFOV decoder, all three as wide as the encoder. Module names follow
-the original (``branch1.encoder...``, ``branch1.classifier``, ``branch1.aux_classifier``,
-``branch1.decoder.conv6/7/8``), so its checkpoints load unchanged (:func:`load_network`).
+A student is an encoder (the timm model of a :class:`~model.backbone.Backbone`: the paper's
+ViT/DeiT, or DINOv2, DINOv3, CLIP, SigLIP, EVA-02), a classifier and an auxiliary classifier (1x1
+convs without bias on globally max-pooled tokens) and a LargeFOV decoder, all three as wide as the
+encoder. Module names follow the original (``branch1.encoder...``, ``branch1.classifier``,
+``branch1.aux_classifier``, ``branch1.decoder.conv6/7/8``), so its checkpoints load unchanged
+(:func:`load_network`).
 """
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -16,7 +17,7 @@ from utils.input_stats import InputStats
 from utils.checkpoint import network_state, read_checkpoint
 from utils.errors import UserError
 
-from .backbone import Encoder
+from .backbone import Backbone
 
 
 class LargeFOV(nn.Module):
@@ -43,30 +44,33 @@ class StudentOutput(NamedTuple):
 
 
 class Student(nn.Module):
-    """One DuPL student (docs/method.md#network)."""
+    """One DuPL student (docs/method.md#network). :attr:`backbone` knows the encoder's family
+    (token maps, patch, width, aux block, input statistics); :attr:`encoder` is its timm model,
+    the student's first module."""
 
     def __init__(self, backbone: str, num_classes: int, aux_layer: Optional[int] = None,
                  pretrained: bool = False, pretrained_path: Optional[str] = None,
                  backbone_args=None, grad_checkpointing: bool = False,
                  input_mean: Optional[Sequence[float]] = None, input_std: Optional[Sequence[float]] = None):
         super().__init__()
-        self.encoder = Encoder(backbone, aux_layer, pretrained, pretrained_path, backbone_args,
-                               grad_checkpointing, input_mean, input_std)
-        self.aux_layer = self.encoder.aux_layer
-        dim = self.encoder.width
+        self.backbone = Backbone(backbone, aux_layer, pretrained, pretrained_path, backbone_args,
+                                 grad_checkpointing, input_mean, input_std)
+        self.encoder = self.backbone.timm
+        self.aux_layer = self.backbone.aux_layer
+        dim = self.backbone.width
         self.decoder = LargeFOV(dim, num_classes)
         self.classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
         self.aux_classifier = nn.Conv2d(dim, num_classes - 1, 1, bias=False)
 
     @property
     def patch_size(self) -> int:
-        return self.encoder.patch_size
+        return self.backbone.patch_size
 
     def token_maps(self, x: torch.Tensor, final: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
         """``(N, 3, H, W)`` -> final and aux token maps, each ``(N, D, H//p, W//p)`` for the
         encoder's patch ``p`` (``final=False``: ``(None, aux)``, the blocks after the aux block are
         not run)."""
-        return self.encoder.token_maps(x, final)
+        return self.backbone.token_maps(x, final)
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
         fmap, aux = self.token_maps(x)
@@ -120,7 +124,7 @@ class DualStudentNet(nn.Module):
     @property
     def input_stats(self) -> InputStats:
         """The input statistics both students' encoders normalise with."""
-        return self.branch1.encoder.input_stats
+        return self.branch1.backbone.input_stats
 
     def forward(self, x: torch.Tensor, x_aug: Optional[torch.Tensor] = None):
         """Both students on ``x``; with ``x_aug`` also their decoder logits on it.
@@ -150,7 +154,7 @@ class DualStudentNet(nn.Module):
 def load_network(net: DualStudentNet, path_or_state, source: str = "checkpoint") -> None:
     """Load a checkpoint (path, checkpoint object or state dict; this project's or the original's)
     into ``net``, strictly. A checkpoint of another class count or encoder layout is refused in one
-    line that says which (the encoder describes both: :meth:`model.backbone.Encoder.foreign_layout`)."""
+    line that says which (the backbone describes both: :meth:`model.backbone.Backbone.foreign_layout`)."""
     if isinstance(path_or_state, str):
         source = path_or_state
         path_or_state = read_checkpoint(path_or_state)
@@ -163,11 +167,11 @@ def load_network(net: DualStudentNet, path_or_state, source: str = "checkpoint")
     if theirs_c != net.num_classes:
         raise UserError(f"{source} was trained with {theirs_c} classes but this network has "
                         f"{net.num_classes}; use the script of the dataset it was trained on")
-    encoder = net.branch1.encoder
-    theirs_b = encoder.foreign_layout(state, "branch1.encoder.")
+    backbone = net.branch1.backbone
+    theirs_b = backbone.foreign_layout(state, "branch1.encoder.")
     if theirs_b is not None:
         raise UserError(f"{source} holds {theirs_b} but --backbone {net.backbone_name} is "
-                        f"{encoder.describe()}; pass the backbone it was trained with")
+                        f"{backbone.describe()}; pass the backbone it was trained with")
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:

@@ -95,7 +95,7 @@ class PAR(nn.Module):
 
     def _propagate(self, masks: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """One step ``sum_48 W * neighbours(masks)``, accumulated neighbour by neighbour so the
-        ``(B, m, 48, h, w)`` stack is never built (2-3x faster on the CPU, same sums up to float
+        ``(B, m, 48, h, w)`` stack is never built (faster on the CPU, the same sums up to float
         rounding)."""
         h, w = masks.shape[-2:]
         out, j = None, 0

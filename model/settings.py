@@ -140,7 +140,7 @@ SETTINGS: Tuple[Setting, ...] = (
     S("cpu", False, "run on the CPU; without it a run that finds no usable GPU stops", group="run"),
     S("deterministic", False, "cuDNN deterministic kernels (the original's setting; slower) instead of "
       "cuDNN benchmark mode", group="run"),
-    # ---- evaluation, inference and visualisation (docs/usage.md#evaluation)
+    # ---- evaluation, inference and visualisation (docs/usage.md)
     S("eval_scales", (1.0, 1.5, 1.25), "inference scales (with flips)", coco=(1.0, 1.25, 1.5),
       group="evaluation", flag=False),
     S("checkpoint_aux_layer", -3, "aux block of a checkpoint that does not record one (the original's)",

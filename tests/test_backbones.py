@@ -23,11 +23,11 @@ import visualize_cams
 from datasets import synthetic
 from utils.errors import UserError
 from datasets.layout import voc_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset
 from utils.input_stats import PAPER_STATS, InputStats
 from model import backbone as bb
-from model.backbone import (Encoder, default_aux_layer, describe_state, input_stats, parse_backbone_args,
+from model.backbone import (Backbone, default_aux_layer, describe_state, input_stats, parse_backbone_args,
                             pretrained_name, vit_token_maps)
 from model.cam import multiscale_cam
 from model.dupl import Batch, dupl_step
@@ -83,8 +83,8 @@ def test_aux_block_follows_depth_and_the_paper_keeps_block_nine():
 def test_maps_cams_and_logits_have_the_grid_of_the_patch(name, family, patch, prefix):
     net = _net(name).eval()
     student = net.branch1
-    assert (student.encoder.family, student.patch_size, student.encoder.prefix_tokens) == (family, patch, prefix)
-    assert not student.encoder.paper_path and student.encoder.width == 48
+    assert (student.backbone.family, student.patch_size, student.backbone.prefix_tokens) == (family, patch, prefix)
+    assert not student.backbone.paper_path and student.backbone.width == 48
     assert student.classifier.in_channels == student.decoder.conv6.in_channels == 48
     for h, w in ((4 * patch, 4 * patch), (75, 61)):    # a multiple of the patch, and not one
         x = torch.randn(2, 3, h, w)
@@ -106,7 +106,7 @@ def test_maps_are_timms_tokens_without_prefix_and_without_the_remainder(name, fa
     after the final LayerNorm (EVA-02's sits in ``fc_norm``); the aux map is the aux block's output;
     pixels past the last whole patch do not change anything."""
     student = _net(name).branch1.eval()
-    enc = student.encoder.timm
+    enc = student.encoder
     seen = {}
     enc.blocks[student.aux_layer].register_forward_hook(lambda m, i, o: seen.__setitem__("aux", o))
     x = torch.randn(1, 3, 3 * patch + 5, 2 * patch + 9)
@@ -130,7 +130,7 @@ def test_maps_are_timms_tokens_without_prefix_and_without_the_remainder(name, fa
 def test_plain_vits_keep_the_papers_path_and_other_vits_take_timms():
     torch.manual_seed(0)
     plain = DualStudentNet("deit_tiny_patch16_224", 21, backbone_args="depth=2,embed_dim=24,num_heads=1").eval()
-    assert plain.branch1.encoder.paper_path and plain.branch1.encoder.family == "vit"
+    assert plain.branch1.backbone.paper_path and plain.branch1.backbone.family == "vit"
     x = torch.randn(1, 3, 100, 37)
     with torch.no_grad():
         ours = plain.branch1.token_maps(x)
@@ -140,7 +140,7 @@ def test_plain_vits_keep_the_papers_path_and_other_vits_take_timms():
     for name, prefix in (("deit_tiny_distilled_patch16_224", 2), ("deit3_small_patch16_224", 1)):
         torch.manual_seed(0)
         s = DualStudentNet(name, 21, backbone_args="depth=2,embed_dim=24,num_heads=1").branch1
-        assert not s.encoder.paper_path and s.encoder.prefix_tokens == prefix
+        assert not s.backbone.paper_path and s.backbone.prefix_tokens == prefix
         assert s(torch.randn(1, 3, 48, 40)).fmap.shape == (1, 24, 3, 2)
 
 
@@ -175,7 +175,7 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(name, par, one_tor
     results = []
     for ckpt in (False, True):
         net = _net(name, seed=3, grad_checkpointing=ckpt)
-        assert net.branch1.encoder.grad_checkpointing == ckpt
+        assert net.branch1.backbone.grad_checkpointing == ckpt
         out = dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par,
                         torch.Generator().manual_seed(0))
         out.loss.backward()
@@ -218,52 +218,52 @@ def test_offline_error_names_the_tag_and_the_way_out(monkeypatch):
     monkeypatch.setattr(bb, "_check_hub_reachable", offline)
     with pytest.raises(UserError, match=r"cannot get the pretrained weights of "
                                         r"vit_small_patch14_reg4_dinov2\.lvd142m .*--pretrained_path"):
-        Encoder("vit_small_patch14_reg4_dinov2", pretrained=True)
+        Backbone("vit_small_patch14_reg4_dinov2", pretrained=True)
     with pytest.raises(UserError, match="add --no-pretrained"):
-        Encoder("vit_small_patch14_reg4_dinov2", pretrained=True, backbone_args=SMALL)
+        Backbone("vit_small_patch14_reg4_dinov2", pretrained=True, backbone_args=SMALL)
     for bad in ("depth", "depth=2.5", "width=3", "depth=-1", "depth=x"):
         with pytest.raises(UserError, match="--backbone_args"):
             parse_backbone_args(bad)
     assert parse_backbone_args("depth=4, embed_dim=192,mlp_ratio=2.5") == {"depth": 4, "embed_dim": 192,
                                                                           "mlp_ratio": 2.5}
     with pytest.raises(UserError, match="timm cannot build"):
-        Encoder("vit_small_patch14_reg4_dinov2", backbone_args="embed_dim=50,num_heads=3")
+        Backbone("vit_small_patch14_reg4_dinov2", backbone_args="embed_dim=50,num_heads=3")
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_local_pretrained_files_of_each_family_load(name, tmp_path):
     torch.manual_seed(5)
-    src = Encoder(name, backbone_args=SMALL)
+    src = Backbone(name, backbone_args=SMALL)
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    torch.save({"model": src.state_dict()}, tmp_path / "w.pth")
+    save_file({k: v.contiguous() for k, v in src.timm.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.save({"model": src.timm.state_dict()}, tmp_path / "w.pth")
     for f in ("w.safetensors", "w.pth"):
         torch.manual_seed(6)
-        enc = Encoder(name, backbone_args=SMALL)
+        enc = Backbone(name, backbone_args=SMALL)
         enc.load_weights(str(tmp_path / f))
-        for k, v in src.state_dict().items():
-            assert torch.equal(enc.state_dict()[k], v), (f, k)
+        for k, v in src.timm.state_dict().items():
+            assert torch.equal(enc.timm.state_dict()[k], v), (f, k)
     with pytest.raises(UserError, match="does not hold weights of this backbone"):
-        Encoder(name, backbone_args="depth=3,embed_dim=64,num_heads=2").load_weights(str(tmp_path / "w.pth"))
+        Backbone(name, backbone_args="depth=3,embed_dim=64,num_heads=2").load_weights(str(tmp_path / "w.pth"))
 
 
 def test_dinov2_release_layout_is_converted_and_other_patches_are_refused(tmp_path):
     """DINOv2's own checkpoints name registers ``register_tokens``, keep a ``mask_token`` and a
     class slot in the position embedding (timm folds it into the class token)."""
     torch.manual_seed(5)
-    src = Encoder("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
-    state = {("register_tokens" if k == "reg_token" else k): v for k, v in src.state_dict().items()}
+    src = Backbone("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
+    state = {("register_tokens" if k == "reg_token" else k): v for k, v in src.timm.state_dict().items()}
     state["mask_token"] = torch.zeros(1, 48)
     slot = torch.randn(1, 1, 48)
-    state["pos_embed"] = torch.cat([slot, src.pos_embed.detach()], dim=1)
-    state["cls_token"] = src.cls_token.detach() - slot
+    state["pos_embed"] = torch.cat([slot, src.timm.pos_embed.detach()], dim=1)
+    state["cls_token"] = src.timm.cls_token.detach() - slot
     torch.save(state, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
-    enc = Encoder("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
+    enc = Backbone("vit_small_patch14_reg4_dinov2", backbone_args=SMALL)
     enc.load_weights(str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
-    assert torch.equal(enc.reg_token, src.reg_token) and torch.equal(enc.pos_embed, src.pos_embed)
-    assert torch.allclose(enc.cls_token, src.cls_token, atol=1e-6)
-    assert torch.equal(enc.blocks[2].ls2.gamma, src.blocks[2].ls2.gamma)
-    clip16 = Encoder("vit_base_patch16_clip_224", backbone_args=SMALL)
+    assert torch.equal(enc.timm.reg_token, src.timm.reg_token) and torch.equal(enc.timm.pos_embed, src.timm.pos_embed)
+    assert torch.allclose(enc.timm.cls_token, src.timm.cls_token, atol=1e-6)
+    assert torch.equal(enc.timm.blocks[2].ls2.gamma, src.timm.blocks[2].ls2.gamma)
+    clip16 = Backbone("vit_base_patch16_clip_224", backbone_args=SMALL)
     with pytest.raises(UserError, match="patch-14 encoder but --backbone is patch 16"):
         clip16.load_weights(str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
 
@@ -299,8 +299,8 @@ def test_training_checkpoint_evaluates_without_backbone_flags(name, voc_copy, tm
     assert "Iter: 3;" in log and "Validating" in log
     ckpt = str(wd / "checkpoint.pth")
     net = load_model(ckpt, None, None, None, torch.device("cpu"))
-    assert net.backbone_name == name and net.aux_layer == 1 and net.branch1.encoder.width == 48
-    mean, std = _timm_stats(name, net.branch1.encoder.family)     # recorded, and used when loaded
+    assert net.backbone_name == name and net.aux_layer == 1 and net.branch1.backbone.width == 48
+    mean, std = _timm_stats(name, net.branch1.backbone.family)     # recorded, and used when loaded
     saved = read_checkpoint(ckpt)["args"]
     assert (tuple(saved["input_mean"]), tuple(saved["input_std"])) == (mean, std)
     assert net.input_stats == InputStats(mean, std)
@@ -320,7 +320,7 @@ def test_coco_training_takes_a_family_too(coco_copy, tmp_path):
                           "--backbone", "vit_base_patch16_siglip_224", *FAMILY_RUN])
     net = load_model(str(wd / "checkpoint.pth"), None, None, None, torch.device("cpu"),
                      defaults={"backbone": "deit_base_patch16_224", "num_classes": 81, "aux_layer": 9})
-    assert net.num_classes == 81 and net.branch1.encoder.family == "siglip" and net.aux_layer == 1
+    assert net.num_classes == 81 and net.branch1.backbone.family == "siglip" and net.aux_layer == 1
 
 
 def test_a_dinov2_run_resumes_without_backbone_flags(voc_copy, tmp_path, one_line_error, capsys):
@@ -337,7 +337,7 @@ def test_a_dinov2_run_resumes_without_backbone_flags(voc_copy, tmp_path, one_lin
     train_final_voc.run(["--data_folder", str(voc_copy), "--resume", str(wd / "checkpoint.pth"), *flags])
     log = (wd / "train.log").read_text()[len(first):]
     assert "--backbone vit_small_patch14_reg4_dinov2 (from" in log and "Resumed from" in log
-    assert load_model(str(wd / "checkpoint.pth"), None, None, None, torch.device("cpu")).branch1.encoder.family == "dinov2"
+    assert load_model(str(wd / "checkpoint.pth"), None, None, None, torch.device("cpu")).branch1.backbone.family == "dinov2"
     # statistics other than the ones it was trained with are refused (the saved ones are adopted)
     assert "--input_mean [" in log and "--input_std [" in log
     capsys.readouterr()
@@ -373,11 +373,11 @@ def test_every_stage_normalises_with_the_statistics_of_the_familys_tag_read_from
     training transform, the validation set, the encoder and the arguments the checkpoint records
     carry the mean and std of timm's pretrained_cfg of the tag whose weights the family loads."""
     args, run = _set_up(voc_copy, name)
-    enc = run.net.branch1.encoder
+    enc = run.net.branch1.backbone
     mean, std = _timm_stats(name, enc.family)
     assert (enc.input_stats.mean, enc.input_stats.std) == (mean, std) and not enc.input_stats.uint8_cast
     assert run.stream.loader.dataset.augmentation.stats == run.val_set.stats == enc.input_stats
-    assert run.net.branch2.encoder.input_stats == enc.input_stats
+    assert run.net.branch2.backbone.input_stats == enc.input_stats
     assert (tuple(args.input_mean), tuple(args.input_std)) == (mean, std)
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     pixels = torch.from_numpy(run.val_set.raw_image(0)).permute(2, 0, 1).float()
@@ -389,7 +389,7 @@ def test_the_papers_vits_keep_the_original_imagenet_constants_whatever_timm_says
     """ViT-B 21k's tag says 0.5 in timm; the paper's numbers were made with ImageNet's constants
     on every ViT/DeiT, and the paper's path keeps them (and the original's uint8 round trip)."""
     assert input_stats(name) == PAPER_STATS
-    enc = Encoder(name, backbone_args=TINY_VIT)
+    enc = Backbone(name, backbone_args=TINY_VIT)
     assert enc.paper_path and enc.input_stats == PAPER_STATS
     if name == "vit_base_patch16_224":
         assert _timm_stats(name, "vit") == ((0.5,) * 3, (0.5,) * 3)
@@ -401,10 +401,10 @@ def test_local_weights_keep_the_tags_statistics_and_the_flags_replace_them(voc_c
     clip = _timm_stats(name, "clip")
     assert clip[0] != PAPER_STATS.mean and clip[1] != PAPER_STATS.std
     loaded = []
-    monkeypatch.setattr(Encoder, "load_weights", lambda self, path: loaded.append(path))
+    monkeypatch.setattr(Backbone, "load_weights", lambda self, path: loaded.append(path))
     (tmp_path / "clip.pth").write_bytes(b"")
     with torch.device("meta"):     # the full-size model, without memory: only the weights' file is faked
-        enc = Encoder(name, pretrained_path=str(tmp_path / "clip.pth"))
+        enc = Backbone(name, pretrained_path=str(tmp_path / "clip.pth"))
     assert loaded == [str(tmp_path / "clip.pth")] and (enc.input_stats.mean, enc.input_stats.std) == clip
     assert input_stats(name, std=(0.25, 0.25, 0.25)) == InputStats(clip[0], (0.25, 0.25, 0.25))
     args, run = _set_up(voc_copy, name, "--input_mean", "0.5,0.4,0.3", "--input_std", "0.2 0.2 0.2")
@@ -427,12 +427,12 @@ def _clip_checkpoint(path, saved_stats):
 def encoder_inputs(monkeypatch):
     """Every tensor that reaches an encoder, in order."""
     seen = []
-    real = Encoder.token_maps
+    real = Backbone.token_maps
 
     def spy(self, x, final=True):
         seen.append(x.detach().clone())
         return real(self, x, final)
-    monkeypatch.setattr(Encoder, "token_maps", spy)
+    monkeypatch.setattr(Backbone, "token_maps", spy)
     return seen
 
 
@@ -482,7 +482,7 @@ def test_par_and_the_strong_view_get_the_8bit_image_whatever_the_family(name, pa
     dupl_step(net, Batch(images, labels, boxes, max_present=2), 5, cfg, par, torch.Generator().manual_seed(0))
     exact = torch.from_numpy(img).permute(0, 3, 1, 2).float() / torch.full((1, 1, 1, 1), 255.0)
     assert seen["stats"] == net.input_stats and torch.equal(seen["strong"], seen["par"])
-    if net.branch1.encoder.paper_path:
+    if net.branch1.backbone.paper_path:
         assert torch.equal(seen["par"], PAPER_STATS.denormalize(images))
         assert float((seen["par"] - exact).abs().max()) <= 1 / 255 + 1e-7
     else:

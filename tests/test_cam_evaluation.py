@@ -11,7 +11,7 @@ import torch
 import eval_cam_coco
 import eval_cam_voc
 from datasets.layout import voc_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
 from engine.cam_evaluation import best_present_class, default_batch_size

@@ -1,9 +1,10 @@
-"""Dense CRF post-processing (docs/method.md#evaluation): parameters, unary, logits -> probabilities, parallel runner."""
+"""Dense CRF post-processing (docs/method.md#evaluation): parameters, unary, logits -> probabilities, the
+pydensecrf driver's worker processes."""
 import numpy as np
 import pytest
 import torch
 
-from engine.crf import CRF_PARAMS, dense_crf, probs_from_logits, run_crf, unary_from_probs
+from engine.crf import CRF_PARAMS, PydenseCRFDriver, dense_crf, probs_from_logits, unary_from_probs
 
 H, W = 40, 50
 
@@ -87,21 +88,32 @@ def test_probs_from_logits_resizes_and_normalises():
                                atol=1e-6)
 
 
-def _crf_job(job):
-    """Top-level (picklable) job: logits at half resolution -> CRF labels."""
-    seed = job
-    image, probs, _ = _scene(seed)
+def _crf_inputs(job):
+    """Top-level (picklable) prepare: the scene of seed ``job``, its logits at half resolution -> probabilities."""
+    image, probs, _ = _scene(job)
     logits = np.log(probs[:, ::2, ::2] + 1e-6).astype(np.float16)
-    return seed, dense_crf(image, probs_from_logits(logits, image.shape[:2])), torch.get_num_threads()
+    return image, probs_from_logits(logits, image.shape[:2])
+
+
+def _crf_result(job, labels):
+    """Top-level (picklable) finish: the seed, its labels and the torch threads of the process that ran it."""
+    return job, labels, torch.get_num_threads()
+
+
+def _run(jobs, workers: int):
+    crf = PydenseCRFDriver(workers, _crf_inputs, _crf_result)
+    for job in jobs:
+        crf.submit(job)
+    return crf.close()
 
 
 @pytest.mark.pydensecrf
-def test_run_crf_results_do_not_depend_on_the_worker_count():
+def test_pydensecrf_driver_results_do_not_depend_on_the_worker_count():
     jobs = list(range(5))
-    inline = run_crf(jobs, _crf_job, workers=1, desc="test")
-    pooled = run_crf(jobs, _crf_job, workers=2, desc="test")
+    inline = _run(jobs, workers=1)
+    pooled = _run(jobs, workers=2)
     assert [r[0] for r in inline] == jobs and [r[0] for r in pooled] == jobs
     for a, b in zip(inline, pooled):
         np.testing.assert_array_equal(a[1], b[1])
     assert all(r[2] == 1 for r in pooled)  # one thread per worker process
-    assert run_crf([], _crf_job, workers=2) == []
+    assert _run([], workers=2) == []

@@ -1,21 +1,28 @@
 """The PyTorch dense CRF against pydensecrf: same labels on realistic inputs, batching, chunking,
-backend choice, and the evaluation scripts' --crf_backend."""
+backend choice, the drivers of both backends, and the evaluation scripts' --crf_backend."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import eval_seg_voc
 from benchmarks.common import network_like_probs
 from datasets.layout import coco_layout, voc_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
 from engine import crf as crf_module
-from engine.crf import dense_crf, refine_labels, resolve_crf_backend
-from engine.crf_torch import Lattice, TorchCRFStream, dense_crf_batch, dense_crf_torch
+from engine.crf import (PydenseCRFDriver, TorchCRFDriver, crf_driver, dense_crf, job_done, job_inputs,
+                        resolve_crf_backend)
+from engine.crf_torch import Lattice, dense_crf_batch
 from utils.errors import UserError
+
+
+def dense_crf_torch(image, probs, **kw) -> np.ndarray:
+    """The torch CRF of one image: uint8 labels ``(H, W)`` as a numpy array, like :func:`dense_crf`."""
+    return dense_crf_batch([image], [probs], **kw)[0].numpy()
 
 
 def _scenes(root, lists_dir, dataset: str, n: int):
@@ -128,18 +135,32 @@ def test_backend_choice(monkeypatch):
         resolve_crf_backend("pydensecrf", torch.device("cpu"))
 
 
+def _refine(driver, image, probs) -> np.ndarray:
+    """The labels one driver gives one image handed over as a tensor."""
+    got = []
+    driver.submit((image, torch.from_numpy(probs), got.append))
+    driver.close()
+    assert len(got) == 1
+    return got[0]
+
+
 @pytest.mark.pydensecrf
-def test_refine_labels_dispatches_to_both_backends(voc_scenes):
+def test_the_factory_gives_each_backend_its_driver(voc_scenes):
     image, probs, _ = voc_scenes[0]
-    a = refine_labels(image, torch.from_numpy(probs), "pydensecrf")
-    b = refine_labels(image, torch.from_numpy(probs), "torch", torch.device("cpu"))
+    flags = argparse.Namespace(crf_batch=None, crf_class_chunk=0)
+    pyd, tor = crf_driver(flags, "pydensecrf", torch.device("cpu")), crf_driver(flags, "torch", torch.device("cpu"))
+    assert isinstance(pyd, PydenseCRFDriver) and isinstance(tor, TorchCRFDriver) and tor.batch == 1
+    assert pyd.prepare is job_inputs and pyd.finish is job_done
+    a = _refine(pyd, image, probs)
+    b = _refine(tor, image, probs)
     np.testing.assert_array_equal(a, dense_crf(image, probs))
     np.testing.assert_array_equal(b, dense_crf_torch(image, probs))
 
 
-def test_stream_returns_results_in_job_order_and_reports_memory(voc_scenes, monkeypatch):
+def test_torch_driver_returns_results_in_job_order_and_reports_memory(voc_scenes, monkeypatch):
     jobs = list(range(5))
-    stream = TorchCRFStream(lambda j: voc_scenes[j][:2], lambda j, label: (j, label), "cpu", batch=2)
+    stream = TorchCRFDriver("cpu", batch=2, prepare=lambda j: voc_scenes[j][:2],
+                            finish=lambda j, label: (j, label), threads=2)
     for j in jobs:
         stream.submit(j)
     out = stream.close()
@@ -151,13 +172,14 @@ def test_stream_returns_results_in_job_order_and_reports_memory(voc_scenes, monk
         raise torch.OutOfMemoryError("CUDA out of memory")
     import engine.crf_torch as ct
     monkeypatch.setattr(ct, "dense_crf_batch", oom)
-    stream = TorchCRFStream(lambda j: voc_scenes[j][:2], lambda j, label: j, "cpu", batch=1)
+    stream = TorchCRFDriver("cpu", batch=1, prepare=lambda j: voc_scenes[j][:2], finish=lambda j, label: j,
+                            threads=2)
     with pytest.raises(UserError, match="--crf_batch"):
         stream.submit(0)
 
 
 @pytest.mark.pydensecrf
-def test_queue_batches_images_of_one_class_count_and_hands_each_its_labels(voc_scenes, monkeypatch):
+def test_torch_driver_batches_images_of_one_class_count_and_hands_each_its_labels(voc_scenes, monkeypatch):
     few = [(im, p[:6] / p[:6].sum(0, keepdims=True)) for im, p, _ in voc_scenes[:2]]      # 6 classes
     items = [voc_scenes[0][:2], few[0], voc_scenes[1][:2], voc_scenes[2][:2], few[1]]
     expected = [dense_crf_torch(image, probs) for image, probs in items]
@@ -169,24 +191,25 @@ def test_queue_batches_images_of_one_class_count_and_hands_each_its_labels(voc_s
         calls.append((len(images), probs[0].shape[0], kw["class_chunk"]))
         return real(images, probs, **kw)
     monkeypatch.setattr(ct, "dense_crf_batch", counting)
-    queue = crf_module.CRFQueue("torch", "cpu", batch=2, class_chunk=4)
+    queue = TorchCRFDriver("cpu", batch=2, class_chunk=4)
     for i, (image, probs) in enumerate(items):
-        queue.add(image, torch.from_numpy(probs), lambda label, i=i: got.setdefault(i, label))
+        queue.submit((image, torch.from_numpy(probs), lambda label, i=i: got.setdefault(i, label)))
     assert sorted(got) == [0, 1, 2, 4] and calls == [(2, 21, 4), (2, 6, 4)]     # full batches only
-    queue.flush()
+    results = queue.close()
     assert sorted(got) == [0, 1, 2, 3, 4] and calls[-1] == (1, 21, 4)
     for i in range(len(items)):
         assert got[i].dtype == np.uint8 and (got[i] == expected[i]).mean() >= 0.9999
+        assert results[i] is got[i]      # close: what each job's done returned, in the order of submit
 
     direct = []
-    crf_module.CRFQueue("pydensecrf", batch=8).add(*items[1], direct.append)
+    PydenseCRFDriver().submit((*items[1], direct.append))
     assert len(direct) == 1 and np.array_equal(direct[0], dense_crf(*items[1]))
 
     def oom(*a, **k):
         raise torch.OutOfMemoryError("CUDA out of memory")
     monkeypatch.setattr(ct, "dense_crf_batch", oom)
     with pytest.raises(UserError, match="--crf_batch or set --crf_class_chunk"):
-        crf_module.CRFQueue("torch", "cpu").add(*items[0], direct.append)
+        TorchCRFDriver("cpu").submit((*items[0], direct.append))
 
 
 TINY = ["--backbone", "deit_tiny_patch16_224", "--num_workers", "0", "--cpu", "--scales", "1.0"]

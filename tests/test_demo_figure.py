@@ -4,7 +4,7 @@ import torch
 
 from datasets.classes import IGNORE_INDEX, VOC_DISPLAY_NAMES, voc_colormap
 from datasets.layout import voc_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset
 from model.network import DualStudentNet
 from engine.demo_figure import COLUMNS, demo_figure, pick_images

@@ -10,7 +10,7 @@ from PIL import Image
 
 import eval_seg_coco_ddp
 import eval_seg_voc
-from datasets.prepare import read_list
+from datasets.lists import read_list
 from model.network import DualStudentNet
 from engine.evaluation import column_predictions, crf_job, multiscale_logits
 from engine.inference import (coco_msc_logits, load_logits, save_logits, select_branch, voc_msc_logits,

@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 
 import infer
+from engine.inference import load_model, segment_logits, voc_msc_logits
 from model.network import DualStudentNet
+from utils.precision import autocast
 
 BACKBONE = ["--backbone", "deit_tiny_patch16_224", "--cpu"]
 
@@ -68,10 +70,10 @@ def test_single_branch_amp_explicit_files_sharing_a_stem_and_tiny_images(tiny_ck
 
 
 def test_segment_logits_matches_the_chosen_student(tiny_ckpt):
-    net = infer.load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
+    net = load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
     rgb = np.random.default_rng(1).integers(0, 256, (33, 47, 3), dtype=np.uint8)
-    one = infer.segment_logits(net, rgb, torch.device("cpu"), "1", (1.0,))
-    both = infer.voc_msc_logits(net, net.input_stats.normalize(rgb)[None], (1.0,))
+    one = segment_logits(net, rgb, torch.device("cpu"), "1", (1.0,))
+    both = voc_msc_logits(net, net.input_stats.normalize(rgb)[None], (1.0,))
     assert one.shape == (1, 21, 33, 47)
     torch.testing.assert_close(one, both[0])
 
@@ -114,7 +116,7 @@ def test_amp_is_bfloat16_on_every_device_like_training_and_evaluation(device):
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # no CUDA here: the context is built, not entered
-        ctx = infer.autocast(torch.device(device), True)
+        ctx = autocast(torch.device(device), True)
     assert ctx.fast_dtype == torch.bfloat16
 
 
@@ -125,9 +127,9 @@ def test_crf_refines_the_prediction_with_either_backend(tiny_ckpt, image_folder,
     out = tmp_path / backend
     infer.main(["--model_path", tiny_ckpt, "--input", str(image_folder / "odd.JPG"), "--out", str(out),
                 "--scales", "1.0", "--crf", "--crf_backend", backend, *BACKBONE])
-    net = infer.load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
+    net = load_model(tiny_ckpt, "deit_tiny_patch16_224", 21, -3, torch.device("cpu"))
     rgb = infer.read_input_image(str(image_folder / "odd.JPG"))
-    probs = infer.segment_logits(net, rgb, torch.device("cpu"), "ensemble", (1.0,))[0].softmax(0)
+    probs = segment_logits(net, rgb, torch.device("cpu"), "ensemble", (1.0,))[0].softmax(0)
     expected = dense_crf(rgb, probs.numpy())
     got = np.array(Image.open(out / "odd.png"))
     assert (got == expected).mean() >= 0.995

@@ -19,7 +19,7 @@ import demo
 import eval_seg_voc
 import train_final_coco
 from datasets.layout import coco_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset
 from utils.metric import ConfusionMatrix
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.backbone import Encoder, resize_pos_embed, vit_token_maps
+from model.backbone import Backbone, resize_pos_embed, vit_token_maps
 from model.cam import multiscale_cam, normalize_cam, spatial_extreme
 from model.network import DualStudentNet, load_network
 from utils.errors import UserError
@@ -108,7 +108,7 @@ def test_position_embedding_resize_is_bicubic_without_antialias():
 
 def test_any_input_size_gives_floor_of_size_over_16_tokens():
     torch.manual_seed(0)
-    vit = Encoder("deit_tiny_patch16_224")
+    vit = Backbone("deit_tiny_patch16_224").timm
     for h, w in [(224, 224), (448, 448), (375, 500), (100, 37)]:
         fmap, aux = vit_token_maps(vit, torch.randn(1, 3, h, w), -3)
         assert fmap.shape == aux.shape == (1, 192, h // 16, w // 16)
@@ -116,7 +116,7 @@ def test_any_input_size_gives_floor_of_size_over_16_tokens():
 
 def test_aux_map_is_block_nine_without_norm_and_final_map_is_normed():
     torch.manual_seed(0)
-    vit = Encoder("deit_tiny_patch16_224").eval()
+    vit = Backbone("deit_tiny_patch16_224").timm.eval()
     x = torch.randn(2, 3, 64, 80)
     seen = {}
     vit.blocks[9].register_forward_hook(lambda m, i, o: seen.setdefault("aux", o))
@@ -227,34 +227,34 @@ def test_checkpoint_of_other_class_count_or_backbone_is_refused(tmp_path):
 
 def test_local_pretrained_file_loads_in_deit_and_bare_formats(tmp_path):
     torch.manual_seed(3)
-    src = Encoder("deit_tiny_patch16_224")
+    src = Backbone("deit_tiny_patch16_224").timm
     torch.save({"model": src.state_dict()}, tmp_path / "deit.pth")
     state = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
     state["head.weight"], state["head.bias"] = torch.zeros(21843, 192), torch.zeros(21843)
     torch.save(state, tmp_path / "bare.pth")
     for name in ("deit.pth", "bare.pth"):
-        vit = Encoder("deit_tiny_patch16_224", pretrained_path=str(tmp_path / name))
+        vit = Backbone("deit_tiny_patch16_224", pretrained_path=str(tmp_path / name)).timm
         assert torch.equal(vit.blocks[3].mlp.fc1.weight, src.blocks[3].mlp.fc1.weight)
         assert not vit.pos_embed.requires_grad
     with pytest.raises(UserError, match="does not hold weights of this backbone"):
-        Encoder("deit_small_patch16_224", pretrained_path=str(tmp_path / "deit.pth"))
+        Backbone("deit_small_patch16_224", pretrained_path=str(tmp_path / "deit.pth"))
     with pytest.raises(UserError, match="--pretrained_path .* does not exist"):
-        Encoder("deit_tiny_patch16_224", pretrained_path=str(tmp_path / "none.pth"))
+        Backbone("deit_tiny_patch16_224", pretrained_path=str(tmp_path / "none.pth"))
 
 
 def test_unknown_or_non_plain_backbone_is_refused():
     with pytest.raises(UserError, match="is not a timm model"):
-        Encoder("deit_huge_patch99")
+        Backbone("deit_huge_patch99")
     with pytest.raises(UserError, match="not a ViT-family encoder"):
-        Encoder("resnet18")
+        Backbone("resnet18")
 
 
 def test_pretrained_without_network_says_how_to_get_the_weights():
     import subprocess
     import sys
-    code = ("from model.backbone import Encoder\n"
+    code = ("from model.backbone import Backbone\n"
             "from utils.errors import exit_on_user_error\n"
-            "exit_on_user_error(lambda: Encoder('deit_tiny_patch16_224', pretrained=True))()\n")
+            "exit_on_user_error(lambda: Backbone('deit_tiny_patch16_224', pretrained=True))()\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.errors import Refused
-from utils.pickle_scan import CHECKPOINT_GLOBALS, LABEL_GLOBALS, _PickleScan, scan_pickle
+from utils.pickle_scan import CHECKPOINT_GLOBALS, LABEL_GLOBALS, _PickleScan, scan_labels, scan_pickle
 
 # opcodes that import, call or fetch something the scan cannot see through
 CODE_OPCODES = {"EXT1", "EXT2", "EXT4", "INST", "NEWOBJ_EX", "NEXT_BUFFER", "OBJ", "READONLY_BUFFER"}
@@ -61,3 +61,48 @@ def test_the_walk_state_starts_empty_for_every_scan():
     with pytest.raises(Refused, match=r"^a malformed pickle \(ValueError\)$"):
         scan_pickle(pickle.dumps([1, 2], protocol=4)[:-1], LABEL_GLOBALS, 1 << 20)
     scan_pickle(pickle.dumps([1, 2], protocol=4), LABEL_GLOBALS, 1 << 20)
+
+
+# the budgets datasets/lists.py gives the original's labels file: bytes, memo, one array, one size
+LABEL_LIMITS = (1 << 20, 1 << 20, 1024 * 16, 2_000_000)
+
+
+def _labels_pickle(vector, protocol=3) -> bytes:
+    return pickle.dumps(np.array({"2007_000032": vector}, dtype=object), protocol=protocol)
+
+
+def _tampered(data: bytes, old: bytes, new: bytes) -> bytes:
+    assert data.count(old) == 1
+    return data.replace(old, new)
+
+
+@pytest.mark.parametrize("protocol", (3, 4))   # np.save writes 3; 5 pickles arrays by numpy's _frombuffer
+def test_a_real_label_dict_passes_the_label_rules(protocol):
+    for vector in (np.zeros(20, np.float32), np.ones(80, np.float64), np.ones(20, np.uint8)):
+        scan_labels(_labels_pickle(vector, protocol), *LABEL_LIMITS)
+
+
+NO_LABEL_VECTOR = {
+    "a global of code": (pickle.dumps(np.array({"a": print}, dtype=object), protocol=3),
+                         r"^builtins\.print is not allowed in a labels file$"),
+    "a long vector": (_labels_pickle(np.zeros(5000, np.float64)), "more than a label vector"),
+    "three dimensions": (_labels_pickle(np.zeros((1, 1, 1), np.float32)), "not a label vector"),
+    "a huge empty size": (_labels_pickle(np.zeros((0, 3_000_000), np.float32)), "not a label vector"),
+    "complex numbers": (_labels_pickle(np.zeros(2, np.complex64)), "numpy dtype 'c8'"),
+    "a rebuild from more than an empty array": (
+        _tampered(_labels_pickle(np.zeros(2, np.float32)), b"q\x01K\x00\x85", b"q\x01K\x00K\x05\x86"),
+        "used for something other than an empty array"),
+    "numbers flagged as objects": (   # the dtype state's last field: flags
+        _tampered(_labels_pickle(np.zeros(2, np.float32)), b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00",
+                  b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x01"), "changes its flags or size"),
+    "text of another size": (   # the dtype state's elsize, alignment, flags
+        _tampered(_labels_pickle(np.array([b"ab"])), b"NNNK\x02K\x01K\x00", b"NNNK\x09K\x01K\x00"),
+        "changes its flags or size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_LABEL_VECTOR))
+def test_the_label_rules_refuse_an_array_that_is_no_label_vector(case):
+    data, message = NO_LABEL_VECTOR[case]
+    with pytest.raises(Refused, match=message):
+        scan_labels(data, *LABEL_LIMITS)

@@ -8,7 +8,7 @@ import pytest
 
 from datasets.classes import COCO_CLASSES, VOC_CLASSES
 from datasets.layout import coco_layout, voc_layout
-from datasets.prepare import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels, mask_labels, prepare_coco,
+from datasets.lists import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels, mask_labels, prepare_coco,
                               prepare_voc, read_list, voc_xml_labels)
 from datasets.readers import read_mask
 from utils.errors import UserError

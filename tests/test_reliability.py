@@ -17,7 +17,7 @@ import infer
 import train_final_voc
 import visualize_cams
 from datasets.layout import voc_layout
-from datasets.prepare import ensure_lists, read_list
+from datasets.lists import ensure_lists, read_list
 from utils.checkpoint import read_checkpoint
 from model.network import DualStudentNet
 from engine import train_args
@@ -401,7 +401,7 @@ def test_offline_pretrained_fails_fast_with_the_one_line_error(voc_copy, tmp_pat
 
 
 def test_labels_that_disagree_with_the_masks_are_reported_and_left_alone(voc_copy, lists):
-    from datasets.prepare import LABELS_FILE, load_labels, save_labels
+    from datasets.lists import LABELS_FILE, load_labels, save_labels
     labels = load_labels(lists)
     first = read_list(os.path.join(lists, "val.txt"))[0]
     labels[first] = 1 - np.asarray(labels[first])

@@ -22,7 +22,7 @@ import train_final_coco
 import train_final_voc
 import visualize_cams
 from datasets.layout import voc_layout
-from datasets.prepare import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels,
+from datasets.lists import (LABELS_FILE, ORIGINAL_LABELS_FILE, ensure_lists, load_labels,
                               read_list, voc_xml_labels)
 from datasets.readers import read_image
 from utils.checkpoint import read_checkpoint

@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from datasets.layout import coco_layout, voc_layout
-from datasets.prepare import ensure_lists, read_list
+from datasets.lists import ensure_lists, read_list
 from datasets.readers import read_mask
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from datasets.layout import voc_layout
-from datasets.prepare import ensure_lists
+from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset
 from datasets.transforms import TrainAugmentation, random_pad_crop, random_rescale
 from utils.input_stats import IMAGENET_MEAN, IMAGENET_STD, PAPER_STATS, InputStats

@@ -23,7 +23,7 @@ from PIL import Image
 
 from utils.errors import UserError
 from datasets.layout import voc_layout
-from datasets.prepare import ensure_lists, load_labels, read_list
+from datasets.lists import ensure_lists, load_labels, read_list
 from utils.errors import Refused
 from utils.pickle_scan import check_pickle_memo, check_tree, scan_pickle
 from utils.safe_io import check_zip, output_path, write_atomically

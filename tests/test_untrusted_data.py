@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.prepare import MAX_LIST_IDS, read_list
+from datasets.lists import MAX_LIST_IDS, read_list
 from datasets.readers import MAX_DATASET_PIXELS, read_image, read_mask
 from utils.errors import UserError
 from utils.safe_io import zip_directory_entries
@@ -210,7 +210,7 @@ def test_a_labels_pickle_of_millions_of_empty_sets_is_refused(tmp_path, junk):  
 
 def test_real_pickles_stay_within_what_they_may_build(tmp_path):
     import pickle
-    from datasets.prepare import load_labels
+    from datasets.lists import load_labels
     from utils.pickle_scan import check_pickle_memo
     labels = {f"2008_{i:06d}": np.eye(80, dtype=np.float64)[i % 80] for i in range(3000)}
     for protocol in (2, 3, 4):

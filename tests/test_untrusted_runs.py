@@ -22,7 +22,7 @@ import eval_cam_voc
 import eval_seg_voc
 import infer
 import train_final_voc
-from datasets.prepare import read_list
+from datasets.lists import read_list
 from model.network import DualStudentNet
 from model.schedule import paper_config
 from engine.run_state import checkpoint_payload

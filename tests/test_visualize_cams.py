@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import visualize_cams
-from datasets.prepare import load_labels, read_list
+from datasets.lists import load_labels, read_list
 from model.network import DualStudentNet
 
 TINY = ["--backbone", "deit_tiny_patch16_224", "--size", "64", "--cpu", "--single_scale"]

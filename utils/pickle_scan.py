@@ -9,6 +9,8 @@ first; anything outside the budget raises :class:`utils.errors.Refused`, whose m
 - :func:`scan_pickle`: only listed globals, a bounded memo, numeric numpy arrays of bounded
   declared size (no object arrays but the 0-d wrapper of a pickled dict), tensors inside their
   storage, a bounded sum of declared bytes.
+- :func:`scan_labels`: :func:`scan_pickle` with the rules of the original's labels file, whose
+  arrays are label vectors (checkpoints and labels files go through the same walk).
 - :func:`check_tree`: the loaded object has bounded depth, node count and bytes, where a shared
   sub-object counts each time it is reached (a small DAG that expands exponentially, or one array
   under 40 keys that later code would copy 40 times, is refused).
@@ -216,10 +218,23 @@ def scan_pickle(data: bytes, allowed: Iterable[str], max_bytes: int, max_memo: i
     _PickleScan(frozenset(allowed), max_bytes, max_memo, storages, allow_object_scalar).run(data)
 
 
+def scan_labels(data: bytes, max_bytes: int, max_memo: int, max_array_bytes: int, max_dim: int) -> None:
+    """Check the pickle of the original's labels file (``np.save`` of a dict id -> label vector:
+    a dict inside a 0-d object array) as :func:`scan_pickle` does with :data:`LABEL_GLOBALS` and
+    that 0-d object array, and raise :class:`Refused` for any array that is no label vector: one
+    of more than ``max_array_bytes`` bytes, more than 2 dimensions or a size above ``max_dim``,
+    complex numbers, a rebuild from more than an empty array, or a dtype whose pickled state
+    changes the flags or size numpy gives its type (numpy applies them: flags can make numbers
+    read as object pointers)."""
+    _LabelScan(max_bytes, max_memo, max_array_bytes, max_dim).run(data)
+
+
 class _PickleScan:
     """The pickle machine of :func:`scan_pickle`: its stack, marks and memo hold placeholders
     (:class:`_Global`, :class:`_Array`, ...) instead of objects. Each group of opcodes has one
     method (:data:`_PickleScan.HANDLERS`); an opcode of no group is refused."""
+
+    GLOBAL_REFUSED = "Python objects other than data ({})"   # the refusal of a global not allowed
 
     def __init__(self, allowed: frozenset, max_bytes: int, max_memo: int,
                  storages: Optional[Dict[str, int]], allow_object_scalar: bool):
@@ -352,7 +367,7 @@ class _PickleScan:
                 raise Refused("a malformed pickle (global without names)")
         full = f"{module}.{attr}"
         if full not in self.allowed:
-            raise Refused(f"Python objects other than data ({full[:100]})")
+            raise Refused(self.GLOBAL_REFUSED.format(full[:100]))
         self.stack.append(_Global(full))
 
     def reduce(self, name: str, arg) -> None:
@@ -456,6 +471,38 @@ class _PickleScan:
         "REDUCE": reduce, "NEWOBJ": newobj, "BUILD": build_op,
         **dict.fromkeys(("PERSID", "BINPERSID"), persistent_id),
     }
+
+
+class _LabelScan(_PickleScan):
+    """The machine of :func:`scan_labels`: :class:`_PickleScan` with the label globals, whose
+    numpy calls and states are checked further once its own checks have passed."""
+
+    GLOBAL_REFUSED = "{} is not allowed in a labels file"
+
+    def __init__(self, max_bytes: int, max_memo: int, max_array_bytes: int, max_dim: int):
+        super().__init__(LABEL_GLOBALS, max_bytes, max_memo, None, True)
+        self.max_array_bytes, self.max_dim = max_array_bytes, max_dim
+
+    def call(self, func, args):
+        made = super().call(func, args)     # func is an allowed global, args a tuple of its form
+        if func.name == "numpy.dtype" and made.dtype.kind == "c":
+            raise Refused(f"numpy dtype {args[0]!r} (a label vector holds real numbers)")
+        if func.name in NUMPY_RECONSTRUCT and (len(args[1]) > 2 or any(d > 1 for d in args[1])):
+            raise Refused(f"{func.name} used for something other than an empty array")
+        return made
+
+    def build(self, inst, state) -> None:
+        super().build(inst, state)          # the state has the form of an array's or a dtype's
+        if isinstance(inst, _DType):
+            dtype = inst.dtype
+            if state[7] != dtype.flags or (dtype.kind in "SU" and state[5] != dtype.itemsize):
+                raise Refused(f"a numpy dtype {dtype} whose state changes its flags or size")
+        elif isinstance(inst, _Array):
+            shape, dtype = tuple(state[1]), state[2].dtype
+            if len(shape) > 2 or any(d > self.max_dim for d in shape):
+                raise Refused(f"an array of shape {shape}, not a label vector")
+            if inst.nbytes > self.max_array_bytes:
+                raise Refused(f"an array of {shape} x {dtype}, more than a label vector")
 
 
 def _reconstruct_array(name: str, args: tuple) -> _Array:

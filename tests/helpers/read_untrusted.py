@@ -20,13 +20,13 @@ def main(argv):
             model_settings(obj, None, None, None, {"backbone": "deit_tiny_patch16_224",
                                                    "num_classes": 21, "aux_layer": -3}, path)
     elif kind == "pretrained":
-        from model.backbone import Encoder
-        Encoder("deit_tiny_patch16_224", pretrained_path=path)
+        from model.backbone import Backbone
+        Backbone("deit_tiny_patch16_224", pretrained_path=path)
     elif kind == "labels":
-        from datasets.prepare import load_labels
+        from datasets.lists import load_labels
         load_labels(path)
     elif kind == "list":
-        from datasets.prepare import read_list
+        from datasets.lists import read_list
         read_list(path)
     elif kind == "image":
         from datasets.readers import read_image
