@@ -115,7 +115,7 @@ def one_iteration(step, opt, it, n: int, par, gen, device, amp: bool, staged: bo
     with (timer("backward") if staged else contextlib.nullcontext()):
         out.loss.backward()
     with (timer("optimizer") if staged else contextlib.nullcontext()):
-        release_idle_gradients(step.net, step.cfg, n)
+        release_idle_gradients(step.net, out.active)
         opt.step()
         opt.zero_grad(set_to_none=True)
     sync(device)

@@ -38,7 +38,7 @@ from datasets.layout import DatasetLayout
 from model.backbone import input_stats
 from model.network import DualStudentNet, load_network
 from model.par import PAR
-from model.schedule import DuPLConfig
+from model.schedule import LOSS_NAMES, LOSS_TERMS, DuPLConfig
 from model.settings import default_model
 
 from utils.checkpoint import read_checkpoint, save_checkpoint
@@ -60,7 +60,6 @@ from .visualize import log_training_images, training_grid
 
 PAPER_GLOBAL_BATCH = {"voc": 4, "coco": 8}
 LOG_FORMAT = "%(asctime)s - %(filename)s - %(levelname)s: %(message)s"
-LOSS_NAMES = ("cls", "ptc", "seg", "dis", "reg")
 
 
 def seed_everything(seed: int) -> None:
@@ -114,11 +113,11 @@ class LossMeter:
             self.stats[k] = self.stats.get(k, 0) + v.float()
         self.count += 1
 
-    def means(self, step: int, checkpoint: str) -> list:
-        """The interval's mean of each term; a non-finite mean stops training (every rank)."""
-        means = (self.sums / max(self.count, 1)).tolist()
-        if not all(math.isfinite(v) for v in means):
-            values = ", ".join(f"{k} {v:.4g}" for k, v in zip(LOSS_NAMES, means))
+    def means(self, step: int, checkpoint: str) -> Dict[str, float]:
+        """The interval's mean of each term by name; a non-finite mean stops training (every rank)."""
+        means = dict(zip(LOSS_NAMES, (self.sums / max(self.count, 1)).tolist()))
+        if not all(math.isfinite(v) for v in means.values()):
+            values = ", ".join(f"{k} {v:.4g}" for k, v in means.items())
             raise UserError(f"loss became non-finite ({values}) at iteration {step}; stopping (the last "
                             f"good checkpoint is {checkpoint}). Lower --lr or check the data")
         return means
@@ -232,8 +231,9 @@ def optimizer_step(run: Run, n: int, meter: LossMeter, want_grid: bool = False) 
                     grid = training_grid(batch.images, batch.cls_label, cams, labels, run.net.input_stats)
             (out.loss / args.grad_accum).backward()
         meter.add(out)
+        active = out.active
         del out                          # the step's outputs are not kept past their backward
-    release_idle_gradients(run.net, run.cfg, n)
+    release_idle_gradients(run.net, active)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return grid
@@ -250,10 +250,9 @@ def log_interval(run: Run, n: int, meter: LossMeter, grid: Optional[torch.Tensor
         eta = elapsed / (n + 1 - run.start) * (args.max_iters - n - 1)
         lr = run.optimizer.param_groups[0]["lr"]
         run.logger.info(f"Iter: {n + 1}; Elasped: {_fmt_time(elapsed)}; ETA: {_fmt_time(eta)}; "
-                        f"LR: {lr:.3e}; cls_loss: {means[0]:.4f} | ptc_loss: {means[1]:.4f} | "
-                        f"seg_loss: {means[2]:.4f} | sim_loss: {means[3]:.4f}")
+                        f"LR: {lr:.3e}; " + " | ".join(f"{t.log_name}: {means[t.name]:.4f}" for t in LOSS_TERMS))
         if writer is not None:
-            for k, v in zip(LOSS_NAMES, means):
+            for k, v in means.items():
                 writer.add_scalar(f"loss/{k}", v, n + 1)
             for i, g in enumerate(run.optimizer.param_groups):
                 writer.add_scalar(f"lr/group{i}", g["lr"], n + 1)

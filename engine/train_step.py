@@ -7,7 +7,7 @@ the step's output comes back unchanged). :func:`release_idle_gradients` runs bet
 and the optimiser step. :func:`training_visuals` gives the CAMs and pseudo labels of a step for
 the training images, computing from the step's outputs whatever the step itself did not need.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,16 +15,17 @@ import torch.nn as nn
 from model.dupl import Batch, StepOutput, dupl_step, seg_pseudo_labels, student_cams
 from model.network import DualStudentNet
 from model.par import PAR
-from model.schedule import DuPLConfig
+from model.schedule import DuPLConfig, idle_parts
 
 
 class TrainingStep(nn.Module):
     """``dupl_step`` of the network it holds; ``forward(batch, n, par, generator)``.
 
-    While the segmentation weight is 0 (iterations up to and including ``cam_iters``) the
-    decoders take no part in the loss. They stay in the graph at weight 0
-    (``loss + 0.0 * sum(seg)``), so DDP needs no ``find_unused_parameters``; their gradients arrive
-    as exact zeros and :func:`release_idle_gradients` drops them.
+    The parts of a student that no term in the step's loss trains (:func:`model.schedule.idle_parts`
+    of the step's ``active`` terms: the decoders while the segmentation weight is 0, iterations up
+    to and including ``cam_iters``) take no part in the loss. They stay in the graph at weight 0
+    (``loss + 0.0 * sum(their parameters)``), so DDP needs no ``find_unused_parameters``; their
+    gradients arrive as exact zeros and :func:`release_idle_gradients` drops them.
     """
 
     def __init__(self, net: DualStudentNet, cfg: DuPLConfig):
@@ -35,24 +36,27 @@ class TrainingStep(nn.Module):
     def forward(self, batch: Batch, n: int, par: PAR,
                 generator: Optional[torch.Generator] = None) -> StepOutput:
         out = dupl_step(self.net, batch, n, self.cfg, par, generator)
-        if self.cfg.weights(n)["seg"] == 0:
-            out.loss = out.loss + 0.0 * sum(o.seg.sum() for o in out.outputs)
+        idle = _idle_parameters(self.net, out.active)
+        if idle:
+            out.loss = out.loss + 0.0 * sum(p.sum() for p in idle)
         return out
 
 
-def release_idle_gradients(net: DualStudentNet, cfg: DuPLConfig, n: int) -> None:
-    """Drop the gradients of the parameters that take no part in iteration ``n``'s loss, so the
-    optimiser skips them as it does in the original (no weight decay, no step count, no moments).
+def _idle_parameters(net: DualStudentNet, active: Sequence[str]) -> List[torch.Tensor]:
+    """The trainable parameters of the student parts that no term of ``active`` trains."""
+    parts = idle_parts(active)
+    return [p for student in net.students for part in parts for p in getattr(student, part).parameters()
+            if p.requires_grad]
 
-    Only the decoders are idle: while the segmentation weight is 0 :class:`TrainingStep` keeps them
-    in the graph at weight 0 and their gradients are exact zeros; AdamW would still decay them and
-    advance their step count. The classifiers see the classification loss in every phase; the
-    unused ImageNet head is frozen. Call between ``backward`` and the optimiser step."""
-    if cfg.weights(n)["seg"] > 0:
-        return
-    for student in net.students:
-        for p in student.decoder.parameters():
-            p.grad = None
+
+def release_idle_gradients(net: DualStudentNet, active: Sequence[str]) -> None:
+    """Drop the gradients of the parameters that no term of ``active`` (the step output's
+    ``active``: the terms in its loss) trains, so the optimiser skips them as it does in the
+    original (no weight decay, no step count, no moments). :class:`TrainingStep` keeps them in the
+    graph at weight 0 and their gradients are exact zeros; AdamW would still decay them and advance
+    their step count. Call between ``backward`` and the optimiser step."""
+    for p in _idle_parameters(net, active):
+        p.grad = None
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from .losses import (balanced_seg_loss, cls_loss, consistency_loss, discrepancy_
 from .network import DualStudentNet, StudentOutput
 from .par import PAR
 from .pseudo_labels import label_to_aff_mask, ptc_labels, refine_cams_with_par
-from .schedule import DuPLConfig
+from .schedule import LOSS_NAMES, DuPLConfig
 from .strong_aug import strong_augment
 from .thresholds import image_thresholds
 
@@ -56,6 +56,7 @@ class StepOutput:
     high: Optional[torch.Tensor] = None     # (B,) per-image high threshold
     cams: Optional[Cams] = None             # (cam, cam_aux) per student; cam None: aux CAM only
     pseudo_labels: Optional[List[torch.Tensor]] = None   # per student (B, H, W), GMM-filtered in C
+    active: Tuple[str, ...] = ()            # the terms in ``loss`` (computed, weight > 0)
 
 
 def stage(name: str):
@@ -180,13 +181,11 @@ def dupl_step(net: DualStudentNet, batch: Batch, n: int, cfg: DuPLConfig, par: P
     high = image_thresholds(cfg.class_thresholds(n, images.device), cls_label)      # (B,)
     stats: Dict[str, torch.Tensor] = {"high_thre": high.mean()}
 
-    terms["ptc"] = zero
     if use_ptc:
         with stage("ptc"):
             terms["ptc"] = ptc_term(outs, cams, batch, high, cfg)
 
     labels = None
-    terms["seg"] = zero
     if use_seg:
         with stage("par_refine"):
             labels = seg_pseudo_labels(net, batch, cams, high, use_aux, cfg, par)
@@ -194,8 +193,10 @@ def dupl_step(net: DualStudentNet, batch: Batch, n: int, cfg: DuPLConfig, par: P
                                                       images.shape[-2:], cfg.phase(n) == "C", cfg, stats)
         if reg is not None:
             terms["reg"] = reg
-    terms.setdefault("reg", zero)
-    terms["dis"] = discrepancy_loss(outs[0].fmap, outs[1].fmap) if w["dis"] > 0 else zero
+    if w["dis"] > 0:
+        terms["dis"] = discrepancy_loss(outs[0].fmap, outs[1].fmap)
 
-    loss = sum(w[k] * terms[k] for k in ("cls", "ptc", "seg", "dis", "reg") if w[k] > 0)
-    return StepOutput(loss, {k: v.detach() for k, v in terms.items()}, stats, outs, high, cams, labels)
+    active = tuple(k for k in LOSS_NAMES if w[k] > 0 and k in terms)
+    loss = sum(w[k] * terms[k] for k in active)
+    logged = {k: terms[k].detach() if k in terms else zero for k in LOSS_NAMES}
+    return StepOutput(loss, logged, stats, outs, high, cams, labels, active)

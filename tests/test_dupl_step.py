@@ -12,7 +12,7 @@ from model.dupl import Batch, dupl_step
 from model.network import DualStudentNet
 from model.par import PAR
 from model.schedule import paper_config
-from engine.train_step import TrainingStep, training_visuals
+from engine.train_step import TrainingStep, release_idle_gradients, training_visuals
 
 
 def _full_cams(student, x, scales, maps=None, final=True):
@@ -141,6 +141,22 @@ def test_the_engine_step_keeps_idle_decoders_in_the_graph_with_zero_gradients():
     assert [k for k, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
     assert all(not p.grad.any() for s in net.students for p in s.decoder.parameters())
     assert any(p.grad.any() for p in net.branch1.encoder.parameters())
+
+
+def test_the_step_names_the_terms_in_its_loss_and_only_their_parts_keep_gradients():
+    torch.manual_seed(0)
+    net = DualStudentNet("deit_tiny_patch16_224", 21, backbone_args="depth=2,embed_dim=48,num_heads=2")
+    cfg = paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40)
+    assert _step(net, cfg, 5).active == ("cls", "ptc", "dis")
+    assert _step(net, cfg, 45).active == ("cls", "ptc", "seg", "dis", "reg")
+    assert _step(net, paper_config("voc", max_iters=60, cam_iters=20, gmm_iters=40, w_dis=0.0), 25).active == \
+        ("cls", "ptc", "seg")
+    for active, decoder_kept in ((("cls", "ptc", "dis"), False), (("cls", "reg"), True)):
+        for p in net.parameters():
+            p.grad = torch.ones_like(p)
+        release_idle_gradients(net, active)
+        assert all((p.grad is not None) == decoder_kept for s in net.students for p in s.decoder.parameters())
+        assert all(p.grad is not None for s in net.students for p in s.encoder.parameters())
 
 
 def test_each_stage_is_a_profiler_range():

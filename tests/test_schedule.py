@@ -186,3 +186,22 @@ def test_phases_and_weights_are_off_by_one_at_the_boundaries_as_in_the_original(
     assert torch.equal(coco.class_thresholds(6), torch.full((80,), 0.65))
     assert (coco.class_thresholds(7) < 0.65).all()
 
+
+
+def test_each_loss_term_is_declared_once_with_parts_a_student_has():
+    from model.network import Student
+    from model.schedule import LOSS_NAMES, LOSS_TERMS, STUDENT_PARTS, idle_parts
+    assert LOSS_NAMES == ("cls", "ptc", "seg", "dis", "reg")
+    assert [t.log_name for t in LOSS_TERMS] == ["cls_loss", "ptc_loss", "seg_loss", "sim_loss", "reg_loss"]
+    cfg = paper_config("voc", max_iters=24, cam_iters=6, gmm_iters=12)
+    assert list(cfg.weights(20)) == list(LOSS_NAMES)
+    for t in LOSS_TERMS:
+        assert set(t.trains) <= set(STUDENT_PARTS)
+        assert t.weight is None or cfg.weights(20)[t.name] == getattr(cfg, t.weight)
+    student = Student("deit_tiny_patch16_224", 21, backbone_args="depth=2,embed_dim=48,num_heads=2")
+    assert all(any(p.requires_grad for p in getattr(student, part).parameters()) for part in STUDENT_PARTS)
+    # the parts no term in the loss trains: the decoders while only cls / ptc / dis are on, none
+    # once a term on the decoder (seg or reg) is in the loss
+    assert idle_parts(("cls", "ptc", "dis")) == ("decoder",)
+    assert idle_parts(("cls", "reg")) == ()
+    assert idle_parts(LOSS_NAMES) == ()

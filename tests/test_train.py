@@ -1,5 +1,6 @@
 """The training engine: all phases on VOC and COCO data, DDP, resume, checkpoints, errors."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -36,6 +37,11 @@ def test_voc_script_runs_all_three_phases_and_writes_log_and_checkpoint(voc_copy
     # phase A has no seg loss, phases B and C do
     assert "Iter: 2;" in log and "seg_loss: 0.0000" in log.split("Iter: 3;")[0]
     assert "seg_loss: 0.0000" not in log.split("Iter: 4;")[1]
+    # every term of the loss, the original's fields first and in its order, then the consistency loss
+    fields = re.findall(r"Iter: (\d+);.* cls_loss: [\d.]+ \| ptc_loss: [\d.]+ \| seg_loss: [\d.]+ \| "
+                        r"sim_loss: [\d.]+ \| reg_loss: ([\d.]+)$", log, re.M)
+    assert [int(n) for n, _ in fields] == list(range(1, 7))
+    assert all(float(reg) == 0 for n, reg in fields if int(n) <= 5)
     assert "val cls score of branch #2" in log and "Seg_2" in log
     ckpt = read_checkpoint(str(wd / "checkpoint.pth"))
     assert ckpt["step"] == 6 and not any(k.startswith("module.") for k in ckpt["model"])

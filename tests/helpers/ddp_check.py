@@ -42,7 +42,7 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     boxes = torch.stack([b[3] for b in batch])
     out = model(Batch(images, labels, boxes), step, PAR(), torch.Generator().manual_seed(info.rank))
     out.loss.backward()
-    release_idle_gradients(net, cfg, step)
+    release_idle_gradients(net, out.active)
     opt.step()
     decoders = [p for s in net.students for p in s.decoder.parameters()]
     untouched = all(torch.equal(p, p0) for p, p0 in zip(decoders, initial_decoders)) and \
