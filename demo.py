@@ -25,6 +25,7 @@ from datasets.layout import coco_layout, voc_layout
 from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
+from model.settings import paper
 from utils.cli import ArgumentParser
 from engine.demo_figure import demo_figure, pick_images
 from utils.errors import exit_on_user_error
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
     ensure_lists(coco, None, ["train", "val_part"])
 
     torch.manual_seed(0)
-    train = TrainDataset(voc, voc_lists, "train_aug", TrainAugmentation(crop_size=args.crop_size))
+    train = TrainDataset(voc, voc_lists, "train_aug", TrainAugmentation(args.crop_size, paper("scales")))
     _, images, labels, boxes = next(iter(DataLoader(train, batch_size=4, shuffle=True)))
     print(f"training batch: images {tuple(images.shape)}, labels {tuple(labels.shape)}, "
           f"img_box {boxes.tolist()}")

@@ -30,7 +30,8 @@ from utils.errors import UserError, exit_on_user_error
 from utils.precision import add_amp_flag, resolve_amp
 from utils.safe_io import output_path, save_image
 from engine.run_state import resolve_model_flags
-from engine.inference import BRANCHES, DEFAULT_MODEL, VOC_EVAL_SCALES, load_model, segment_logits
+from engine.inference import BRANCHES, VOC_EVAL_SCALES, load_model, segment_logits
+from model.settings import default_model
 from engine.script_common import (add_model_flags, add_model_path_flag, class_names, collect_inputs, output_folder,
                                   output_names, pick_device)
 from engine.visualize import blend, label_image
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
     device = pick_device(args.cpu)
     backend = resolve_crf_backend(args.crf_backend, device)
     args.amp = resolve_amp(args.amp, device)
-    ckpt = resolve_model_flags(args, DEFAULT_MODEL["voc"])
+    ckpt = resolve_model_flags(args, default_model("voc"))
     net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
     del ckpt
     names = class_names(args.num_classes)

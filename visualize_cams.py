@@ -40,14 +40,12 @@ from model.pseudo_labels import refine_cams_with_par
 from utils.cli import ArgumentParser
 from utils.errors import UserError, exit_on_user_error
 from engine.run_state import resolve_model_flags
-from engine.inference import (BRANCHES, COCO_EVAL_SCALES, DEFAULT_MODEL, VOC_EVAL_SCALES, coco_msc_logits, load_model,
+from model.settings import default_model, paper
+from engine.inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, load_model,
                               segment_logits, select_branch)
 from engine.script_common import (add_model_path_flag, check_model_path, class_names, collect_inputs,
                                   layout_from_flags, output_folder, output_names, pick_device)
 from engine.visualize import caption, cam_overlay, colorize_label, tile_grid, to_uint8
-
-LOW_THRE = 0.25
-DEFAULT_BKG = {"voc": 0.5, "coco": 0.45}
 
 # One image to draw: output name, RGB uint8 (H, W, 3), mask (H, W) or None, labels (K,) or None.
 Item = Tuple[str, np.ndarray, Optional[np.ndarray], Optional[torch.Tensor]]
@@ -162,7 +160,7 @@ def draw(net, par, item: Item, dataset: str, args, device,
     for s, student in enumerate(net.students, 1):
         cam = multiscale_cam(student, x)[0]
         cams = cam * cls_label[:, :, None, None]
-        pseudo = refine_cams_with_par(image01, cams, cls_label, args.bkg_thre, LOW_THRE, box, par)
+        pseudo = refine_cams_with_par(image01, cams, cls_label, args.bkg_thre, paper("low_thre"), box, par)
         full = F.interpolate(cam[:, present], size=(h, w), mode="bilinear",
                              align_corners=False)[0].cpu()
         for j, c in enumerate(present):
@@ -195,17 +193,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                      "recursively) instead of a dataset split")
     src.add_argument("--labels", help='with --images: present classes, e.g. "dog,person" '
                                       "(default: the classifiers' prediction)")
-    p.add_argument("--size", type=int, default=448, help="side of the square CAM input")
+    p.add_argument("--size", type=int, default=paper("crop_size"), help="side of the square CAM input")
     p.add_argument("--bkg_thre", type=float, default=None,
-                   help="high threshold of the PAR pseudo labels (default 0.5 VOC, 0.45 COCO)")
+                   help=f"high threshold of the PAR pseudo labels (default {paper('bkg_thre', 'voc')} VOC, "
+                   f"{paper('bkg_thre', 'coco')} COCO)")
     p.add_argument("--branch", default="ensemble", choices=BRANCHES, help="which prediction to draw")
     p.add_argument("--single_scale", action=argparse.BooleanOptionalAction, default=False,
                    help="predict at scale 1.0 only (with flip)")
     p.add_argument("--backbone", default=None,
                    help="backbone the checkpoint was trained with (default: the checkpoint's)")
     p.add_argument("--num_classes", type=int, default=None,
-                   help="classes incl. background (default: the checkpoint's, else 81 with --dataset "
-                   "coco and 21 otherwise)")
+                   help=f"classes incl. background (default: the checkpoint's, else {paper('num_classes', 'coco')} with "
+                   f"--dataset coco and {paper('num_classes', 'voc')} otherwise)")
     p.add_argument("--aux_layer", type=int, default=None,
                    help="block of the aux classifier (default: the checkpoint's)")
     p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
@@ -217,9 +216,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     check_model_path(args.model_path, "the checkpoint whose CAMs to draw")
-    ckpt = resolve_model_flags(args, DEFAULT_MODEL[args.dataset])
+    ckpt = resolve_model_flags(args, default_model(args.dataset))
     if args.size < 32:
-        raise UserError(f"--size {args.size} is too small; use at least 32 (448 in training)")
+        raise UserError(f"--size {args.size} is too small; use at least 32 ({paper('crop_size')} in training)")
     if args.images:
         if args.data_folder or args.img_folder:
             raise UserError("give either --images or a dataset split (--data_folder / --img_folder), "
@@ -230,7 +229,7 @@ def main(argv=None) -> None:
             raise UserError("--labels goes with --images; a dataset split uses its own image labels")
         dataset, items, count = split_items(args)
     if args.bkg_thre is None:
-        args.bkg_thre = DEFAULT_BKG[dataset]
+        args.bkg_thre = paper("bkg_thre", dataset)
     device = pick_device(args.cpu)
     net = load_model(ckpt, args.backbone, args.num_classes, args.aux_layer, device, source=args.model_path)
     del ckpt

@@ -28,6 +28,7 @@ from model.network import DualStudentNet  # noqa: E402
 from utils.cli import add_numbers  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from engine.inference import VOC_EVAL_SCALES, load_model, merge_voc, to_size, voc_raw_logits  # noqa: E402
+from model.settings import paper  # noqa: E402
 
 
 def peak_mib() -> float:
@@ -37,7 +38,7 @@ def peak_mib() -> float:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
     p.add_argument("--model_path", help="checkpoint to evaluate (default: random weights of --backbone)")
-    p.add_argument("--backbone", default="deit_base_patch16_224", help="timm encoder of the random network")
+    p.add_argument("--backbone", default=paper("backbone"), help="timm encoder of the random network")
     p.add_argument("--width", type=int, default=2048, help="image width")
     p.add_argument("--height", type=int, default=MAX_DATASET_PIXELS // 2048, help="image height")
     add_numbers(p, "--scales", default=VOC_EVAL_SCALES, help="inference scales (with flips)")

@@ -44,6 +44,7 @@ from model.cam import CAM_SCALES, multiscale_cam  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from engine.inference import load_model  # noqa: E402
 from utils.precision import autocast, resolve_amp  # noqa: E402
+from model.settings import paper  # noqa: E402
 
 RANGES = ("cams", "par", "score")
 
@@ -99,7 +100,7 @@ def main() -> None:
     p.add_argument("--num_images", type=int, default=40, help="images to evaluate")
     p.add_argument("--model_path", help="checkpoint (default: random weights of --backbone)")
     p.add_argument("--backbone", default="deit_tiny_patch16_224", help="timm encoder without --model_path")
-    p.add_argument("--size", type=int, default=448, help="CAM input side (the evaluation's --size)")
+    p.add_argument("--size", type=int, default=paper("crop_size"), help="CAM input side (the evaluation's --size)")
     p.add_argument("--train_batch", type=int, default=4, help="images per CAM call of the floor (a training batch)")
     p.add_argument("--batch_size", type=int, help="the evaluation's --batch_size (default: its default)")
     p.add_argument("--precisions", nargs="+", choices=("fp32", "amp"), default=["fp32", "amp"],

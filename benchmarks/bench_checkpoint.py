@@ -30,13 +30,13 @@ from engine.run_state import checkpoint_payload  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 from engine.optim import PolyWarmupAdamW  # noqa: E402
+from model.settings import paper  # noqa: E402
 
 
 def measure(backbone: str, num_classes: int, folder: str) -> dict:
     torch.manual_seed(0)
     net = DualStudentNet(backbone, num_classes)
-    optimizer = PolyWarmupAdamW(net.param_groups(6e-5, 1e-2), lr=6e-5, max_iters=10, weight_decay=1e-2,
-                                warmup_iters=1, warmup_ratio=1e-6, power=0.9)
+    optimizer = PolyWarmupAdamW(net.param_groups(paper("lr")), lr=paper("lr"), max_iters=10, warmup_iters=1)
     for p in net.parameters():
         if p.requires_grad:
             p.grad = torch.zeros_like(p)
@@ -60,7 +60,7 @@ def measure(backbone: str, num_classes: int, folder: str) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--backbone", nargs="+", default=["deit_base_patch16_224"], help="timm encoder names")
+    p.add_argument("--backbone", nargs="+", default=[paper("backbone")], help="timm encoder names")
     p.add_argument("--num_classes", type=int, nargs="+", default=[21, 81], help="VOC 21, COCO 81")
     p.add_argument("--folder", default=None, help="where the file is written (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the results here")

@@ -22,6 +22,7 @@ from datasets.layout import voc_layout  # noqa: E402
 from datasets.lists import ensure_lists  # noqa: E402
 from datasets.segmentation import TrainDataset  # noqa: E402
 from datasets.transforms import TrainAugmentation  # noqa: E402
+from model.settings import paper  # noqa: E402
 
 DEFAULT = os.path.join("demo_data", "VOC2012")  # written when missing
 
@@ -30,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description="training data-loader throughput",
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", default=DEFAULT, help="VOC2012-layout folder")
-    p.add_argument("--crop_size", type=int, default=448, help="training crop")
+    p.add_argument("--crop_size", type=int, default=paper("crop_size"), help="training crop")
     p.add_argument("--batch_size", type=int, default=2, help="images per batch")
     p.add_argument("--batches", type=int, default=20, help="timed batches per worker count")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader worker counts to time")
@@ -38,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
     layout = voc_layout(voc_folder(None if args.data_folder == DEFAULT else args.data_folder))
     lists = ensure_lists(layout, None, ["train_aug"])
-    dataset = TrainDataset(layout, lists, "train_aug", TrainAugmentation(crop_size=args.crop_size))
+    dataset = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size, paper("scales")))
     results = {}
     for workers in args.workers:
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,

@@ -36,6 +36,7 @@ from engine.crf import PydenseCRFDriver, dense_crf, probs_from_logits  # noqa: E
 from engine.evaluation import crf_inputs, crf_outputs, save_png  # noqa: E402
 from engine.inference import (VOC_EVAL_SCALES, load_logits, load_model, merge_voc,  # noqa: E402
                              save_logits, select_branch, voc_raw_logits)
+from model.settings import paper  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
     p.add_argument("--model_path", help="checkpoint (default: random weights)")
-    p.add_argument("--backbone", default="deit_base_patch16_224", help="timm ViT/DeiT name")
+    p.add_argument("--backbone", default=paper("backbone"), help="timm ViT/DeiT name")
     p.add_argument("--num_images", type=int, default=20, help="images to evaluate")
     add_amp_flag(p)
     p.add_argument("--crf_workers", type=int, nargs="+", default=[1, 2],

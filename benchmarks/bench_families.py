@@ -38,6 +38,7 @@ from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from model.schedule import paper_config  # noqa: E402
+from model.settings import paper  # noqa: E402
 from engine.optim import PolyWarmupAdamW  # noqa: E402
 from engine.train_step import TrainingStep  # noqa: E402
 
@@ -60,13 +61,13 @@ def one_config(args, backbone: str, amp: bool, ckpt: bool) -> dict:
     layout = voc_layout(voc_folder(args.data_folder))
     lists = ensure_lists(layout, None, ["train_aug"])
     torch.manual_seed(0)
-    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size, stats=input_stats(backbone)))
+    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size, paper("scales"), stats=input_stats(backbone)))
     _, images, labels, boxes = next(iter(DataLoader(data, batch_size=args.samples_per_gpu, shuffle=True)))
     batch = Batch(images.to(device), labels.to(device), boxes.to(device), int(labels.sum(1).max()))
     torch.manual_seed(0)
     net = DualStudentNet(backbone, 21, backbone_args=args.backbone_args, grad_checkpointing=ckpt).to(device)
     params = sum(p.numel() for p in net.branch1.encoder.parameters())
-    opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
+    opt = PolyWarmupAdamW(net.param_groups(paper("lr")), lr=paper("lr"), max_iters=paper("max_iters"))
     cfg = paper_config("voc")
     step = TrainingStep(net, cfg)
     n = cfg.gmm_iters + 100

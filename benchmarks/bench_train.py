@@ -41,6 +41,7 @@ from model.dupl import Batch  # noqa: E402
 from model.network import DualStudentNet  # noqa: E402
 from model.par import PAR  # noqa: E402
 from model.schedule import paper_config  # noqa: E402
+from model.settings import paper  # noqa: E402
 from utils.precision import add_amp_flag, autocast, resolve_amp  # noqa: E402
 from engine.optim import PolyWarmupAdamW  # noqa: E402
 from engine.train_step import TrainingStep, release_idle_gradients  # noqa: E402
@@ -156,12 +157,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description="DuPL training-step benchmark",
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--data_folder", help="VOC2012-layout folder (default: synthetic demo_data)")
-    p.add_argument("--backbone", default="deit_base_patch16_224",
+    p.add_argument("--backbone", default=paper("backbone"),
                    help="timm encoder of any supported family (ViT/DeiT, DINOv2, DINOv3, CLIP, SigLIP, EVA-02)")
     p.add_argument("--backbone_args", help="timm architecture overrides, e.g. depth=2,embed_dim=64,num_heads=2")
     p.add_argument("--grad_checkpointing", action=argparse.BooleanOptionalAction, default=False,
                    help="recompute each encoder block in the backward pass")
-    p.add_argument("--crop_size", type=int, default=448, help="training crop")
+    p.add_argument("--crop_size", type=int, default=paper("crop_size"), help="training crop")
     p.add_argument("--samples_per_gpu", type=int, default=2, help="images per step")
     p.add_argument("--iters", type=int, default=30, help="timed iterations per phase")
     p.add_argument("--warmup", type=int, default=5, help="untimed iterations per phase")
@@ -178,7 +179,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     layout = voc_layout(voc_folder(args.data_folder))
     lists = ensure_lists(layout, None, ["train_aug"])
-    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size))
+    data = TrainDataset(layout, lists, "train_aug", TrainAugmentation(args.crop_size, paper("scales")))
     loader = DataLoader(data, batch_size=args.samples_per_gpu, shuffle=True, drop_last=True,
                         num_workers=args.num_workers, persistent_workers=args.num_workers > 0,
                         pin_memory=device.type == "cuda")
@@ -186,7 +187,7 @@ def main() -> None:
     torch.manual_seed(0)
     net = DualStudentNet(args.backbone, 21, backbone_args=args.backbone_args,
                          grad_checkpointing=args.grad_checkpointing).to(device)
-    opt = PolyWarmupAdamW(net.param_groups(6e-5), lr=6e-5, max_iters=20000)
+    opt = PolyWarmupAdamW(net.param_groups(paper("lr")), lr=paper("lr"), max_iters=paper("max_iters"))
     cfg = paper_config("voc")
     step = TrainingStep(net, cfg)
     par = PAR().to(device)

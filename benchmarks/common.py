@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from datasets import synthetic
-from datasets.classes import IGNORE_INDEX
+from utils.labels import IGNORE_INDEX
 from utils.precision import cpu_description
 
 DEMO_VOC = os.path.join("demo_data", "VOC2012")

@@ -21,9 +21,10 @@ import torch  # noqa: E402
 
 from benchmarks.common import write_result  # noqa: E402
 from model.backbone import EXAMPLES, Backbone, input_stats  # noqa: E402
+from model.settings import paper  # noqa: E402
 from utils.help_format import DefaultsHelpFormatter  # noqa: E402
 
-BACKBONES = ("deit_base_patch16_224", "vit_base_patch16_224") + EXAMPLES
+BACKBONES = (paper("backbone"), "vit_base_patch16_224") + EXAMPLES
 
 
 def count(name: str) -> dict:

@@ -28,8 +28,6 @@ COCO_CLASSES = (
 
 assert len(VOC_CLASSES) == 21 and len(COCO_CLASSES) == 81
 
-IGNORE_INDEX = 255
-
 
 def voc_colormap(n: int = 256) -> np.ndarray:
     """The standard VOC bit-interleaved colormap, (n, 3) uint8; entry 255 is (224, 224, 192)."""

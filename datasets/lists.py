@@ -470,7 +470,7 @@ def ensure_lists(layout: DatasetLayout, list_folder: Optional[str], splits: Sequ
         _warn_if_labels_disagree(layout, list_folder, splits, log)
         return list_folder
     log(f"split lists missing in {list_folder}; deriving them from the dataset")
-    prepare = prepare_voc if layout.name == "voc" else prepare_coco
+    prepare = prepare_voc if layout.kind == "voc" else prepare_coco
     prepare(layout, list_folder, workers=workers, log=log, requested=splits)
     still = [p for p in needed if not os.path.isfile(p)]
     if still:

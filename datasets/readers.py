@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from utils.errors import UserError
 
-from .classes import IGNORE_INDEX
+from utils.labels import IGNORE_INDEX
 
 
 # far above any image a decoder is handed (a file declaring more is refused before its pixels are

@@ -4,7 +4,7 @@ Both read through :mod:`datasets.readers`, so real and synthetic data, single-ch
 masks, grayscale and RGB images take the same path.
 """
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 import torch
@@ -56,12 +56,11 @@ class TrainDataset(Dataset):
     Item: ``(id, image float32 (3, crop, crop), label float32 (K,), img_box int16 (4,))``.
     """
 
-    def __init__(self, layout: DatasetLayout, list_folder: str, split: str = "train_aug",
-                 augmentation: Optional[TrainAugmentation] = None):
+    def __init__(self, layout: DatasetLayout, list_folder: str, split: str, augmentation: TrainAugmentation):
         self.layout, self.split = layout, split
         self.ids, self.labels = _load_split(layout, list_folder, split, need_masks=False,
                                             need_labels=True)
-        self.augmentation = augmentation or TrainAugmentation()
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -68,7 +68,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datasets.classes import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_colormap
+from datasets.classes import COCO_CLASSES, VOC_CLASSES, voc_colormap
+from utils.labels import IGNORE_INDEX
 from utils.help_format import DefaultsHelpFormatter
 
 # (VOC name, COCO name) of the five foreground classes; the position in this tuple is the

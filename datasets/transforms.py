@@ -17,7 +17,7 @@ from PIL import Image, ImageFilter
 
 from utils.input_stats import PAPER_STATS, InputStats
 
-def random_rescale(img: Image.Image, scale_range=(0.5, 2.0)) -> Image.Image:
+def random_rescale(img: Image.Image, scale_range: Tuple[float, float]) -> Image.Image:
     """Resize by ``r ~ U(scale_range)`` to ``(floor(r W), floor(r H))`` with PIL bilinear."""
     r = np.random.uniform(*scale_range)
     w, h = img.size
@@ -60,7 +60,7 @@ class TrainAugmentation:
     left as it was; with True it is mirrored with the pixels.
     """
 
-    def __init__(self, crop_size: int = 448, scale_range=(0.5, 2.0), coco_flip: bool = False,
+    def __init__(self, crop_size: int, scale_range: Tuple[float, float], coco_flip: bool = False,
                  mirror_box_on_coco_flip: bool = False, stats: InputStats = PAPER_STATS):
         self.crop_size = crop_size
         self.stats = stats

@@ -29,21 +29,23 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 
 from utils.errors import UserError
+from datasets.layout import DATASETS
 from datasets.segmentation import EvalDataset
 from utils.safe_io import make_output_dir, output_path, save_image, save_npz
 from model.backbone import input_stats
-from model.cam import CAM_SCALES, multiscale_cam
+from model.cam import multiscale_cam
+from model.settings import paper
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
 
 from .crf import add_crf_backend_flags, check_crf_flags, crf_driver, resolve_crf_backend
 from utils.distributed import barrier, cleanup, init_distributed
-from utils.cli import ArgumentParser, add_launcher_flags, add_numbers
+from utils.cli import ArgumentParser, add_numbers
 from .inference import load_model
-from .script_common import (add_data_and_model_flags, check_model_path, output_folder, resolve_dataset_model,
+from .script_common import (add_data_and_model_flags, add_device_flags, check_model_path, output_folder, resolve_dataset_model,
                             script_logger, split_lists)
 from utils.metric import ConfusionMatrix, ThresholdSweep, format_table
-from utils.precision import add_amp_flag, autocast, resolve_amp
+from utils.precision import autocast, resolve_amp
 from utils.results import write_results
 from .validation import shard
 from .visualize import label_image
@@ -62,14 +64,14 @@ def default_batch_size(size: int, scales, patch: int) -> int:
 
 
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
-    voc = dataset == "voc"
     p = ArgumentParser(
-        description=f"CAM and pseudo-label mIoU of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}")
+        description=f"CAM and pseudo-label mIoU of a DuPL checkpoint on {DATASETS[dataset].short_title}")
     B = argparse.BooleanOptionalAction
     add_data_and_model_flags(p, dataset, "train", "split to evaluate (needs masks and labels)")
-    p.add_argument("--size", type=int, default=448, help="side of the square CAM input (the training crop)")
-    add_numbers(p, "--cam_scales", default=CAM_SCALES, help="CAM scales (with flips)")
-    p.add_argument("--bkg_thre", type=float, default=0.5 if voc else 0.45,
+    p.add_argument("--size", type=int, default=paper("crop_size", dataset),
+                   help="side of the square CAM input (the training crop)")
+    add_numbers(p, "--cam_scales", default=paper("cam_scales", dataset), help="CAM scales (with flips)")
+    p.add_argument("--bkg_thre", type=float, default=paper("bkg_thre", dataset),
                    help="background threshold of training-time validation and of the pseudo labels")
     add_numbers(p, "--thresholds", default=DEFAULT_THRESHOLDS, help="background thresholds of the sweep")
     p.add_argument("--par", action=B, default=True, help="score the PAR-refined pseudo labels")
@@ -84,10 +86,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
                    help="images per pass through a student (default: as many as fill the tokens of one "
                    "448-pixel image at scale 1.5, at most 8: 1 at --size 448, 4 at 224, 8 at 128); on the CPU an "
                    "image's CAMs do not depend on it (tested); a GPU's kernels may move their last bits")
-    add_amp_flag(p)
-    p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
-    p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
-    add_launcher_flags(p)
+    add_device_flags(p)
     return p
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.classes import IGNORE_INDEX
+from utils.labels import IGNORE_INDEX
+from model.settings import paper
 from model.cam import multiscale_cam
 from model.par import PAR
 from model.pseudo_labels import refine_cams_with_par
@@ -41,7 +42,7 @@ def _is_gray(rgb: np.ndarray) -> bool:
 
 @torch.no_grad()
 def demo_figure(net, dataset, names: Sequence[str], device: torch.device, crop_size: int = 128,
-                bkg_thre: float = 0.5, low_thre: float = 0.25, max_images: int = 5,
+                bkg_thre: float = paper("bkg_thre"), low_thre: float = paper("low_thre"), max_images: int = 5,
                 tile: int = 144) -> np.ndarray:
     """``(rows * tile + legend, len(COLUMNS) * tile, 3)`` uint8 figure of ``dataset`` (an
     :class:`~datasets.segmentation.EvalDataset` with masks and labels, normalised with the

@@ -26,22 +26,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from datasets.layout import DATASETS, layout_kind
 from datasets.readers import read_image, read_mask
 from datasets.segmentation import EvalDataset
 from model.backbone import input_stats
+from model.settings import paper
 from utils.safe_io import make_output_dir, output_path, save_image
 
 from .crf import (add_crf_backend_flags, check_crf_flags, crf_driver, probs_from_logits, pydensecrf_job,
                   resolve_crf_backend)
 from utils.distributed import barrier, cleanup, init_distributed
-from utils.precision import add_amp_flag, autocast, resolve_amp
+from utils.precision import autocast, resolve_amp
 from utils.errors import UserError
-from .inference import (BRANCHES, COCO_EVAL_SCALES, VOC_EVAL_SCALES, coco_msc_logits, ensemble_probs,
+from .inference import (BRANCHES, coco_msc_logits, ensemble_probs,
                         load_logits, load_model, merge_voc, save_logits, select_branch,
                         to_size, voc_raw_logits)
-from .script_common import (add_data_and_model_flags, check_model_path, output_folder, resolve_dataset_model,
+from .script_common import (add_data_and_model_flags, add_device_flags, check_model_path, output_folder, resolve_dataset_model,
                             script_logger, split_lists)
-from utils.cli import ArgumentParser, add_launcher_flags, add_numbers
+from utils.cli import ArgumentParser, add_numbers
 from utils.metric import ConfusionMatrix, format_table
 from utils.results import write_results
 from .validation import shard
@@ -59,13 +61,13 @@ def best_student_on_gt(scores: Dict[str, dict]) -> str:
 
 
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
-    voc = dataset == "voc"
+    voc = layout_kind(dataset) == "voc"
     p = ArgumentParser(
-        description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {'VOC 2012' if voc else 'COCO 2014'}")
+        description=f"Multi-scale + CRF evaluation of a DuPL checkpoint on {DATASETS[dataset].short_title}")
     B = argparse.BooleanOptionalAction
     add_data_and_model_flags(p, dataset, *(("val", "split to evaluate: val, or test (no masks)") if voc
                                            else ("val_part", "val_part (5,000 images) or val")))
-    add_numbers(p, "--scales", default=VOC_EVAL_SCALES if voc else COCO_EVAL_SCALES,
+    add_numbers(p, "--scales", default=paper("eval_scales", dataset),
                 help="inference scales (with flips)")
     p.add_argument("--branch", default="ensemble", choices=BRANCHES + (BEST_ON_GT,),
                    help="prediction saved and refined by CRF: student 1, student 2, the mean of "
@@ -80,10 +82,7 @@ def get_args_parser(dataset: str) -> argparse.ArgumentParser:
     add_crf_backend_flags(p)
     p.add_argument("--work_dir", help="output folder (default: a new folder <checkpoint folder>/eval_<infer_set>, "
                    "numbered _2, _3... when that exists)")
-    add_amp_flag(p)
-    p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
-    p.add_argument("--cpu", action=B, default=False, help="run on the CPU even when a GPU is present")
-    add_launcher_flags(p)
+    add_device_flags(p)
     return p
 
 
@@ -169,12 +168,13 @@ def multiscale_logits(net, image: torch.Tensor, dataset: str, scales, device: to
     their multi-scale logits (VOC: ``(1, C, H, W)``; COCO: at the token grid, float32)."""
     x = image[None].to(device)
     size = tuple(image.shape[-2:])
+    voc_rule = layout_kind(dataset) == "voc"
     with autocast(device, amp):
-        if dataset == "voc":
+        if voc_rule:
             raw = voc_raw_logits(net, x, scales)
         else:
             raw = coco_msc_logits(net, x, scales=scales)
-    logits = merge_voc(raw, size) if dataset == "voc" else [l.float() for l in raw]
+    logits = merge_voc(raw, size) if voc_rule else [l.float() for l in raw]
     return raw, logits
 
 
@@ -197,7 +197,7 @@ class SegEvaluation:
     def __init__(self, args, dataset: str, info, log: logging.Logger, ckpt):
         self.args, self.dataset, self.info, self.log = args, dataset, info, log
         self.layout, lists = split_lists(args, dataset, [args.infer_set], info.is_main, log.info)
-        self.with_masks = not (dataset == "voc" and args.infer_set == "test")
+        self.with_masks = not (layout_kind(dataset) == "voc" and args.infer_set == "test")
         self.deferred = args.branch == BEST_ON_GT
         if self.deferred and not self.with_masks:
             raise UserError(f"--branch {BEST_ON_GT} chooses the student on ground truth, which the "

@@ -19,16 +19,14 @@ from utils.checkpoint import read_checkpoint
 
 from .run_state import model_settings, saved_backbone_args, saved_input_stats
 from model.network import DualStudentNet, load_network
+from model.settings import default_model, paper
 
 from utils.precision import autocast
 from utils.safe_io import save_npz
 
-VOC_EVAL_SCALES = (1.0, 1.5, 1.25)
-COCO_EVAL_SCALES = (1.0, 1.25, 1.5)
+VOC_EVAL_SCALES = paper("eval_scales", "voc")
+COCO_EVAL_SCALES = paper("eval_scales", "coco")
 BRANCHES = ("1", "2", "ensemble")
-# the model settings of each dataset's checkpoints where a checkpoint does not record them
-DEFAULT_MODEL = {"voc": {"backbone": "deit_base_patch16_224", "num_classes": 21, "aux_layer": -3},
-                 "coco": {"backbone": "deit_base_patch16_224", "num_classes": 81, "aux_layer": 9}}
 # Images whose shorter side is below this are enlarged for the network by segment_logits (a ViT
 # needs at least one 16-pixel patch per side at every scale); the logits are resized back.
 MIN_SIDE = 32
@@ -43,7 +41,7 @@ def load_model(model, backbone: Optional[str], num_classes: Optional[int],
     by default); the input statistics are the checkpoint's, else its backbone's."""
     if isinstance(model, str):
         source, model = model, read_checkpoint(model)
-    defaults = defaults or DEFAULT_MODEL["voc"]
+    defaults = defaults or default_model("voc")
     backbone, num_classes, aux_layer = model_settings(model, backbone, num_classes, aux_layer, defaults,
                                                       source)
     mean, std = saved_input_stats(model, source)
@@ -120,7 +118,7 @@ def voc_msc_logits(net: DualStudentNet, image: torch.Tensor,
 
 
 @torch.no_grad()
-def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = 448,
+def coco_msc_logits(net: DualStudentNet, image: torch.Tensor, base: int = paper("crop_size", "coco"),
                     scales: Sequence[float] = COCO_EVAL_SCALES) -> List[torch.Tensor]:
     """Both students' multi-scale + flip logits of ``image (1, 3, H, W)``, each
     ``(1, C, base/p, base/p)`` for the encoder's patch ``p`` (COCO rule: the image resized to

@@ -3,9 +3,11 @@
 :mod:`model.schedule`."""
 import torch
 
+from model.settings import paper
 
-def poly_warmup_lr(step: int, base_lr: float, max_iters: int, warmup_iters: int = 1500,
-                   warmup_ratio: float = 1e-6, power: float = 0.9) -> float:
+
+def poly_warmup_lr(step: int, base_lr: float, max_iters: int, warmup_iters: int = paper("warmup_iters"),
+                   warmup_ratio: float = paper("warmup_lr"), power: float = paper("power")) -> float:
     """Learning rate of update ``step`` (0-based: the number of updates already done).
 
     ``step < warmup_iters``: ``base_lr * (1 - (1 - step / warmup_iters) * (1 - warmup_ratio))``
@@ -30,9 +32,9 @@ class PolyWarmupAdamW(torch.optim.AdamW):
     restored by ``load_state_dict()``, so a resumed run continues the schedule.
     """
 
-    def __init__(self, params, lr: float, max_iters: int, weight_decay: float = 0.01,
-                 betas=(0.9, 0.999), eps: float = 1e-8, warmup_iters: int = 1500,
-                 warmup_ratio: float = 1e-6, power: float = 0.9):
+    def __init__(self, params, lr: float, max_iters: int, weight_decay: float = paper("wt_decay"),
+                 betas=(0.9, 0.999), eps: float = 1e-8, warmup_iters: int = paper("warmup_iters"),
+                 warmup_ratio: float = paper("warmup_lr"), power: float = paper("power")):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.max_iters = max_iters
         self.warmup_iters = warmup_iters

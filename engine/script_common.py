@@ -3,6 +3,7 @@
 lists of the flags, the logger, the output folder, the device, and the image inputs and output
 names of ``infer.py`` and ``visualize_cams.py``. A script builds on these and keeps its own
 ``main``; no script imports another."""
+import argparse
 import logging
 import os
 import sys
@@ -11,13 +12,16 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from datasets.classes import COCO_CLASSES, VOC_DISPLAY_NAMES
-from datasets.layout import DatasetLayout, dataset_layout
+from datasets.layout import DatasetLayout, dataset_layout, layout_kind
 from datasets.lists import ensure_lists
 from utils.distributed import barrier, from_main_rank
 from utils.errors import UserError
+from utils.cli import add_launcher_flags
+from utils.precision import add_amp_flag
 from utils.safe_io import fresh_dir, make_output_dir, open_for_append
 
-from .inference import DEFAULT_MODEL
+from model.settings import default_model
+
 from .run_state import resolve_model_flags
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -35,7 +39,7 @@ def add_model_path_flag(p, required: bool) -> None:
 
 def add_data_and_model_flags(p, dataset: str, infer_default: str, infer_help: str) -> None:
     """The dataset, split, list folder, checkpoint and model flags every evaluation script takes."""
-    if dataset == "voc":
+    if layout_kind(dataset) == "voc":
         p.add_argument("--data_folder", help="the VOC2012 folder (required)")
     else:
         p.add_argument("--img_folder", "--data_folder", dest="img_folder",
@@ -50,7 +54,7 @@ def add_data_and_model_flags(p, dataset: str, infer_default: str, infer_help: st
 
 def add_model_flags(p, dataset: str) -> None:
     """``--backbone``, ``--num_classes``, ``--aux_layer``: taken from the checkpoint when left out."""
-    d = DEFAULT_MODEL[dataset]
+    d = default_model(dataset)
     p.add_argument("--backbone", default=None,
                    help=f"backbone the checkpoint was trained with (default: the checkpoint's, else "
                    f"{d['backbone']}; DeiT-B and ViT-B share a layout)")
@@ -58,6 +62,15 @@ def add_model_flags(p, dataset: str) -> None:
                    help=f"classes incl. background (default: the checkpoint's, else {d['num_classes']})")
     p.add_argument("--aux_layer", type=int, default=None,
                    help=f"block of the aux classifier (default: the checkpoint's, else {d['aux_layer']})")
+
+
+def add_device_flags(p) -> None:
+    """The evaluations' last flags: ``--amp``, ``--num_workers``, ``--cpu`` and the launcher's."""
+    add_amp_flag(p)
+    p.add_argument("--num_workers", type=int, default=2, help="data loader workers")
+    p.add_argument("--cpu", action=argparse.BooleanOptionalAction, default=False,
+                   help="run on the CPU even when a GPU is present")
+    add_launcher_flags(p)
 
 
 def check_model_path(path: Optional[str], purpose: str) -> None:
@@ -71,11 +84,11 @@ def check_model_path(path: Optional[str], purpose: str) -> None:
 
 def resolve_dataset_model(args, dataset: str) -> dict:
     """Read ``--model_path`` and fill the model flags left out (the checkpoint's, else
-    ``DEFAULT_MODEL[dataset]``); a checkpoint of another dataset is refused in one line before
+    ``default_model(dataset)``); a checkpoint of another dataset is refused in one line before
     anything is written. Returns the checkpoint object."""
     given = args.num_classes
-    ckpt = resolve_model_flags(args, DEFAULT_MODEL[dataset])
-    expected = DEFAULT_MODEL[dataset]["num_classes"]
+    ckpt = resolve_model_flags(args, default_model(dataset))
+    expected = default_model(dataset)["num_classes"]
     if given is None and args.num_classes != expected:
         raise UserError(f"{args.model_path} was trained with {args.num_classes} classes but {dataset} "
                         f"has {expected}; use the script of the dataset it was trained on")

@@ -10,6 +10,7 @@ then the rules between flags); :func:`config_from_args` makes the method's sched
 import argparse
 import os
 
+from datasets.layout import DATASETS, layout_kind
 from model.schedule import DuPLConfig, paper_config
 from model.settings import Setting, method_settings, training_flags
 
@@ -18,7 +19,6 @@ from utils.errors import UserError
 
 CHECKPOINT = "checkpoint.pth"            # in the run folder: the last checkpoint, resumed from
 BEST_CHECKPOINT = "best.pth"             # in the run folder: the best validation score so far
-DATASET_TITLES = {"voc": "PASCAL VOC 2012", "coco": "MS COCO 2014"}
 
 
 def _add_flag(group, setting: Setting, dataset: str) -> None:
@@ -37,10 +37,11 @@ def _add_flag(group, setting: Setting, dataset: str) -> None:
 
 
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:
-    """The training flags; defaults reproduce the paper's run on ``dataset`` (voc or coco)."""
-    p = ArgumentParser(description=f"Train DuPL on {DATASET_TITLES[dataset]}")
+    """The training flags of ``dataset`` (:data:`datasets.layout.DATASETS`); the defaults reproduce
+    the paper's run on voc and coco."""
+    p = ArgumentParser(description=f"Train DuPL on {DATASETS[dataset].title}")
     groups = {}
-    for setting in training_flags(dataset):
+    for setting in training_flags(layout_kind(dataset)):
         if setting.group not in groups:
             groups[setting.group] = p.add_argument_group(setting.group)
         _add_flag(groups[setting.group], setting, dataset)
@@ -69,7 +70,7 @@ def config_from_args(args, dataset: str) -> DuPLConfig:
 def check_args(args, dataset: str) -> None:
     """Flag values that cannot work, as one-line errors: each setting's range, then the rules
     that tie flags together."""
-    for setting in training_flags(dataset):
+    for setting in training_flags(layout_kind(dataset)):
         if setting.valid is not None:
             setting.valid.check(f"--{setting.name}", getattr(args, setting.name))
     if not 0 <= args.cam_iters <= args.gmm_iters <= args.max_iters:

@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from datasets.layout import layout_kind
 from datasets.segmentation import EvalDataset, TrainDataset
 from datasets.transforms import TrainAugmentation
 from utils.input_stats import InputStats
@@ -21,7 +22,7 @@ def build_data(args, dataset: str, info: DistInfo, logger, stats: InputStats):
     set of the flags, both normalised with the encoder's input statistics ``stats``; the main rank
     derives missing split lists first."""
     layout, list_folder = split_lists(args, dataset, [args.train_set, args.val_set], info.is_main, logger.info)
-    aug = TrainAugmentation(args.crop_size, tuple(args.scales), coco_flip=dataset == "coco",
+    aug = TrainAugmentation(args.crop_size, tuple(args.scales), coco_flip=layout_kind(dataset) == "coco",
                             mirror_box_on_coco_flip=getattr(args, "mirror_box_on_flip", False),
                             stats=stats)
     train_set = TrainDataset(layout, list_folder, args.train_set, aug)

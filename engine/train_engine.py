@@ -38,8 +38,8 @@ from datasets.layout import DatasetLayout
 from model.backbone import input_stats
 from model.network import DualStudentNet, load_network
 from model.par import PAR
-from model.schedule import LOSS_NAMES, LOSS_TERMS, DuPLConfig
-from model.settings import default_model
+from model.schedule import DuPLConfig
+from model.settings import LOSS_NAMES, LOSS_TERMS, default_model, paper
 
 from utils.checkpoint import read_checkpoint, save_checkpoint
 from .run_state import adopt_model_flags, checkpoint_payload, set_rng_state
@@ -58,7 +58,6 @@ from .train_step import TrainingStep, release_idle_gradients, training_visuals
 from .validation import COLUMNS, result_table, validate
 from .visualize import log_training_images, training_grid
 
-PAPER_GLOBAL_BATCH = {"voc": 4, "coco": 8}
 LOG_FORMAT = "%(asctime)s - %(filename)s - %(levelname)s: %(message)s"
 
 
@@ -162,9 +161,9 @@ def log_batch_and_data(args, dataset: str, info: DistInfo, train_set, val_set, l
     global_batch = args.samples_per_gpu * info.world_size * args.grad_accum
     logger.info(f"Total gpus: {info.world_size}, samples per gpu: {args.samples_per_gpu}, "
                 f"gradient accumulation: {args.grad_accum}, global batch: {global_batch}")
-    if global_batch != PAPER_GLOBAL_BATCH[dataset]:
+    if global_batch != paper("global_batch", dataset):
         logger.warning(f"global batch {global_batch} differs from the paper's "
-                       f"{PAPER_GLOBAL_BATCH[dataset]}; set --samples_per_gpu / --grad_accum to match it")
+                       f"{paper('global_batch', dataset)}; set --samples_per_gpu / --grad_accum to match it")
     logger.info(f"Training set: {len(train_set)} images ({args.train_set}); validation: "
                 f"{len(val_set)} images ({args.val_set})")
 

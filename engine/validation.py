@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from model.cam import multiscale_cam
 from model.pseudo_labels import cam_to_label
+from model.settings import paper
 
 from utils.distributed import all_reduce_sum
 from utils.metric import ConfusionMatrix, format_table
@@ -40,7 +41,8 @@ def f1_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(net, dataset, device: torch.device, rank: int = 0, world_size: int = 1,
-             crop_size: int = 448, bkg_thre: float = 0.5, cam_scales: Sequence[float] = (1.0, 0.5, 1.5),
+             crop_size: int = paper("crop_size"), bkg_thre: float = paper("bkg_thre"),
+             cam_scales: Sequence[float] = paper("cam_scales"),
              num_workers: int = 2, amp: bool = False, stop: Optional[StopRequest] = None) -> Dict[str, object]:
     """Classification F1 and CAM / aux-CAM / segmentation IoU of both students on ``dataset``
     (an :class:`EvalDataset`). Images are resized to ``crop_size`` squared, predictions back to

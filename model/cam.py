@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from .network import Student
+from .settings import paper
 
-CAM_SCALES = (1.0, 0.5, 1.5)
+CAM_SCALES = paper("cam_scales")
 
 
 def spatial_extreme(cam: torch.Tensor, largest: bool) -> torch.Tensor:

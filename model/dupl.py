@@ -22,13 +22,16 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from utils.labels import IGNORE_INDEX
+
 from .cam import multiscale_cam
 from .gmm import gmm_filter
 from .losses import (balanced_seg_loss, cls_loss, consistency_loss, discrepancy_loss, ptc_loss)
 from .network import DualStudentNet, StudentOutput
 from .par import PAR
 from .pseudo_labels import label_to_aff_mask, ptc_labels, refine_cams_with_par
-from .schedule import LOSS_NAMES, DuPLConfig
+from .schedule import DuPLConfig
+from .settings import LOSS_NAMES
 from .strong_aug import strong_augment
 from .thresholds import image_thresholds
 
@@ -68,7 +71,7 @@ def _upsample(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def per_pixel_ce(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def per_pixel_ce(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``(B, C, H, W)`` logits and ``(B, H, W)`` labels -> ``(B, H, W)`` CE, 0 where ignored."""
     return F.cross_entropy(logits, label.long(), ignore_index=ignore_index, reduction="none")
 

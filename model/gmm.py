@@ -19,6 +19,10 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from utils.labels import IGNORE_INDEX
+
+from .settings import paper
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -143,8 +147,8 @@ def fit_gmm_1d(values: Tensor, mask: Tensor, max_iter: int = 10, tol: float = 1e
     return means, variances, weights
 
 
-def gmm_noisy_mask(loss: Tensor, label: Tensor, gamma: float = 0.95, valid_thre: float = 1.0,
-                   min_pixels: int = 1000, loss_floor: float = 0.1, ignore_index: int = 255,
+def gmm_noisy_mask(loss: Tensor, label: Tensor, gamma: float = paper("gamma"), valid_thre: float = paper("gmm_valid_thre"),
+                   min_pixels: int = 1000, loss_floor: float = 0.1, ignore_index: int = IGNORE_INDEX,
                    max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4
                    ) -> Tuple[Tensor, Tensor]:
     """Pixels whose pseudo label the GMM filter judges noisy (docs/method.md#gmm-filtering), batched.
@@ -180,7 +184,7 @@ def gmm_noisy_mask(loss: Tensor, label: Tensor, gamma: float = 0.95, valid_thre:
     return noisy.view(loss.shape), valid
 
 
-def gmm_filter(loss: Tensor, label: Tensor, ignore_index: int = 255, **kwargs
+def gmm_filter(loss: Tensor, label: Tensor, ignore_index: int = IGNORE_INDEX, **kwargs
                ) -> Tuple[Tensor, Tensor]:
     """Filtered pseudo labels (docs/method.md#gmm-filtering): ``label`` with the pixels :func:`gmm_noisy_mask`
     flags set to ``ignore_index``. Returns ``(filtered (B, H, W), valid (B,))``; ``label`` itself

@@ -8,6 +8,10 @@ empty selections are handled arithmetically.
 import torch
 import torch.nn.functional as F
 
+from utils.labels import IGNORE_INDEX
+
+from .settings import paper
+
 
 def cls_loss(logits: torch.Tensor, cls_label: torch.Tensor) -> torch.Tensor:
     """Multi-label soft-margin loss: ``logits (B, K)``, ``cls_label (B, K)`` in {0, 1} -> scalar
@@ -32,7 +36,7 @@ def ptc_loss(fmap: torch.Tensor, aff_mask: torch.Tensor) -> torch.Tensor:
     return 0.5 * pos_term + 0.5 * neg_term
 
 
-def balanced_seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def balanced_seg_loss(logits: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Class-balanced cross-entropy: mean over background pixels and mean over foreground
     pixels, averaged.
 
@@ -64,7 +68,7 @@ def discrepancy_loss(f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
 
 
 def consistency_loss(logits: torch.Tensor, aug_logits: torch.Tensor, other_label: torch.Tensor,
-                     conf_thre: float = 0.9, ignore_index: int = 255) -> torch.Tensor:
+                     conf_thre: float = paper("conf_thre"), ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Consistency regularisation of one student on the pixels its peer leaves unsupervised.
 
     ``logits (B, C, H, W)`` of the clean view (detached here), ``aug_logits (B, C, H, W)`` of the

@@ -18,6 +18,7 @@ from utils.checkpoint import network_state, read_checkpoint
 from utils.errors import UserError
 
 from .backbone import Backbone
+from .settings import paper
 
 
 class LargeFOV(nn.Module):
@@ -99,7 +100,7 @@ class Student(nn.Module):
 class DualStudentNet(nn.Module):
     """Two complete, independent students; no weight sharing (docs/method.md#network)."""
 
-    def __init__(self, backbone: str = "deit_base_patch16_224", num_classes: int = 21,
+    def __init__(self, backbone: str = paper("backbone"), num_classes: int = paper("num_classes"),
                  aux_layer: Optional[int] = None, pretrained: bool = False,
                  pretrained_path: Optional[str] = None, backbone_args=None,
                  grad_checkpointing: bool = False, input_mean: Optional[Sequence[float]] = None,
@@ -137,7 +138,7 @@ class DualStudentNet(nn.Module):
             return outs
         return outs, [s.segment(x_aug) for s in self.students]
 
-    def param_groups(self, lr: float, weight_decay: float = 0.01) -> List[dict]:
+    def param_groups(self, lr: float, weight_decay: float = paper("wt_decay")) -> List[dict]:
         """The four optimiser groups of docs/method.md#optimisation, both students pooled: backbone parameters
         without / with "norm" in their name (base ``lr``), the four classifier weights and both
         decoders (``10 * lr``). Weight decay on every group, as in the original."""

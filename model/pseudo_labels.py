@@ -10,6 +10,10 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from utils.labels import IGNORE_INDEX
+
+from .settings import paper
+
 Threshold = Union[float, torch.Tensor]
 
 
@@ -49,8 +53,9 @@ def box_mask(img_box: torch.Tensor, size: Sequence[int], box_scale: float = 1.0,
 
 
 def cam_to_label(cam: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[torch.Tensor] = None,
-                 bkg_thre: Threshold = 0.5, high_thre: Threshold = 0.7, low_thre: Threshold = 0.25,
-                 ignore_mid: bool = False, ignore_index: int = 255, box_scale: float = 1.0):
+                 bkg_thre: Threshold = paper("bkg_thre"), high_thre: Threshold = paper("high_thre"),
+                 low_thre: Threshold = paper("low_thre"),
+                 ignore_mid: bool = False, ignore_index: int = IGNORE_INDEX, box_scale: float = 1.0):
     """Turn CAMs into pixel labels (docs/method.md#cams).
 
     ``cam (B, K, H, W)`` in [0, 1], ``cls_label (B, K)`` -> ``valid_cam (B, K, H, W)`` (CAMs of
@@ -79,7 +84,7 @@ def cam_to_label(cam: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[t
 
 def ptc_labels(cam_aux: torch.Tensor, cls_label: torch.Tensor, img_box: Optional[torch.Tensor],
                high_thre: Threshold, low_thre: Threshold, token_hw: Sequence[int],
-               box_scale: float = 1.0, ignore_index: int = 255) -> torch.Tensor:
+               box_scale: float = 1.0, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Token-level labels for the patch-token contrast loss (docs/method.md#patch-token-contrast).
 
     The aux CAM ``(B, K, H, W)`` is resized bilinearly (``align_corners=False``) to the token
@@ -94,7 +99,7 @@ def ptc_labels(cam_aux: torch.Tensor, cls_label: torch.Tensor, img_box: Optional
     return label
 
 
-def label_to_aff_mask(label: torch.Tensor, ignore_index: int = 255,
+def label_to_aff_mask(label: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                       dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """Pairwise affinity target of the tokens (docs/method.md#patch-token-contrast).
 
@@ -132,7 +137,7 @@ def _combine_high_low(label_high: torch.Tensor, label_low: torch.Tensor, ignore_
 @torch.no_grad()
 def refine_cams_with_par(image: torch.Tensor, cams: torch.Tensor, cls_label: torch.Tensor,
                          high_thre: Threshold, low_thre: Threshold, img_box: torch.Tensor, par,
-                         ignore_index: int = 255, down_scale: int = 2,
+                         ignore_index: int = IGNORE_INDEX, down_scale: int = 2,
                          max_channels: Optional[int] = None) -> torch.Tensor:
     """Segmentation pseudo labels from CAMs refined by PAR (docs/method.md#par), batched.
 

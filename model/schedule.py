@@ -1,9 +1,9 @@
 """The DuPL schedule: the loss terms, phases, loss weights and thresholds of the method, for
 PASCAL VOC and MS COCO (docs/method.md#losses-and-phases).
 
-:data:`LOSS_TERMS` declares each loss term once (its name, weight setting, when it is on, which
-parts of a student it trains, its train.log field); the step's sum, the loss meter, the log line,
-tensorboard and the idle-gradient rule follow from it. :class:`DuPLConfig` holds every number:
+:data:`model.settings.LOSS_TERMS` declares each loss term once (its name, weight setting, when it
+is on, which parts of a student it trains, its train.log field); :meth:`DuPLConfig.weights`, the
+step's sum, the loss meter, the log line, tensorboard and the idle-gradient rule follow from it. :class:`DuPLConfig` holds every number:
 its fields are the method's rows of the table of settings (:mod:`model.settings`) and the
 boundaries derived from them; :func:`paper_config` gives the paper's, with every boundary derived
 from ``cam_iters`` and ``max_iters``, so a shortened run (``--cam_iters 100 --max_iters 400``)
@@ -30,37 +30,16 @@ loss from ``n == gmm_iters`` on (``reg_from_gmm_iter``), so there only ``cam_ite
 """
 
 from dataclasses import dataclass, field, make_dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .settings import method_settings
+from utils.labels import IGNORE_INDEX
+
+from .settings import LOSS_TERMS, STUDENT_PARTS, method_settings
 from .thresholds import cosine_descent
 
 
-@dataclass(frozen=True)
-class LossTerm:
-    """One term of the DuPL loss. ``on(cfg, n)``: whether iteration ``n`` weights it (the weight is
-    then the setting ``weight``, or 1 without one); ``trains``: the parts of a student
-    (:class:`model.network.Student` attributes) whose parameters it reaches; ``log_name``: its
-    field in train.log (the original's names, ``sim_loss`` for the discrepancy)."""
-    name: str
-    weight: Optional[str]
-    on: Callable[["DuPLConfig", int], bool]
-    trains: Tuple[str, ...]
-    log_name: str
-
-
-LOSS_TERMS: Tuple[LossTerm, ...] = (
-    LossTerm("cls", None, lambda c, n: True, ("encoder", "classifier", "aux_classifier"), "cls_loss"),
-    LossTerm("ptc", "w_ptc", lambda c, n: n > c.ptc_after, ("encoder",), "ptc_loss"),
-    LossTerm("seg", "w_seg", lambda c, n: n > c.cam_iters, ("encoder", "decoder"), "seg_loss"),
-    LossTerm("dis", "w_dis", lambda c, n: n > c.dis_after, ("encoder",), "sim_loss"),
-    LossTerm("reg", "w_reg", lambda c, n: n >= c.gmm_iters if c.reg_from_gmm_iter else n > c.gmm_iters,
-             ("encoder", "decoder"), "reg_loss"),
-)
-LOSS_NAMES = tuple(t.name for t in LOSS_TERMS)
-STUDENT_PARTS = ("encoder", "classifier", "aux_classifier", "decoder")
 
 _PaperSettings = make_dataclass(
     "_PaperSettings", [(s.name, Sequence[float] if isinstance(s.voc, tuple) else Optional[s.parse_kind],
@@ -80,7 +59,7 @@ class DuPLConfig(_PaperSettings):
     ptc_after: Optional[int] = None       # PTC weighted after (None: -1, COCO: late)
     dis_after: Optional[int] = None       # discrepancy weighted after (None: -1, COCO: cam_iters)
     aux_seg_until: Optional[int] = None   # seg labels from the aux CAMs while n <= (None: -1, COCO: late)
-    ignore_index: int = 255
+    ignore_index: int = IGNORE_INDEX
 
     def __post_init__(self):
         late = None if self.late_factor is None else int(round(self.cam_iters * self.late_factor))

@@ -3,18 +3,20 @@ help texts derive from.
 
 Each :class:`Setting` is one row: its name (the flag ``--name`` of the training scripts and, for
 the method's settings, the field of :class:`model.schedule.DuPLConfig`), the paper's VOC value, the
-paper's COCO value where it differs, the help text and the range a value must lie in. Rows with
+paper's COCO value where it differs, the values of other datasets (``others``; a dataset without
+its own value takes VOC's), the help text and the range a value must lie in. Rows with
 ``flag=False`` are paper settings that no training flag changes (the per-class threshold targets,
-COCO's late boundaries, the evaluation scales); rows with ``only`` are flags of one dataset's
-script. The training parser (:func:`engine.train_args.get_args_parser`) renders the rows in
-order, the range checks (:func:`engine.train_args.check_args`) follow ``valid``, and
-``DuPLConfig``'s fields are the rows with ``method=True``.
+COCO's late boundaries, the evaluation scales); rows with ``only`` are flags of the datasets in
+one folder layout (``voc`` or ``coco``: :data:`datasets.layout.DATASETS`). The training parser
+(:func:`engine.train_args.get_args_parser`) renders the rows in order, the range checks
+(:func:`engine.train_args.check_args`) follow ``valid``, and ``DuPLConfig``'s fields are the rows
+with ``method=True``. :data:`LOSS_TERMS` declares the terms of the loss beside their weights.
 
 A new hyperparameter of the method is one row here with ``method=True``; the step reads it as
 ``cfg.<name>`` (docs/development.md#changing-the-method).
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from utils.cli import NON_NEGATIVE, OPEN_UNIT, POSITIVE, UNIT, Range
 from utils.precision import AMP_HELP
@@ -26,7 +28,8 @@ SAME = object()          # a COCO value equal to VOC's
 @dataclass(frozen=True)
 class Setting:
     """One setting: ``voc`` is the paper's VOC value (and the default of a dataset without its own);
-    ``coco`` the paper's COCO value where it differs. ``kind`` is how the flag parses: ``int``,
+    ``coco`` the paper's COCO value where it differs; ``others`` pairs ``(dataset, value)`` of
+    other datasets. ``kind`` is how the flag parses: ``int``,
     ``float``, ``str``, ``bool`` (a ``--x/--no-x`` switch) or ``"numbers"`` (one or more numbers,
     space- or comma-separated); by default the type of the VOC value (``str`` for None)."""
     name: str
@@ -38,11 +41,16 @@ class Setting:
     valid: Optional[Range] = None
     method: bool = False          # a field of model.schedule.DuPLConfig
     flag: bool = True             # a flag of the training scripts
-    only: Optional[str] = None    # a flag of this dataset's training script only
+    only: Optional[str] = None    # a flag of the datasets in this folder layout only (voc, coco)
     aliases: Tuple[str, ...] = ()
+    others: Tuple[Tuple[str, Any], ...] = ()
 
     def value(self, dataset: str) -> Any:
-        """The paper's value for ``dataset`` (``voc`` or ``coco``)."""
+        """The value for ``dataset``: its own in ``others``, else the paper's COCO value for
+        ``coco``, else the paper's VOC value."""
+        own = dict(self.others)
+        if dataset in own:
+            return own[dataset]
         return self.voc if dataset != "coco" or self.coco is SAME else self.coco
 
     @property
@@ -95,6 +103,8 @@ SETTINGS: Tuple[Setting, ...] = (
     # ---- optimisation
     S("samples_per_gpu", 2, "images per GPU per step", coco=1, group="optimisation", valid=POSITIVE,
       aliases=("--spg",)),
+    S("global_batch", 4, "images per optimiser step in the paper's runs (2 GPUs x 2 on VOC, 8 x 1 on COCO)",
+      coco=8, group="optimisation", flag=False),
     S("grad_accum", 1, "micro-batches per optimiser step (keeps the paper's global batch on fewer GPUs)",
       group="optimisation", valid=POSITIVE),
     S("max_iters", 20000, "optimiser steps", coco=80000, group="optimisation", valid=POSITIVE, method=True),
@@ -155,9 +165,10 @@ def paper(name: str, dataset: str = "voc") -> Any:
     return BY_NAME[name].value(dataset)
 
 
-def training_flags(dataset: str) -> Tuple[Setting, ...]:
-    """The rows that are flags of ``dataset``'s training script, in the table's order."""
-    return tuple(s for s in SETTINGS if s.flag and s.only in (None, dataset))
+def training_flags(layout: str) -> Tuple[Setting, ...]:
+    """The rows that are training flags of a dataset in folder layout ``layout`` (``voc`` or
+    ``coco``), in the table's order."""
+    return tuple(s for s in SETTINGS if s.flag and s.only in (None, layout))
 
 
 def method_settings() -> Tuple[Setting, ...]:
@@ -169,3 +180,30 @@ def default_model(dataset: str) -> Dict[str, Any]:
     """The network a script builds for a checkpoint that records no settings of its own."""
     return {"backbone": paper("backbone", dataset), "num_classes": paper("num_classes", dataset),
             "aux_layer": paper("checkpoint_aux_layer", dataset)}
+
+
+# ---- the loss terms: each declared once; its weight is the row named by ``weight``
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the DuPL loss. ``on(cfg, n)``: whether iteration ``n`` of the schedule ``cfg``
+    (:class:`model.schedule.DuPLConfig`) weights it (the weight is then the setting ``weight``, or
+    1 without one); ``trains``: the parts of a student
+    (:class:`model.network.Student` attributes) whose parameters it reaches; ``log_name``: its
+    field in train.log (the original's names, ``sim_loss`` for the discrepancy)."""
+    name: str
+    weight: Optional[str]
+    on: Callable[[Any, int], bool]
+    trains: Tuple[str, ...]
+    log_name: str
+
+
+LOSS_TERMS: Tuple[LossTerm, ...] = (
+    LossTerm("cls", None, lambda c, n: True, ("encoder", "classifier", "aux_classifier"), "cls_loss"),
+    LossTerm("ptc", "w_ptc", lambda c, n: n > c.ptc_after, ("encoder",), "ptc_loss"),
+    LossTerm("seg", "w_seg", lambda c, n: n > c.cam_iters, ("encoder", "decoder"), "seg_loss"),
+    LossTerm("dis", "w_dis", lambda c, n: n > c.dis_after, ("encoder",), "sim_loss"),
+    LossTerm("reg", "w_reg", lambda c, n: n >= c.gmm_iters if c.reg_from_gmm_iter else n > c.gmm_iters,
+             ("encoder", "decoder"), "reg_loss"),
+)
+LOSS_NAMES = tuple(t.name for t in LOSS_TERMS)
+STUDENT_PARTS = ("encoder", "classifier", "aux_classifier", "decoder")

@@ -249,3 +249,76 @@ def test_readme_stays_short_and_has_the_two_commands():
     assert len(text.splitlines()) <= 200
     assert "make demo" in text and "make test" in text
     assert "pytest -q -m \"not slow\"" in open(os.path.join(REPO, "Makefile")).read()
+
+
+# ---- "Changing the method": every recipe's files and names exist, and it stays within three files
+RECIPES = ("A new loss term", "A new hyperparameter", "Another pseudo-label threshold rule",
+           "Another encoder family", "Another dataset")
+NUMBER_WORDS = {"one": 1, "two": 2, "three": 3}
+TIMM_NAMES = {"VisionTransformer", "Eva"}          # timm's classes a recipe names
+
+
+def _recipes():
+    text = open(os.path.join(REPO, "docs", "development.md"), encoding="utf-8").read()
+    start = text.index("## Changing the method\n")
+    section = text[start:text.index("\n## ", start + 1)]
+    section = re.sub(r"```.*?```", "", section, flags=re.S)     # commands are checked elsewhere
+    return {m.group(1): m.group(3) for m in
+            re.finditer(r"^\*\*(.+?)\*\* \((\w+) files?[^)]*\)(.*?)(?=^\*\*|\Z)", section, re.M | re.S)}, \
+        {m.group(1): NUMBER_WORDS[m.group(2)] for m in
+         re.finditer(r"^\*\*(.+?)\*\* \((\w+) files?", section, re.M)}
+
+
+def _project_sources():
+    files = [f for f in _tracked("*.py") if not f.startswith(("tests/", "benchmarks/"))]
+    return {f: open(os.path.join(REPO, f), encoding="utf-8").read() for f in files}
+
+
+def _defines(source: str, name: str) -> bool:
+    n = re.escape(name)
+    return bool(re.search(rf"^\s*(def|class) {n}\b|^\s*{n}\s*(:[^=\n]+)?=|^\s+{n}:|S\(\"{n}\"|"
+                          rf"def {n}\(", source, re.M))
+
+
+def test_each_recipe_of_changing_the_method_touches_at_most_three_files():
+    bodies, counts = _recipes()
+    assert set(bodies) == set(RECIPES) == set(counts)
+    for title, body in bodies.items():
+        steps = re.findall(r"^\d+\. (?:[^`\n]*?)`([^`]+\.py)[`:]", body, re.M)
+        files = [s for s in steps if not s.startswith("tests/")]
+        assert len(files) == len(set(files)) == counts[title] <= 3, (title, files)
+
+
+def test_the_recipes_name_only_files_and_names_that_exist():
+    bodies, _ = _recipes()
+    sources = _project_sources()
+    problems = []
+    for title, body in bodies.items():
+        for code in re.findall(r"`([^`]+)`", body):
+            if "<" in code or "new" in code or "NAME" in code:
+                continue                                     # the recipe's placeholders
+            path, _, name = code.partition("::")
+            if re.fullmatch(r"[\w/]+\.py", path):
+                if path not in sources and not path.startswith("tests/"):
+                    problems.append(f"{title}: {path} is not a project file")
+                elif name and not _defines(sources.get(path, ""), name.split(".")[-1]):
+                    problems.append(f"{title}: {path} defines no {name}")
+            elif re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", code) and not code.endswith((".log", ".py")):
+                if code in TIMM_NAMES:
+                    continue
+                owner, _, attr = code.rpartition(".")
+                where = [f for f, s in sources.items() if _defines(s, owner or attr)]
+                if not where or (owner and not any(_defines(sources[f], attr) for f in where)):
+                    problems.append(f"{title}: no project module defines {code}")
+    assert not problems, problems
+
+
+def test_the_recipe_check_refuses_a_name_that_does_not_exist():
+    assert _defines("def cosine_descent(step):\n", "cosine_descent")
+    assert _defines("    layout: str\n", "layout")
+    assert not _defines("def cosine_descent(step):\n", "linear_descent")
+    assert not _defines("x = cosine_descent(1)\n", "cosine_descent")
+
+
+def test_the_timm_classes_a_recipe_names_exist():
+    from timm.models import Eva, VisionTransformer    # noqa: F401

@@ -190,7 +190,8 @@ def test_phases_and_weights_are_off_by_one_at_the_boundaries_as_in_the_original(
 
 def test_each_loss_term_is_declared_once_with_parts_a_student_has():
     from model.network import Student
-    from model.schedule import LOSS_NAMES, LOSS_TERMS, STUDENT_PARTS, idle_parts
+    from model.schedule import idle_parts
+    from model.settings import LOSS_NAMES, LOSS_TERMS, STUDENT_PARTS
     assert LOSS_NAMES == ("cls", "ptc", "seg", "dis", "reg")
     assert [t.log_name for t in LOSS_TERMS] == ["cls_loss", "ptc_loss", "seg_loss", "sim_loss", "reg_loss"]
     cfg = paper_config("voc", max_iters=24, cam_iters=6, gmm_iters=12)

@@ -23,7 +23,7 @@ def voc(voc_copy):
 
 def test_train_items_have_crop_label_and_box(voc):
     layout, lists = voc
-    ds = TrainDataset(layout, lists, "train_aug", TrainAugmentation(crop_size=64))
+    ds = TrainDataset(layout, lists, "train_aug", TrainAugmentation(64, (0.5, 2.0)))
     img_id, image, label, box = ds[0]
     assert img_id == read_list(os.path.join(lists, "train_aug.txt"))[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
@@ -33,7 +33,7 @@ def test_train_items_have_crop_label_and_box(voc):
 
 def test_train_loader_batches_with_workers(voc):
     layout, lists = voc
-    ds = TrainDataset(layout, lists, "train_aug", TrainAugmentation(crop_size=48))
+    ds = TrainDataset(layout, lists, "train_aug", TrainAugmentation(48, (0.5, 2.0)))
     ids, images, labels, boxes = next(iter(DataLoader(ds, batch_size=3, num_workers=2)))
     assert len(ids) == 3 and images.shape == (3, 3, 48, 48)
     assert labels.shape == (3, 20) and boxes.shape == (3, 4) and boxes.dtype == torch.int16
@@ -77,7 +77,7 @@ def test_test_split_needs_no_masks_or_labels(voc_copy):
 def test_coco_datasets_use_80_class_labels(coco_copy):
     layout = coco_layout(str(coco_copy / "JPEGImages"))
     lists = ensure_lists(layout, None, ["train", "val_part"], log=lambda *_: None)
-    train = TrainDataset(layout, lists, "train", TrainAugmentation(crop_size=32, coco_flip=True))
+    train = TrainDataset(layout, lists, "train", TrainAugmentation(32, (0.5, 2.0), coco_flip=True))
     assert train[0][2].shape == (80,)
     _, image, mask, label = EvalDataset(layout, lists, "val_part")[0]
     assert label.shape == (80,) and mask.shape == image.shape[1:]
@@ -88,7 +88,7 @@ def test_list_entry_without_image_names_the_list_line(voc):
     victim = read_list(os.path.join(lists, "train_aug.txt"))[2]
     os.remove(layout.image_path("train_aug", victim))
     with pytest.raises(UserError, match=rf"train_aug.txt line 3: id {victim} has no image"):
-        TrainDataset(layout, lists, "train_aug")
+        TrainDataset(layout, lists, "train_aug", TrainAugmentation(32, (0.5, 2.0)))
 
 
 def test_list_entry_without_mask_is_refused_for_evaluation(voc):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from utils.checkpoint import read_checkpoint
-from engine.train_engine import PAPER_GLOBAL_BATCH
+from model.settings import paper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SBATCH = {"voc": os.path.join(REPO, "scripts", "slurm", "train_voc.sbatch"),
@@ -85,13 +85,13 @@ def test_the_allocation_times_the_images_per_gpu_and_accumulation_is_the_papers_
     assert header["signal"].startswith("B:USR1@") and int(header["signal"].split("@")[1]) >= 300
     assert "requeue" in header and header["ntasks-per-node"] == "1"
     text = open(SBATCH[dataset]).read()
-    assert int(re.search(r"^PAPER_BATCH=(\d+)", text, re.M).group(1)) == PAPER_GLOBAL_BATCH[dataset]
+    assert int(re.search(r"^PAPER_BATCH=(\d+)", text, re.M).group(1)) == paper("global_batch", dataset)
     nodes, gpus = int(header["nodes"]), int(header["gpus-per-node"])
     allocations = [(nodes, gpus), (1, 1), (1, 2), (2, 2), (1, 4), (2, 4), (1, 8)]
     for n, g in allocations:
         res = subprocess.run(["bash", SBATCH[dataset], "--data_folder", "X"], cwd=REPO, capture_output=True,
                              text=True, env=fake_slurm(n, g, dry=True), timeout=60)
-        if PAPER_GLOBAL_BATCH[dataset] % (n * g * (2 if dataset == "voc" else 1)):
+        if paper("global_batch", dataset) % (n * g * (2 if dataset == "voc" else 1)):
             assert res.returncode == 2 and "error:" in res.stderr and "global batch" in res.stderr
             assert (n, g) != (nodes, gpus)
             continue
@@ -99,7 +99,7 @@ def test_the_allocation_times_the_images_per_gpu_and_accumulation_is_the_papers_
         args = _launch_args(fake_slurm)
         batch = (int(_flag(args, "--nnodes")) * int(_flag(args, "--nproc_per_node"))
                  * int(_flag(args, "--samples_per_gpu")) * int(_flag(args, "--grad_accum")))
-        assert batch == PAPER_GLOBAL_BATCH[dataset], (n, g, args)
+        assert batch == paper("global_batch", dataset), (n, g, args)
         assert int(_flag(args, "--nnodes")) == n and int(_flag(args, "--nproc_per_node")) == g
         assert f"train_final_{dataset}.py" in args and _flag(args, "--resume") == "auto"
         assert _flag(args, "--work_dir") == f"work_dirs/slurm_{dataset}"       # fixed: a requeue finds it

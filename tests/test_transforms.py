@@ -45,7 +45,7 @@ def test_pad_crop_moves_window_on_large_sides_and_image_on_small_sides():
 def test_rescale_stays_within_half_to_double():
     np.random.seed(0)
     img = Image.new("RGB", (100, 60))
-    sizes = [random_rescale(img).size for _ in range(200)]
+    sizes = [random_rescale(img, (0.5, 2.0)).size for _ in range(200)]
     ws = np.array([s[0] for s in sizes])
     assert ws.min() >= 50 and ws.max() <= 200 and ws.max() - ws.min() > 100
     for w, h in sizes:
@@ -62,7 +62,7 @@ def test_normalize_uses_imagenet_mean_and_std():
 def test_train_augmentation_output_shapes_and_box():
     np.random.seed(1)
     torch.manual_seed(1)
-    aug = TrainAugmentation(crop_size=96)
+    aug = TrainAugmentation(96, (0.5, 2.0))
     for h, w in [(40, 50), (300, 200), (96, 96)]:
         img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
         x, box = aug(img)
@@ -80,7 +80,7 @@ def _bright_fraction(x, box):
 
 @pytest.mark.parametrize("mirror", [False, True])
 def test_coco_flip_mirrors_the_box_only_when_asked(mirror):
-    aug = TrainAugmentation(crop_size=96, coco_flip=True, mirror_box_on_coco_flip=mirror)
+    aug = TrainAugmentation(96, (0.5, 2.0), coco_flip=True, mirror_box_on_coco_flip=mirror)
     aug.jitter = aug.grayscale = lambda im: im
     img = np.full((80, 30, 3), 255, np.uint8)
     mismatches = 0
@@ -137,7 +137,7 @@ def test_train_augmentation_and_eval_set_normalise_with_the_statistics_given(voc
     for stats in (PAPER_STATS, CLIP_LIKE):
         np.random.seed(3)
         torch.manual_seed(3)
-        outs.append(TrainAugmentation(crop_size=32, stats=stats)(img)[0])
+        outs.append(TrainAugmentation(32, (0.5, 2.0), stats=stats)(img)[0])
     crop = torch.round(CLIP_LIKE.denormalize(outs[1][None])[0] * 255).byte().permute(1, 2, 0).numpy()
     assert torch.equal(outs[1], CLIP_LIKE.normalize(crop)) and torch.equal(outs[0], PAPER_STATS.normalize(crop))
     layout = voc_layout(str(voc_copy))

@@ -35,7 +35,7 @@ def main(data_folder: str, list_folder: str, out_path: str, step: int) -> None:
     initial_decoders = [p.detach().clone() for s in net.students for p in s.decoder.parameters()]
     opt = PolyWarmupAdamW(net.param_groups(1e-3), lr=1e-3, max_iters=10, warmup_iters=1)
     torch.manual_seed(100 + info.rank)          # different data on each rank
-    train = TrainDataset(layout, list_folder, "train_aug", TrainAugmentation(crop_size=48))
+    train = TrainDataset(layout, list_folder, "train_aug", TrainAugmentation(48, (0.5, 2.0)))
     batch = [train[i] for i in range(info.rank * 2, info.rank * 2 + 2)]
     images = torch.stack([b[1] for b in batch])
     labels = torch.stack([b[2] for b in batch])
