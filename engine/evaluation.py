@@ -33,7 +33,7 @@ from model.backbone import input_stats
 from model.settings import paper
 from utils.safe_io import make_output_dir, output_path, save_image
 
-from .crf import (add_crf_backend_flags, check_crf_flags, crf_driver, probs_from_logits, pydensecrf_job,
+from .crf import (add_crf_backend_flags, check_crf_flags, crf_driver, probs_from_logits,
                   resolve_crf_backend)
 from utils.distributed import barrier, cleanup, init_distributed
 from utils.precision import autocast, resolve_amp
@@ -123,11 +123,6 @@ def crf_outputs(job, label: np.ndarray) -> Optional[np.ndarray]:
     keep = gt < num_classes
     return np.bincount(gt[keep] * num_classes + label.ravel()[keep].astype(np.int64),
                        minlength=num_classes * num_classes)
-
-
-def crf_job(job) -> Optional[np.ndarray]:
-    """CRF of one job with ``pydensecrf``, as the evaluation's workers run it: see :func:`crf_inputs`."""
-    return pydensecrf_job(crf_inputs, crf_outputs, job)
 
 
 def crf_stream(args, device: torch.device):

@@ -31,9 +31,9 @@ def _add_flag(group, setting: Setting, dataset: str) -> None:
         group.add_argument(*names, action=argparse.BooleanOptionalAction, default=default,
                            help=setting.help)
     elif kind is str:
-        group.add_argument(*names, default=default, help=setting.help)
+        group.add_argument(*names, default=default, choices=setting.choices, help=setting.help)
     else:
-        group.add_argument(*names, type=kind, default=default, help=setting.help)
+        group.add_argument(*names, type=kind, default=default, choices=setting.choices, help=setting.help)
 
 
 def get_args_parser(dataset: str) -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ class Setting:
     only: Optional[str] = None    # a flag of the datasets in this folder layout only (voc, coco)
     aliases: Tuple[str, ...] = ()
     others: Tuple[Tuple[str, Any], ...] = ()
+    choices: Optional[Tuple[Any, ...]] = None   # the values a flag accepts, where they are few
 
     def value(self, dataset: str) -> Any:
         """The value for ``dataset``: its own in ``others``, else the paper's COCO value for

@@ -2,7 +2,8 @@
 import numpy as np
 import torch
 
-from datasets.classes import IGNORE_INDEX, VOC_DISPLAY_NAMES, voc_colormap
+from datasets.classes import VOC_DISPLAY_NAMES, voc_colormap
+from utils.labels import IGNORE_INDEX
 from datasets.layout import voc_layout
 from datasets.lists import ensure_lists
 from datasets.segmentation import EvalDataset

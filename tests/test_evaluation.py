@@ -12,7 +12,8 @@ import eval_seg_coco_ddp
 import eval_seg_voc
 from datasets.lists import read_list
 from model.network import DualStudentNet
-from engine.evaluation import column_predictions, crf_job, multiscale_logits
+from engine.crf import pydensecrf_job
+from engine.evaluation import column_predictions, crf_inputs, crf_outputs, multiscale_logits
 from engine.inference import (coco_msc_logits, load_logits, save_logits, select_branch, voc_msc_logits,
                              voc_raw_logits)
 
@@ -223,7 +224,7 @@ def test_crf_rerun_from_the_saved_file_equals_the_evaluation(voc_copy, checkpoin
     (tmp_path / "again_color").mkdir()
     val = read_list(str(voc_copy) + "_lists/val.txt")
     for img_id in val[:3]:
-        crf_job((img_id, str(voc_copy / "JPEGImages" / f"{img_id}.jpg"),
+        pydensecrf_job(crf_inputs, crf_outputs, (img_id, str(voc_copy / "JPEGImages" / f"{img_id}.jpg"),
                  (str(wd / "logits" / f"{img_id}.npz"), "ensemble"), None, 21,
                  str(tmp_path / "again"), str(tmp_path / "again_color")))
         np.testing.assert_array_equal(np.array(Image.open(tmp_path / "again" / f"{img_id}.png")),

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from datasets import synthetic
-from datasets.classes import COCO_CLASSES, IGNORE_INDEX, VOC_CLASSES, voc_colormap
+from datasets.classes import COCO_CLASSES, VOC_CLASSES, voc_colormap
+from utils.labels import IGNORE_INDEX
 from datasets.synthetic import COCO_INDEX, SYNTHETIC_CLASSES, VOC_INDEX, make_sample, write_coco, write_voc
 from tests.helpers import hard_synthetic
 from tests.helpers.hard_synthetic import make_hard_sample, write_hard_voc
